@@ -1,0 +1,28 @@
+package kms
+
+// The limits of ListKmsByTags, from the vendor's page (see shared kms-api.md). They are defined
+// here once: the client's validation and the emulator use them directly, and a test keeps the CRD
+// schema markers of api/v1alpha1 in step with them.
+const (
+	// MaxTags is the most tag keys one filter may name.
+	MaxTags = 10
+	// MaxTagKeyLength is the most Unicode characters in a tag key.
+	MaxTagKeyLength = 36
+	// MaxTagValueLength is the most Unicode characters in a tag value.
+	MaxTagValueLength = 43
+	// MaxMatchValueLength is the most characters in a match value.
+	MaxMatchValueLength = 255
+	// MaxPageSize is the largest limit the API accepts, and the client's default.
+	MaxPageSize = 1000
+	// ForbiddenTagChars are the printable characters a tag key or value must not contain; ASCII
+	// control characters 0-31 are forbidden as well.
+	ForbiddenTagChars = `*<>\=`
+	// TagTextPattern is the same rule as a regular expression, as the CRD schema states it.
+	TagTextPattern = `^[^\x00-\x1f*<>\\=]*$`
+)
+
+// MatchKey names a field that a match searches.
+type MatchKey string
+
+// MatchResourceName searches the key alias. It is the only match field the API documents.
+const MatchResourceName MatchKey = "resource_name"
