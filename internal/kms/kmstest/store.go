@@ -1,0 +1,216 @@
+package kmstest
+
+import (
+	"errors"
+	"fmt"
+	"maps"
+	"sort"
+	"sync"
+	"sync/atomic"
+
+	"github.com/kms-key-sync/kms-key-sync/internal/kms"
+)
+
+// ErrKeyNotFound is returned by the key methods for an id the store does not hold.
+var ErrKeyNotFound = errors.New("key not found")
+
+// record is one stored key. It is immutable once stored, so readers share it without locks;
+// a write replaces the record. It caches its rendered JSON per shape.
+type record struct {
+	key      kms.Key
+	rendered [shapeCount]atomic.Pointer[[]byte]
+}
+
+func newRecord(k kms.Key) *record {
+	k.Tags = maps.Clone(k.Tags)
+	return &record{key: k}
+}
+
+// encoded returns the record's resource object in shape s, rendering it once.
+func (r *record) encoded(s Shape) []byte {
+	if b := r.rendered[s].Load(); b != nil {
+		return *b
+	}
+	b := renderResource(&r.key, s)
+	r.rendered[s].Store(&b)
+	return b
+}
+
+// store holds the keys: a map by id and a cached, sorted snapshot rebuilt after writes.
+type store struct {
+	mu     sync.RWMutex
+	byID   map[string]*record
+	sorted []*record // nil when stale; never modified in place
+}
+
+func newStore() *store { return &store{byID: make(map[string]*record)} }
+
+// snapshot returns the records sorted by key id. The slice must not be modified.
+func (s *store) snapshot() []*record {
+	s.mu.RLock()
+	snap := s.sorted
+	s.mu.RUnlock()
+	if snap != nil {
+		return snap
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.sorted == nil {
+		s.sorted = make([]*record, 0, len(s.byID))
+		for _, r := range s.byID {
+			s.sorted = append(s.sorted, r)
+		}
+		sort.Slice(s.sorted, func(i, j int) bool { return s.sorted[i].key.ID < s.sorted[j].key.ID })
+	}
+	return s.sorted
+}
+
+// page is the outcome of a query: the records of one page and the total number of matches.
+type page struct {
+	records []*record
+	total   int
+}
+
+// list runs q against the store. count queries collect no records.
+func (s *store) list(q *query) page {
+	var p page
+	for _, r := range s.snapshot() {
+		if !q.matches(&r.key) {
+			continue
+		}
+		if q.action == ActionFilter && p.total >= q.offset && len(p.records) < q.limit {
+			p.records = append(p.records, r)
+		}
+		p.total++
+	}
+	return p
+}
+
+func (s *store) put(keys []kms.Key) error { return s.write(keys, false) }
+
+func (s *store) replace(keys []kms.Key) error { return s.write(keys, true) }
+
+// write stores keys, first emptying the store when reset is set; it changes nothing when a key
+// has no id.
+func (s *store) write(keys []kms.Key, reset bool) error {
+	for i, k := range keys {
+		if k.ID == "" {
+			return fmt.Errorf("key %d has no id", i)
+		}
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if reset {
+		s.byID = make(map[string]*record, len(keys))
+	}
+	for _, k := range keys {
+		s.byID[k.ID] = newRecord(k)
+	}
+	s.sorted = nil
+	return nil
+}
+
+func (s *store) get(id string) (kms.Key, bool) {
+	s.mu.RLock()
+	r, ok := s.byID[id]
+	s.mu.RUnlock()
+	if !ok {
+		return kms.Key{}, false
+	}
+	return copyKey(r.key), true
+}
+
+func (s *store) delete(id string) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if _, ok := s.byID[id]; !ok {
+		return false
+	}
+	delete(s.byID, id)
+	s.sorted = nil
+	return true
+}
+
+func (s *store) update(id string, fn func(*kms.Key)) (kms.Key, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	r, ok := s.byID[id]
+	if !ok {
+		return kms.Key{}, fmt.Errorf("update key %q: %w", id, ErrKeyNotFound)
+	}
+	k := copyKey(r.key)
+	fn(&k)
+	if k.ID != id {
+		return kms.Key{}, fmt.Errorf("update key %q: the id must not change", id)
+	}
+	s.byID[id] = newRecord(k)
+	s.sorted = nil
+	return copyKey(k), nil
+}
+
+func (s *store) count() int {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	return len(s.byID)
+}
+
+func copyKey(k kms.Key) kms.Key {
+	k.Tags = maps.Clone(k.Tags)
+	return k
+}
+
+// PutKeys adds keys, replacing any stored key with the same id. Every key needs an id. The
+// keys are stored as given; FillDefaults completes a sparse key.
+func (e *Emulator) PutKeys(keys ...kms.Key) error {
+	if err := e.store.put(keys); err != nil {
+		return fmt.Errorf("put keys: %w", err)
+	}
+	return nil
+}
+
+// ReplaceKeys replaces the whole store with keys.
+func (e *Emulator) ReplaceKeys(keys ...kms.Key) error {
+	if err := e.store.replace(keys); err != nil {
+		return fmt.Errorf("replace keys: %w", err)
+	}
+	return nil
+}
+
+// Key returns the stored key with id.
+func (e *Emulator) Key(id string) (kms.Key, bool) { return e.store.get(id) }
+
+// Keys returns every stored key sorted by id.
+func (e *Emulator) Keys() []kms.Key {
+	snap := e.store.snapshot()
+	keys := make([]kms.Key, len(snap))
+	for i, r := range snap {
+		keys[i] = copyKey(r.key)
+	}
+	return keys
+}
+
+// KeyCount returns the number of stored keys.
+func (e *Emulator) KeyCount() int { return e.store.count() }
+
+// DeleteKey removes a key and reports whether it was stored.
+func (e *Emulator) DeleteKey(id string) bool { return e.store.delete(id) }
+
+// DeleteAllKeys empties the store.
+func (e *Emulator) DeleteAllKeys() { _ = e.store.replace(nil) }
+
+// UpdateKey changes a stored key in place; fn must not change the id.
+func (e *Emulator) UpdateKey(id string, fn func(*kms.Key)) (kms.Key, error) {
+	return e.store.update(id, fn)
+}
+
+// SetKeyState changes a key's state.
+func (e *Emulator) SetKeyState(id string, state kms.State) error {
+	_, err := e.store.update(id, func(k *kms.Key) { k.State = state })
+	return err
+}
+
+// SetKeyTags replaces a key's tags (nil removes them all).
+func (e *Emulator) SetKeyTags(id string, tags map[string]string) error {
+	_, err := e.store.update(id, func(k *kms.Key) { k.Tags = maps.Clone(tags) })
+	return err
+}
