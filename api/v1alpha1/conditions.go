@@ -1,0 +1,40 @@
+package v1alpha1
+
+// ConditionReady is the one condition a KmsKeySelector reports.
+const ConditionReady = "Ready"
+
+// Reasons of the Ready condition. Each tells the user what to do; see the README's table.
+const (
+	// ReasonSynced: the ConfigMap holds every key that matched at LastSyncTime.
+	ReasonSynced = "Synced"
+	// ReasonSuspended: spec.suspend is true; the ConfigMap keeps its last content.
+	ReasonSuspended = "Suspended"
+	// ReasonCredentialsNotFound: the Secret named by spec.provider.credentialsSecretRef is missing.
+	ReasonCredentialsNotFound = "CredentialsNotFound"
+	// ReasonCredentialsInvalid: the Secret is malformed, or KMS rejected the credentials.
+	ReasonCredentialsInvalid = "CredentialsInvalid"
+	// ReasonKMSRequestFailed: KMS could not be reached or answered with an error.
+	ReasonKMSRequestFailed = "KMSRequestFailed"
+	// ReasonKMSThrottled: KMS answered 429; the operator backs off.
+	ReasonKMSThrottled = "KMSThrottled"
+	// ReasonInvalidSpec: the spec breaks a rule the schema cannot express.
+	ReasonInvalidSpec = "InvalidSpec"
+	// ReasonInsecureEndpoint: the endpoint is plain http:// and the operator does not allow it.
+	ReasonInsecureEndpoint = "InsecureEndpoint"
+	// ReasonTargetConflict: a ConfigMap of the target name exists and this selector does not own it.
+	ReasonTargetConflict = "TargetConflict"
+	// ReasonTargetTooLarge: the keys do not fit in one ConfigMap; the previous data stays.
+	ReasonTargetTooLarge = "TargetTooLarge"
+)
+
+// Well-known labels and annotations.
+const (
+	// ForceSyncAnnotation syncs the selector at once whenever its value changes.
+	ForceSyncAnnotation = "kms.keysync.dev/force-sync"
+	// SelectorLabel on a ConfigMap names the selector that owns it.
+	SelectorLabel = "kms.keysync.dev/selector"
+	// ManagedByLabel marks every ConfigMap the operator writes.
+	ManagedByLabel = "app.kubernetes.io/managed-by"
+	// ManagedByValue is the value of ManagedByLabel.
+	ManagedByValue = "kms-key-sync"
+)

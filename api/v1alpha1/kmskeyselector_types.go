@@ -1,0 +1,269 @@
+package v1alpha1
+
+import (
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+)
+
+// The schema limits below restate the rules of internal/kms/rules.go, where they are defined
+// once; a test keeps the generated CRD in step with them.
+
+// KmsKeySelectorSpec says which KMS keys to list, with which credentials, and where to write them.
+type KmsKeySelectorSpec struct {
+	// Provider says where the KMS API is and which credentials to call it with.
+	// +required
+	Provider ProviderSpec `json:"provider"`
+
+	// Tags select keys by tag. Different tag keys are ANDed; the values of one key are ORed; an
+	// empty values list matches any value of that key. No tags selects every key of the project.
+	// +optional
+	// +listType=map
+	// +listMapKey=key
+	// +kubebuilder:validation:MaxItems=10
+	Tags []TagSelector `json:"tags,omitempty"`
+
+	// Matches narrow the selection by a key field. Each match is ANDed with the tags.
+	// +optional
+	// +listType=map
+	// +listMapKey=key
+	// +kubebuilder:validation:MaxItems=1
+	Matches []MatchSelector `json:"matches,omitempty"`
+
+	// RefreshInterval is how often the keys are listed again, as a Go duration such as "5m".
+	// Each selector's schedule is jittered so that many selectors do not fire together.
+	// +optional
+	// +kubebuilder:default="5m"
+	// +kubebuilder:validation:Type=string
+	// +kubebuilder:validation:Pattern=`^([0-9]+(\.[0-9]+)?(ns|us|µs|ms|s|m|h))+$`
+	// +kubebuilder:validation:XValidation:rule="duration(self) >= duration('10s')",message="must be at least 10s"
+	RefreshInterval *metav1.Duration `json:"refreshInterval,omitempty"`
+
+	// PageSize is the number of keys requested per ListKmsByTags call. The default, 1000, is the
+	// API's maximum and needs the fewest calls.
+	// +optional
+	// +kubebuilder:default=1000
+	// +kubebuilder:validation:Minimum=1
+	// +kubebuilder:validation:Maximum=1000
+	PageSize *int32 `json:"pageSize,omitempty"`
+
+	// Suspend stops syncing; the ConfigMap keeps its last content.
+	// +optional
+	Suspend bool `json:"suspend,omitempty"`
+
+	// Target describes the ConfigMap the keys are written to.
+	// +optional
+	// +kubebuilder:default={}
+	Target TargetSpec `json:"target,omitempty"`
+}
+
+// ProviderSpec locates the KMS API and its credentials.
+// +kubebuilder:validation:XValidation:rule="has(self.region) || has(self.endpoint)",message="one of spec.provider.region or spec.provider.endpoint is required"
+type ProviderSpec struct {
+	// Region is the Huawei Cloud region, such as cn-north-4. It gives the endpoint
+	// https://kms.<region>.myhuaweicloud.com unless Endpoint is set.
+	// +optional
+	// +kubebuilder:validation:MaxLength=64
+	// +kubebuilder:validation:Pattern=`^[a-z]{2,}(-[a-z0-9]+)+$`
+	Region string `json:"region,omitempty"`
+
+	// ProjectID is the ID of the project in that region.
+	// +required
+	// +kubebuilder:validation:MinLength=1
+	// +kubebuilder:validation:MaxLength=64
+	// +kubebuilder:validation:Pattern=`^[A-Za-z0-9_-]+$`
+	ProjectID string `json:"projectId"`
+
+	// Endpoint overrides the endpoint derived from Region, for private or dedicated clouds and for
+	// the emulator. Plain http:// is refused unless the operator runs with
+	// --allow-insecure-endpoints.
+	// +optional
+	// +kubebuilder:validation:MaxLength=2048
+	// +kubebuilder:validation:XValidation:rule="isURL(self) && url(self).getScheme() in ['https', 'http'] && url(self).getHostname() != ''",message="must be an absolute http or https URL"
+	// +kubebuilder:validation:XValidation:rule="!self.contains('?') && !self.contains('#')",message="must not contain a query or fragment"
+	Endpoint string `json:"endpoint,omitempty"`
+
+	// CredentialsSecretRef names a Secret in the selector's namespace that holds either
+	// accessKey and secretKey (and optionally securityToken), or token.
+	// +required
+	CredentialsSecretRef SecretReference `json:"credentialsSecretRef"`
+}
+
+// SecretReference names a Secret in the same namespace.
+type SecretReference struct {
+	// Name of the Secret.
+	// +required
+	// +kubebuilder:validation:MinLength=1
+	// +kubebuilder:validation:MaxLength=253
+	// +kubebuilder:validation:Pattern=`^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$`
+	Name string `json:"name"`
+}
+
+// TagSelector matches keys carrying a tag.
+type TagSelector struct {
+	// Key is the tag key.
+	// +required
+	// +kubebuilder:validation:MinLength=1
+	// +kubebuilder:validation:MaxLength=36
+	// +kubebuilder:validation:Pattern=`^[^\x00-\x1f*<>\\=]*$`
+	Key string `json:"key"`
+
+	// Values are ORed; an empty list matches any value of the key.
+	// +optional
+	// +listType=set
+	// +kubebuilder:validation:MaxItems=64
+	// +kubebuilder:validation:items:MaxLength=43
+	// +kubebuilder:validation:items:Pattern=`^[^\x00-\x1f*<>\\=]*$`
+	Values []string `json:"values,omitempty"`
+}
+
+// MatchField is a key field that a match searches.
+// +kubebuilder:validation:Enum=resource_name
+type MatchField string
+
+// MatchFieldResourceName searches the key alias, case-sensitively, for a substring.
+const MatchFieldResourceName MatchField = "resource_name"
+
+// MatchSelector matches keys whose field contains a value.
+type MatchSelector struct {
+	// Key is the field to search; resource_name (the key alias) is the only one.
+	// +required
+	Key MatchField `json:"key"`
+
+	// Value is the substring to look for.
+	// +required
+	// +kubebuilder:validation:MinLength=1
+	// +kubebuilder:validation:MaxLength=255
+	Value string `json:"value"`
+}
+
+// DeletionPolicy says what happens to the ConfigMap when the selector is deleted.
+// +kubebuilder:validation:Enum=Delete;Retain
+type DeletionPolicy string
+
+const (
+	// DeletionPolicyDelete makes the selector the ConfigMap's owner, so it is garbage-collected.
+	DeletionPolicyDelete DeletionPolicy = "Delete"
+	// DeletionPolicyRetain leaves the ConfigMap in place when the selector is deleted.
+	DeletionPolicyRetain DeletionPolicy = "Retain"
+)
+
+// TargetSpec describes the output ConfigMap.
+// +kubebuilder:validation:XValidation:rule="has(self.configMapName) == has(oldSelf.configMapName) && (!has(self.configMapName) || self.configMapName == oldSelf.configMapName)",message="configMapName is immutable"
+type TargetSpec struct {
+	// ConfigMapName is the ConfigMap to write; it defaults to the selector's name and cannot be
+	// changed later.
+	// +optional
+	// +kubebuilder:validation:MinLength=1
+	// +kubebuilder:validation:MaxLength=253
+	// +kubebuilder:validation:Pattern=`^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$`
+	ConfigMapName string `json:"configMapName,omitempty"`
+
+	// DeletionPolicy is Delete (the ConfigMap is garbage-collected with the selector) or Retain.
+	// +optional
+	// +kubebuilder:default=Delete
+	DeletionPolicy DeletionPolicy `json:"deletionPolicy,omitempty"`
+}
+
+// KmsKeySelectorStatus reports the last sync.
+type KmsKeySelectorStatus struct {
+	// Conditions hold Ready, whose reason says what to do when it is False.
+	// +optional
+	// +listType=map
+	// +listMapKey=type
+	Conditions []metav1.Condition `json:"conditions,omitempty"`
+
+	// ObservedGeneration is the generation the status was computed for.
+	// +optional
+	ObservedGeneration int64 `json:"observedGeneration,omitempty"`
+
+	// LastSyncTime is when the keys were last listed completely and successfully.
+	// +optional
+	LastSyncTime *metav1.Time `json:"lastSyncTime,omitempty"`
+
+	// ConfigMapName is the ConfigMap the keys are written to.
+	// +optional
+	ConfigMapName string `json:"configMapName,omitempty"`
+
+	// LastHandledForceSync is the value of the kms.keysync.dev/force-sync annotation that the
+	// last sync handled.
+	// +optional
+	LastHandledForceSync string `json:"lastHandledForceSync,omitempty"`
+
+	// KeyCount is the number of matching keys, all of which are in the ConfigMap.
+	// +optional
+	KeyCount *int32 `json:"keyCount,omitempty"`
+
+	// StateCounts counts the matching keys by state.
+	// +optional
+	StateCounts *StateCounts `json:"stateCounts,omitempty"`
+
+	// Keys lists the first 100 matching keys by id; KeyCount gives the full number.
+	// +optional
+	// +listType=atomic
+	// +kubebuilder:validation:MaxItems=100
+	Keys []KeyStatus `json:"keys,omitempty"`
+}
+
+// StateCounts counts keys by state.
+type StateCounts struct {
+	// +optional
+	PendingActivation int32 `json:"pendingActivation,omitempty"`
+	// +optional
+	Enabled int32 `json:"enabled,omitempty"`
+	// +optional
+	Disabled int32 `json:"disabled,omitempty"`
+	// +optional
+	PendingDeletion int32 `json:"pendingDeletion,omitempty"`
+	// +optional
+	PendingImport int32 `json:"pendingImport,omitempty"`
+	// +optional
+	Unknown int32 `json:"unknown,omitempty"`
+}
+
+// KeyStatus is a short view of one key.
+type KeyStatus struct {
+	// ID is the key id.
+	// +required
+	ID string `json:"id"`
+	// Alias is the key alias.
+	// +optional
+	Alias string `json:"alias,omitempty"`
+	// State is the key state: PendingActivation, Enabled, Disabled, PendingDeletion,
+	// PendingImport or Unknown.
+	// +required
+	State string `json:"state"`
+}
+
+// KmsKeySelector keeps a ConfigMap in step with the KMS keys that match its tags.
+// +kubebuilder:object:root=true
+// +kubebuilder:subresource:status
+// +kubebuilder:resource:shortName=kks,categories=kms
+// +kubebuilder:printcolumn:name="Ready",type=string,JSONPath=`.status.conditions[?(@.type=="Ready")].status`
+// +kubebuilder:printcolumn:name="Reason",type=string,JSONPath=`.status.conditions[?(@.type=="Ready")].reason`
+// +kubebuilder:printcolumn:name="Keys",type=integer,JSONPath=`.status.keyCount`
+// +kubebuilder:printcolumn:name="Last Sync",type=date,JSONPath=`.status.lastSyncTime`
+// +kubebuilder:printcolumn:name="Age",type=date,JSONPath=`.metadata.creationTimestamp`
+type KmsKeySelector struct {
+	metav1.TypeMeta `json:",inline"`
+
+	// +optional
+	metav1.ObjectMeta `json:"metadata,omitempty"`
+
+	// +required
+	Spec KmsKeySelectorSpec `json:"spec"`
+
+	// +optional
+	Status KmsKeySelectorStatus `json:"status,omitempty"`
+}
+
+// KmsKeySelectorList contains a list of KmsKeySelector.
+// +kubebuilder:object:root=true
+type KmsKeySelectorList struct {
+	metav1.TypeMeta `json:",inline"`
+	// +optional
+	metav1.ListMeta `json:"metadata,omitempty"`
+	Items           []KmsKeySelector `json:"items"`
+}
+
+func init() {
+	SchemeBuilder.Register(&KmsKeySelector{}, &KmsKeySelectorList{})
+}

@@ -1,0 +1,89 @@
+package controllers
+
+import (
+	"math/rand/v2"
+	"sync"
+	"time"
+
+	"k8s.io/apimachinery/pkg/api/meta"
+	"k8s.io/apimachinery/pkg/types"
+
+	kmsv1alpha1 "github.com/kms-key-sync/kms-key-sync/api/v1alpha1"
+)
+
+// schedule remembers, per selector, the last good ConfigMap data (to repair the ConfigMap
+// without calling KMS), when the next listing is due, and the failures since the last success.
+// It is lost on restart; the status then tells whether a listing is due.
+type schedule struct {
+	mu        sync.Mutex
+	selectors map[types.NamespacedName]*selectorState
+}
+
+type selectorState struct {
+	uid      types.UID
+	data     map[string]string
+	nextSync time.Time
+	failures int
+}
+
+func (s *schedule) get(sel *kmsv1alpha1.KmsKeySelector) *selectorState {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	key := types.NamespacedName{Namespace: sel.Namespace, Name: sel.Name}
+	if st, ok := s.selectors[key]; ok && st.uid == sel.UID {
+		return st
+	}
+	if s.selectors == nil {
+		s.selectors = map[types.NamespacedName]*selectorState{}
+	}
+	st := &selectorState{uid: sel.UID}
+	// After a restart, a selector that synced recently is not listed again before its time.
+	if meta.IsStatusConditionTrue(sel.Status.Conditions, kmsv1alpha1.ConditionReady) && sel.Status.LastSyncTime != nil {
+		st.nextSync = sel.Status.LastSyncTime.Add(refreshInterval(sel))
+	}
+	s.selectors[key] = st
+	return st
+}
+
+func (s *schedule) forget(key types.NamespacedName) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	delete(s.selectors, key)
+}
+
+// due tells whether the selector must be listed now: its spec changed, a force-sync was asked
+// for, or its next sync time has come.
+func (st *selectorState) due(sel *kmsv1alpha1.KmsKeySelector, now time.Time) bool {
+	return sel.Status.ObservedGeneration != sel.Generation ||
+		sel.Annotations[kmsv1alpha1.ForceSyncAnnotation] != sel.Status.LastHandledForceSync ||
+		!now.Before(st.nextSync)
+}
+
+func (st *selectorState) succeeded(data map[string]string, now time.Time, interval time.Duration) {
+	st.data = data
+	st.failures = 0
+	st.nextSync = now.Add(jitter(interval))
+}
+
+// failed schedules the next attempt: the backoff doubles from base up to the refresh interval,
+// with equal jitter, so a failing selector calls KMS less often than a healthy one.
+func (st *selectorState) failed(now time.Time, base, interval time.Duration) time.Duration {
+	st.failures++
+	delay := backoff(st.failures, base, interval)
+	st.nextSync = now.Add(delay)
+	return delay
+}
+
+// failedPermanently waits for a spec change, which marks the selector due by its generation.
+func (st *selectorState) failedPermanently() {
+	st.nextSync = time.Time{}.Add(1<<63 - 1)
+}
+
+func backoff(failures int, base, ceiling time.Duration) time.Duration {
+	d := base
+	for i := 1; i < failures && d < ceiling; i++ {
+		d *= 2
+	}
+	d = min(d, ceiling)
+	return d/2 + time.Duration(rand.Int64N(int64(d/2)+1))
+}

@@ -1,0 +1,97 @@
+package main
+
+import (
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"os"
+	"time"
+
+	ctrl "sigs.k8s.io/controller-runtime"
+	"sigs.k8s.io/controller-runtime/pkg/log/zap"
+
+	"github.com/kms-key-sync/kms-key-sync/internal/kms"
+	"github.com/kms-key-sync/kms-key-sync/internal/operator"
+)
+
+// Set through -ldflags at build time.
+var (
+	version = "dev"
+	commit  = "unknown"
+)
+
+// flags are the command line: operator options plus what main resolves before building them.
+type flags struct {
+	operator.Options
+	kmsCAFile string
+	zap       zap.Options
+}
+
+func parseFlags(args []string, output io.Writer) (flags, error) {
+	var f flags
+	fs := flag.NewFlagSet("kms-key-sync", flag.ContinueOnError)
+	fs.SetOutput(output)
+	fs.StringVar(&f.MetricsAddr, "metrics-bind-address", ":8080", "The address the metrics endpoint binds to; \"0\" disables it.")
+	fs.StringVar(&f.ProbeAddr, "health-probe-bind-address", ":8081", "The address the health and readiness probes bind to.")
+	fs.BoolVar(&f.LeaderElection, "leader-elect", false, "Enable leader election, so that only one replica syncs at a time.")
+	fs.BoolVar(&f.AllowInsecureEndpoints, "allow-insecure-endpoints", false, "Allow plain http:// KMS endpoints, which send credentials in clear text. For emulators and tests only.")
+	fs.IntVar(&f.MaxConcurrentReconciles, "max-concurrent-reconciles", 4, "How many selectors are synced at the same time.")
+	fs.DurationVar(&f.SyncTimeout, "sync-timeout", 2*time.Minute, "The longest one complete listing of a selector may take.")
+	fs.DurationVar(&f.KMS.RequestTimeout, "kms-request-timeout", kms.DefaultRequestTimeout, "The longest one KMS API request may take.")
+	fs.StringVar(&f.kmsCAFile, "kms-ca-file", "", "A PEM file of CA certificates to trust for KMS endpoints, besides the system roots.")
+	f.zap.BindFlags(fs)
+	if err := fs.Parse(args); err != nil {
+		return f, err
+	}
+	if fs.NArg() > 0 {
+		return f, fmt.Errorf("unexpected arguments: %v", fs.Args())
+	}
+	if f.MaxConcurrentReconciles < 1 {
+		return f, fmt.Errorf("--max-concurrent-reconciles must be at least 1, got %d", f.MaxConcurrentReconciles)
+	}
+	return f, nil
+}
+
+func main() {
+	f, err := parseFlags(os.Args[1:], os.Stderr)
+	if errors.Is(err, flag.ErrHelp) {
+		os.Exit(0)
+	}
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		os.Exit(2)
+	}
+	ctrl.SetLogger(zap.New(zap.UseFlagOptions(&f.zap)))
+	if err := run(f); err != nil {
+		ctrl.Log.Error(err, "Operator stopped")
+		os.Exit(1)
+	}
+}
+
+func run(f flags) error {
+	ctrl.Log.Info("Starting kms-key-sync", "version", version, "commit", commit)
+	var caBundle []byte
+	if f.kmsCAFile != "" {
+		var err error
+		if caBundle, err = os.ReadFile(f.kmsCAFile); err != nil {
+			return fmt.Errorf("reading --kms-ca-file: %w", err)
+		}
+	}
+	transport, err := kms.NewTransport(caBundle)
+	if err != nil {
+		return fmt.Errorf("--kms-ca-file: %w", err)
+	}
+	f.KMS.Transport = transport
+	f.KMS.Logger = ctrl.Log.WithName("kms")
+
+	cfg, err := ctrl.GetConfig()
+	if err != nil {
+		return fmt.Errorf("loading kubeconfig: %w", err)
+	}
+	mgr, err := operator.New(cfg, f.Options)
+	if err != nil {
+		return err
+	}
+	return mgr.Start(ctrl.SetupSignalHandler())
+}
