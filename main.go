@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"strings"
 	"time"
 
 	ctrl "sigs.k8s.io/controller-runtime"
@@ -32,13 +33,20 @@ func parseFlags(args []string, output io.Writer) (flags, error) {
 	var f flags
 	fs := flag.NewFlagSet("kms-key-sync", flag.ContinueOnError)
 	fs.SetOutput(output)
-	fs.StringVar(&f.MetricsAddr, "metrics-bind-address", ":8080", "The address the metrics endpoint binds to; \"0\" disables it.")
+	fs.StringVar(&f.MetricsAddr, "metrics-bind-address", ":8443", "The address the metrics endpoint binds to; \"0\" disables it.")
+	fs.BoolVar(&f.MetricsSecure, "metrics-secure", true, "Serve metrics over HTTPS to authenticated, authorized callers only; false serves plain HTTP.")
 	fs.StringVar(&f.ProbeAddr, "health-probe-bind-address", ":8081", "The address the health and readiness probes bind to.")
 	fs.BoolVar(&f.LeaderElection, "leader-elect", false, "Enable leader election, so that only one replica syncs at a time.")
 	fs.BoolVar(&f.AllowInsecureEndpoints, "allow-insecure-endpoints", false, "Allow plain http:// KMS endpoints, which send credentials in clear text. For emulators and tests only.")
 	fs.IntVar(&f.MaxConcurrentReconciles, "max-concurrent-reconciles", 4, "How many selectors are synced at the same time.")
 	fs.DurationVar(&f.SyncTimeout, "sync-timeout", 2*time.Minute, "The longest one complete listing of a selector may take.")
 	fs.DurationVar(&f.KMS.RequestTimeout, "kms-request-timeout", kms.DefaultRequestTimeout, "The longest one KMS API request may take.")
+	fs.Float64Var(&f.KMSQPS, "kms-qps", 10, "The most KMS API calls per second, across all selectors; 0 means no limit.")
+	fs.IntVar(&f.KMSBurst, "kms-burst", 20, "The most KMS API calls in a burst above --kms-qps.")
+	fs.Func("watch-namespaces", "Comma-separated namespaces to watch; empty watches all namespaces.", func(v string) error {
+		f.WatchNamespaces = splitList(v)
+		return nil
+	})
 	fs.StringVar(&f.kmsCAFile, "kms-ca-file", "", "A PEM file of CA certificates to trust for KMS endpoints, besides the system roots.")
 	f.zap.BindFlags(fs)
 	if err := fs.Parse(args); err != nil {
@@ -46,6 +54,9 @@ func parseFlags(args []string, output io.Writer) (flags, error) {
 	}
 	if fs.NArg() > 0 {
 		return f, fmt.Errorf("unexpected arguments: %v", fs.Args())
+	}
+	if f.KMSQPS < 0 || f.KMSBurst < 1 {
+		return f, fmt.Errorf("--kms-qps must not be negative and --kms-burst must be at least 1, got %g and %d", f.KMSQPS, f.KMSBurst)
 	}
 	if f.MaxConcurrentReconciles < 1 {
 		return f, fmt.Errorf("--max-concurrent-reconciles must be at least 1, got %d", f.MaxConcurrentReconciles)
@@ -94,4 +105,14 @@ func run(f flags) error {
 		return err
 	}
 	return mgr.Start(ctrl.SetupSignalHandler())
+}
+
+func splitList(v string) []string {
+	var out []string
+	for _, s := range strings.Split(v, ",") {
+		if s = strings.TrimSpace(s); s != "" {
+			out = append(out, s)
+		}
+	}
+	return out
 }

@@ -5,6 +5,10 @@ package keysource
 
 import (
 	"context"
+	"fmt"
+	"net/http"
+
+	"golang.org/x/time/rate"
 
 	"github.com/kms-key-sync/kms-key-sync/internal/kms"
 )
@@ -26,6 +30,15 @@ type Direct struct {
 	Base kms.Config
 }
 
+// NewDirect returns a Direct whose clients together make at most qps calls a second (with
+// bursts of burst); qps 0 means no limit.
+func NewDirect(base kms.Config, qps float64, burst int) *Direct {
+	if qps > 0 {
+		base.Transport = &limitedTransport{next: transportOf(base), limiter: rate.NewLimiter(rate.Limit(qps), max(burst, 1))}
+	}
+	return &Direct{Base: base}
+}
+
 // ListKeys lists every key that matches req.Filter, or fails without a partial result.
 func (d *Direct) ListKeys(ctx context.Context, req Request) ([]kms.Key, error) {
 	cfg := d.Base
@@ -38,4 +51,29 @@ func (d *Direct) ListKeys(ctx context.Context, req Request) ([]kms.Key, error) {
 		return nil, err
 	}
 	return c.ListKeys(ctx, req.Filter)
+}
+
+func transportOf(cfg kms.Config) http.RoundTripper {
+	if cfg.Transport != nil {
+		return cfg.Transport
+	}
+	t, err := kms.NewTransport(nil)
+	if err != nil {
+		return http.DefaultTransport
+	}
+	return t
+}
+
+// limitedTransport waits for the shared limiter before every request, retries included, so the
+// operator as a whole never exceeds its share of the account's API quota.
+type limitedTransport struct {
+	next    http.RoundTripper
+	limiter *rate.Limiter
+}
+
+func (t *limitedTransport) RoundTrip(req *http.Request) (*http.Response, error) {
+	if err := t.limiter.Wait(req.Context()); err != nil {
+		return nil, fmt.Errorf("waiting for the KMS rate limit: %w", err)
+	}
+	return t.next.RoundTrip(req)
 }

@@ -16,6 +16,7 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/cache"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/controller-runtime/pkg/healthz"
+	"sigs.k8s.io/controller-runtime/pkg/metrics/filters"
 	metricsserver "sigs.k8s.io/controller-runtime/pkg/metrics/server"
 
 	kmsv1alpha1 "github.com/kms-key-sync/kms-key-sync/api/v1alpha1"
@@ -34,7 +35,10 @@ func init() {
 
 // Options configure the operator; main.go binds them to flags.
 type Options struct {
-	MetricsAddr             string
+	MetricsAddr string
+	// MetricsSecure serves metrics over HTTPS, to callers that authenticate and are authorized
+	// to get /metrics (see config/rbac/metrics_reader_role.yaml).
+	MetricsSecure           bool
 	ProbeAddr               string
 	LeaderElection          bool
 	LeaderElectionNamespace string
@@ -43,6 +47,11 @@ type Options struct {
 	SyncTimeout             time.Duration
 	// Backoff is the first retry delay after a failed sync; zero means the reconciler's default.
 	Backoff time.Duration
+	// WatchNamespaces restricts the operator to these namespaces; empty means all.
+	WatchNamespaces []string
+	// KMSQPS and KMSBurst limit the KMS calls of the whole operator; zero QPS means no limit.
+	KMSQPS   float64
+	KMSBurst int
 	// KMS is the base configuration of every KMS client: transport, timeouts, retries, observer.
 	KMS kms.Config
 }
@@ -51,12 +60,12 @@ type Options struct {
 func New(cfg *rest.Config, o Options) (ctrl.Manager, error) {
 	mgr, err := ctrl.NewManager(cfg, ctrl.Options{
 		Scheme:                  Scheme,
-		Metrics:                 metricsserver.Options{BindAddress: o.MetricsAddr},
+		Metrics:                 metricsOptions(o),
 		HealthProbeBindAddress:  o.ProbeAddr,
 		LeaderElection:          o.LeaderElection,
 		LeaderElectionID:        "kms-key-sync.keysync.dev",
 		LeaderElectionNamespace: o.LeaderElectionNamespace,
-		Cache:                   cacheOptions(),
+		Cache:                   cacheOptions(o.WatchNamespaces),
 	})
 	if err != nil {
 		return nil, fmt.Errorf("creating manager: %w", err)
@@ -68,7 +77,7 @@ func New(cfg *rest.Config, o Options) (ctrl.Manager, error) {
 		AllowInsecureEndpoints: o.AllowInsecureEndpoints,
 		SyncTimeout:            o.SyncTimeout,
 		Backoff:                o.Backoff,
-		Keys:                   &keysource.Direct{Base: o.KMS},
+		Keys:                   keysource.NewDirect(o.KMS, o.KMSQPS, o.KMSBurst),
 	}
 	if err := reconciler.SetupWithManager(mgr, max(o.MaxConcurrentReconciles, 1)); err != nil {
 		return nil, fmt.Errorf("setting up controller: %w", err)
@@ -86,10 +95,25 @@ func New(cfg *rest.Config, o Options) (ctrl.Manager, error) {
 
 // cacheOptions limits the ConfigMap informer to the operator's own ConfigMaps, so memory does not
 // grow with the cluster's other ConfigMaps. Secrets are never cached: they are read uncached.
-func cacheOptions() cache.Options {
-	return cache.Options{
+func cacheOptions(namespaces []string) cache.Options {
+	opts := cache.Options{
 		ByObject: map[client.Object]cache.ByObject{
 			&corev1.ConfigMap{}: {Label: labels.SelectorFromSet(labels.Set{kmsv1alpha1.ManagedByLabel: kmsv1alpha1.ManagedByValue})},
 		},
 	}
+	if len(namespaces) > 0 {
+		opts.DefaultNamespaces = map[string]cache.Config{}
+		for _, ns := range namespaces {
+			opts.DefaultNamespaces[ns] = cache.Config{}
+		}
+	}
+	return opts
+}
+
+func metricsOptions(o Options) metricsserver.Options {
+	m := metricsserver.Options{BindAddress: o.MetricsAddr, SecureServing: o.MetricsSecure}
+	if o.MetricsSecure {
+		m.FilterProvider = filters.WithAuthenticationAndAuthorization
+	}
+	return m
 }
