@@ -1,0 +1,166 @@
+package controllers
+
+import (
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	corev1 "k8s.io/api/core/v1"
+	apiextensionsv1 "k8s.io/apiextensions-apiserver/pkg/apis/apiextensions/v1"
+	"sigs.k8s.io/yaml"
+
+	"github.com/kms-key-sync/kms-key-sync/internal/kms"
+)
+
+func TestRenderDataIsDeterministic(t *testing.T) {
+	keys := []kms.Key{
+		{ID: "a", Alias: "one", State: kms.StateEnabled, Tags: map[string]string{"z": "1", "a": "2", "m": "3"},
+			CreationDate: time.Unix(1521449277, 0)},
+		{ID: "b", State: kms.State(9)},
+	}
+	first, err := renderData(keys)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for range 20 {
+		again, err := renderData(keys)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if again[KeysJSONKey] != first[KeysJSONKey] {
+			t.Fatalf("keys.json differs between renderings:\n%s\n%s", first[KeysJSONKey], again[KeysJSONKey])
+		}
+	}
+	want := `[{"id":"a","alias":"one","state":"Enabled","spec":"","usage":"","origin":"","tags":{"a":"2","m":"3","z":"1"},"creationDate":"2018-03-19T08:47:57Z"},` +
+		`{"id":"b","alias":"","state":"Unknown","spec":"","usage":"","origin":"","tags":{},"creationDate":""}]`
+	if first[KeysJSONKey] != want {
+		t.Errorf("keys.json = %s, want %s", first[KeysJSONKey], want)
+	}
+	if first["a"] != "Enabled" || first["b"] != "Unknown" || len(first) != 3 {
+		t.Errorf("entries = %v", first)
+	}
+}
+
+func TestRenderDataRefusesIDsThatCannotBeConfigMapKeys(t *testing.T) {
+	for _, id := range []string{"a/b", "keys.json", "", "with space"} {
+		if _, err := renderData([]kms.Key{{ID: id}}); err == nil {
+			t.Errorf("renderData accepted key id %q", id)
+		}
+	}
+}
+
+func TestCredentialsFromSecret(t *testing.T) {
+	cases := []struct {
+		name    string
+		data    map[string]string
+		want    kms.Credentials
+		wantErr string
+	}{
+		{name: "token", data: map[string]string{"token": "tok\n"}, want: kms.Credentials{Token: "tok"}},
+		{name: "aksk", data: map[string]string{"accessKey": "ak", "secretKey": "sk"}, want: kms.Credentials{AccessKey: "ak", SecretKey: "sk"}},
+		{name: "temporary aksk", data: map[string]string{"accessKey": "ak", "secretKey": "sk", "securityToken": "st"},
+			want: kms.Credentials{AccessKey: "ak", SecretKey: "sk", SecurityToken: "st"}},
+		{name: "empty", data: map[string]string{}, wantErr: "neither"},
+		{name: "empty value", data: map[string]string{"token": " \n"}, wantErr: `"token" is empty`},
+		{name: "only access key", data: map[string]string{"accessKey": "ak-1234"}, wantErr: `"secretKey" is missing`},
+		{name: "only secret key", data: map[string]string{"secretKey": "sk-1234"}, wantErr: `"accessKey" is missing`},
+		{name: "only security token", data: map[string]string{"securityToken": "st"}, wantErr: `"accessKey" is missing`},
+		{name: "both kinds", data: map[string]string{"token": "tok-1234", "accessKey": "ak-1234", "secretKey": "sk-1234"}, wantErr: "both"},
+		{name: "not UTF-8", data: map[string]string{"token": "\xff\xfe"}, wantErr: "UTF-8"},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			s := &corev1.Secret{Data: map[string][]byte{}}
+			for k, v := range tc.data {
+				s.Data[k] = []byte(v)
+			}
+			got, err := credentialsFromSecret(s)
+			if tc.wantErr != "" {
+				if err == nil || !strings.Contains(err.Error(), tc.wantErr) {
+					t.Fatalf("err = %v, want one containing %q", err, tc.wantErr)
+				}
+				for _, v := range tc.data {
+					if strings.TrimSpace(v) != "" && strings.Contains(err.Error(), v) {
+						t.Fatalf("error %q reveals a secret value", err)
+					}
+				}
+				return
+			}
+			if err != nil || got != tc.want {
+				t.Fatalf("got %v, %v; want %v", got, err, tc.want)
+			}
+		})
+	}
+}
+
+func TestBackoffGrowsExponentiallyUpToTheRefreshInterval(t *testing.T) {
+	base, ceiling := 5*time.Second, time.Minute
+	for failures, full := range map[int]time.Duration{1: 5 * time.Second, 2: 10 * time.Second, 3: 20 * time.Second,
+		4: 40 * time.Second, 5: time.Minute, 12: time.Minute} {
+		for range 50 {
+			d := backoff(failures, base, ceiling)
+			if d < full/2 || d > full {
+				t.Fatalf("backoff(%d) = %v, want within [%v, %v]", failures, d, full/2, full)
+			}
+		}
+	}
+}
+
+func TestDiffKeys(t *testing.T) {
+	prev := map[string]string{"a": "Enabled", "b": "Enabled", "c": "Enabled", KeysJSONKey: "[1]"}
+	cur := map[string]string{"a": "Enabled", "b": "Disabled", "d": "PendingDeletion", KeysJSONKey: "[2]"}
+	d := diffKeys(prev, cur)
+	if d.added != 1 || d.removed != 1 || d.changed != 1 || !d.detailsChanged {
+		t.Fatalf("diff = %+v", d)
+	}
+	if got := d.movedTo["Disabled"]; len(got) != 1 || got[0] != "b" {
+		t.Errorf("movedTo[Disabled] = %v", got)
+	}
+	if !diffKeys(cur, cur).empty() {
+		t.Error("identical data gave a non-empty diff")
+	}
+}
+
+// TestSchemaFollowsKMSRules keeps the CRD markers in step with internal/kms/rules.go, where the
+// API's limits are defined once.
+func TestSchemaFollowsKMSRules(t *testing.T) {
+	raw, err := os.ReadFile(filepath.Join("..", "config", "crd", "bases", "kms.keysync.dev_kmskeyselectors.yaml"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	crd := &apiextensionsv1.CustomResourceDefinition{}
+	if err := yaml.Unmarshal(raw, crd); err != nil {
+		t.Fatal(err)
+	}
+	spec := crd.Spec.Versions[0].Schema.OpenAPIV3Schema.Properties["spec"]
+	tags := spec.Properties["tags"]
+	tagKey := tags.Items.Schema.Properties["key"]
+	tagValue := tags.Items.Schema.Properties["values"].Items.Schema
+	match := spec.Properties["matches"].Items.Schema.Properties["value"]
+	page := spec.Properties["pageSize"]
+
+	checks := []struct {
+		name      string
+		got, want int64
+	}{
+		{"tags maxItems", *tags.MaxItems, kms.MaxTags},
+		{"tag key maxLength", *tagKey.MaxLength, kms.MaxTagKeyLength},
+		{"tag value maxLength", *tagValue.MaxLength, kms.MaxTagValueLength},
+		{"match value maxLength", *match.MaxLength, kms.MaxMatchValueLength},
+		{"pageSize maximum", int64(*page.Maximum), kms.MaxPageSize},
+	}
+	for _, c := range checks {
+		if c.got != c.want {
+			t.Errorf("%s = %d in the CRD, %d in internal/kms/rules.go", c.name, c.got, c.want)
+		}
+	}
+	if tagKey.Pattern != kms.TagTextPattern || tagValue.Pattern != kms.TagTextPattern {
+		t.Errorf("tag patterns %q and %q differ from kms.TagTextPattern %q", tagKey.Pattern, tagValue.Pattern, kms.TagTextPattern)
+	}
+	enum := spec.Properties["matches"].Items.Schema.Properties["key"].Enum
+	if len(enum) != 1 || string(enum[0].Raw) != `"`+string(kms.MatchResourceName)+`"` {
+		t.Errorf("match key enum = %v, want only %q", enum, kms.MatchResourceName)
+	}
+}
