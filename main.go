@@ -43,6 +43,7 @@ func parseFlags(args []string, output io.Writer) (flags, error) {
 	fs.DurationVar(&f.KMS.RequestTimeout, "kms-request-timeout", kms.DefaultRequestTimeout, "The longest one KMS API request may take.")
 	fs.Float64Var(&f.KMSQPS, "kms-qps", 10, "The most KMS API calls per second, across all selectors; 0 means no limit.")
 	fs.IntVar(&f.KMSBurst, "kms-burst", 20, "The most KMS API calls in a burst above --kms-qps.")
+	fs.DurationVar(&f.CoalesceWindow, "coalesce-window", operator.DefaultCoalesceWindow, "How long one listing answers identical requests of other selectors; keep it well under the smallest refresh interval (10s).")
 	fs.Func("watch-namespaces", "Comma-separated namespaces to watch; empty watches all namespaces.", func(v string) error {
 		f.WatchNamespaces = splitList(v)
 		return nil
@@ -57,6 +58,9 @@ func parseFlags(args []string, output io.Writer) (flags, error) {
 	}
 	if f.KMSQPS < 0 || f.KMSBurst < 1 {
 		return f, fmt.Errorf("--kms-qps must not be negative and --kms-burst must be at least 1, got %g and %d", f.KMSQPS, f.KMSBurst)
+	}
+	if f.CoalesceWindow <= 0 || f.CoalesceWindow >= 10*time.Second {
+		return f, fmt.Errorf("--coalesce-window must be positive and under 10s, the smallest refresh interval, got %s", f.CoalesceWindow)
 	}
 	if f.MaxConcurrentReconciles < 1 {
 		return f, fmt.Errorf("--max-concurrent-reconciles must be at least 1, got %d", f.MaxConcurrentReconciles)

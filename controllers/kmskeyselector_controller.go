@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"math/rand/v2"
 	"net/url"
 	"time"
 
@@ -29,6 +28,7 @@ import (
 	kmsv1alpha1 "github.com/kms-key-sync/kms-key-sync/api/v1alpha1"
 	"github.com/kms-key-sync/kms-key-sync/internal/keysource"
 	"github.com/kms-key-sync/kms-key-sync/internal/kms"
+	"github.com/kms-key-sync/kms-key-sync/internal/metrics"
 )
 
 // FieldOwner is the server-side apply field manager of everything the operator writes.
@@ -39,7 +39,7 @@ type KeyLister interface {
 	ListKeys(ctx context.Context, req keysource.Request) ([]kms.Key, error)
 }
 
-var _ KeyLister = (*keysource.Direct)(nil)
+var _ KeyLister = (*keysource.Coalescing)(nil)
 
 // KmsKeySelectorReconciler keeps each selector's ConfigMap in step with KMS.
 type KmsKeySelectorReconciler struct {
@@ -69,14 +69,14 @@ func (r *KmsKeySelectorReconciler) Reconcile(ctx context.Context, req ctrl.Reque
 	sel := &kmsv1alpha1.KmsKeySelector{}
 	if err := r.Get(ctx, req.NamespacedName, sel); err != nil {
 		if apierrors.IsNotFound(err) {
-			r.schedule.forget(req.NamespacedName)
+			r.forget(req.NamespacedName)
 			return ctrl.Result{}, nil
 		}
 		return ctrl.Result{}, fmt.Errorf("getting selector: %w", err)
 	}
 	if !sel.DeletionTimestamp.IsZero() {
 		// The ConfigMap is garbage-collected through its owner reference, or retained.
-		r.schedule.forget(req.NamespacedName)
+		r.forget(req.NamespacedName)
 		return ctrl.Result{}, nil
 	}
 
@@ -90,6 +90,11 @@ func (r *KmsKeySelectorReconciler) Reconcile(ctx context.Context, req ctrl.Reque
 		}
 	}()
 	return r.reconcileNormal(ctx, sel)
+}
+
+func (r *KmsKeySelectorReconciler) forget(key types.NamespacedName) {
+	r.schedule.forget(key)
+	metrics.ForgetSelector(key.Namespace, key.Name)
 }
 
 func (r *KmsKeySelectorReconciler) patchStatus(ctx context.Context, sel *kmsv1alpha1.KmsKeySelector, before *kmsv1alpha1.KmsKeySelectorStatus) error {
@@ -108,6 +113,7 @@ func (r *KmsKeySelectorReconciler) reconcileNormal(ctx context.Context, sel *kms
 
 	if sel.Spec.Suspend {
 		setReady(sel, metav1.ConditionFalse, kmsv1alpha1.ReasonSuspended, "Syncing is suspended; the ConfigMap keeps its last content")
+		metrics.SelectorReady.WithLabelValues(sel.Namespace, sel.Name).Set(0)
 		return ctrl.Result{}, nil
 	}
 
@@ -132,8 +138,6 @@ func (r *KmsKeySelectorReconciler) reconcileNormal(ctx context.Context, sel *kms
 
 // sync lists the keys and, only once the listing is complete, writes the ConfigMap and status.
 func (r *KmsKeySelectorReconciler) sync(ctx context.Context, sel *kmsv1alpha1.KmsKeySelector, state *selectorState, current *corev1.ConfigMap) (ctrl.Result, error) {
-	sel.Status.LastHandledForceSync = sel.Annotations[kmsv1alpha1.ForceSyncAnnotation]
-
 	request, reason, err := r.listRequest(ctx, sel)
 	if err != nil {
 		if reason == "" {
@@ -141,6 +145,10 @@ func (r *KmsKeySelectorReconciler) sync(ctx context.Context, sel *kmsv1alpha1.Km
 		}
 		return r.failed(ctx, sel, state, reason, err), nil
 	}
+	// A user who changed the spec or asked for a sync wants what KMS says now, and a retry must
+	// not go back to a listing older than the attempt that failed.
+	request.Fresh = state.requested(sel) || state.failures > 0
+	sel.Status.LastHandledForceSync = sel.Annotations[kmsv1alpha1.ForceSyncAnnotation]
 
 	listCtx, cancel := context.WithTimeout(ctx, r.SyncTimeout)
 	keys, err := r.Keys.ListKeys(listCtx, request)
@@ -168,8 +176,9 @@ func (r *KmsKeySelectorReconciler) sync(ctx context.Context, sel *kmsv1alpha1.Km
 	r.recordChanges(sel, previous, data)
 
 	now := time.Now()
-	state.succeeded(data, now, refreshInterval(sel))
+	state.succeeded(data, now, refreshInterval(sel), request.Phase())
 	setSynced(sel, keys, now)
+	recordSynced(sel)
 	return ctrl.Result{RequeueAfter: state.nextSync.Sub(now)}, nil
 }
 
@@ -177,6 +186,7 @@ func (r *KmsKeySelectorReconciler) sync(ctx context.Context, sel *kmsv1alpha1.Km
 func (r *KmsKeySelectorReconciler) failed(ctx context.Context, sel *kmsv1alpha1.KmsKeySelector, state *selectorState, reason string, cause error) ctrl.Result {
 	log.FromContext(ctx).Info("Sync failed", "reason", reason, "error", cause.Error())
 	setReady(sel, metav1.ConditionFalse, reason, cause.Error())
+	recordFailed(sel, reason)
 	r.Recorder.Eventf(sel, nil, corev1.EventTypeWarning, reason, "Sync", "%s", cause.Error())
 	if reason == kmsv1alpha1.ReasonInvalidSpec || reason == kmsv1alpha1.ReasonInsecureEndpoint {
 		// Nothing changes until the spec or the operator's flags do; a spec change triggers us.
@@ -262,6 +272,7 @@ func (r *KmsKeySelectorReconciler) writeTarget(ctx context.Context, sel *kmsv1al
 	if err := r.applyConfigMap(ctx, desired, applied); err != nil {
 		return err
 	}
+	metrics.ConfigMapWrites.Inc()
 	if patch := removeStrayEntries(applied, data); patch != nil {
 		if err := r.Patch(ctx, applied, patch, client.FieldOwner(FieldOwner)); err != nil {
 			return fmt.Errorf("removing foreign entries from ConfigMap %q: %w", applied.Name, err)
@@ -384,11 +395,6 @@ func setReady(sel *kmsv1alpha1.KmsKeySelector, status metav1.ConditionStatus, re
 		Message:            message,
 		ObservedGeneration: sel.Generation,
 	})
-}
-
-// jitter adds up to a tenth of d, so that selectors created together spread out.
-func jitter(d time.Duration) time.Duration {
-	return d + time.Duration(rand.Int64N(int64(d)/10+1))
 }
 
 func endpointFor(p kmsv1alpha1.ProviderSpec) (*url.URL, error) {

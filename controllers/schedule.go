@@ -51,18 +51,34 @@ func (s *schedule) forget(key types.NamespacedName) {
 	delete(s.selectors, key)
 }
 
-// due tells whether the selector must be listed now: its spec changed, a force-sync was asked
-// for, or its next sync time has come.
+// due tells whether the selector must be listed now: the user asked for it, or its next sync
+// time has come.
 func (st *selectorState) due(sel *kmsv1alpha1.KmsKeySelector, now time.Time) bool {
-	return sel.Status.ObservedGeneration != sel.Generation ||
-		sel.Annotations[kmsv1alpha1.ForceSyncAnnotation] != sel.Status.LastHandledForceSync ||
-		!now.Before(st.nextSync)
+	return st.requested(sel) || !now.Before(st.nextSync)
 }
 
-func (st *selectorState) succeeded(data map[string]string, now time.Time, interval time.Duration) {
+// requested tells whether the user changed the spec or asked for a sync by annotation.
+func (st *selectorState) requested(sel *kmsv1alpha1.KmsKeySelector) bool {
+	return sel.Status.ObservedGeneration != sel.Generation ||
+		sel.Annotations[kmsv1alpha1.ForceSyncAnnotation] != sel.Status.LastHandledForceSync
+}
+
+func (st *selectorState) succeeded(data map[string]string, now time.Time, interval time.Duration, phase uint64) {
 	st.data = data
 	st.failures = 0
-	st.nextSync = now.Add(jitter(interval))
+	st.nextSync = nextSlot(now, interval, phase)
+}
+
+// nextSlot is the first time, at least half an interval from now, whose offset within the
+// interval is the phase. Selectors that ask the same question share a phase, so their refreshes
+// coincide and one listing serves them all; different questions spread over the interval, so
+// that a thousand selectors do not fire together.
+func nextSlot(now time.Time, interval time.Duration, phase uint64) time.Time {
+	period := int64(interval)
+	offset := int64(phase % uint64(period))
+	earliest := now.Add(interval/2).UnixNano() - offset
+	slots := (earliest + period - 1) / period
+	return time.Unix(0, slots*period+offset)
 }
 
 // failed schedules the next attempt: the backoff doubles from base up to the refresh interval,

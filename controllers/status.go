@@ -14,6 +14,7 @@ import (
 
 	kmsv1alpha1 "github.com/kms-key-sync/kms-key-sync/api/v1alpha1"
 	"github.com/kms-key-sync/kms-key-sync/internal/kms"
+	"github.com/kms-key-sync/kms-key-sync/internal/metrics"
 )
 
 // maxStatusKeys is how many keys the status lists; KeyCount always gives the full number.
@@ -35,6 +36,23 @@ func setSynced(sel *kmsv1alpha1.KmsKeySelector, keys []kms.Key, now time.Time) {
 	st.StateCounts = &counts
 	setReady(sel, metav1.ConditionTrue, kmsv1alpha1.ReasonSynced,
 		fmt.Sprintf("%d matching keys are in ConfigMap %q", len(keys), targetName(sel)))
+}
+
+func recordSynced(sel *kmsv1alpha1.KmsKeySelector) {
+	metrics.Syncs.WithLabelValues(kmsv1alpha1.ReasonSynced).Inc()
+	metrics.SelectorReady.WithLabelValues(sel.Namespace, sel.Name).Set(1)
+	c := sel.Status.StateCounts
+	for state, n := range map[kms.State]int32{
+		kms.StatePendingActivation: c.PendingActivation, kms.StateEnabled: c.Enabled, kms.StateDisabled: c.Disabled,
+		kms.StatePendingDeletion: c.PendingDeletion, kms.StatePendingImport: c.PendingImport, kms.StateUnknown: c.Unknown,
+	} {
+		metrics.Keys.WithLabelValues(sel.Namespace, sel.Name, state.String()).Set(float64(n))
+	}
+}
+
+func recordFailed(sel *kmsv1alpha1.KmsKeySelector, reason string) {
+	metrics.Syncs.WithLabelValues(reason).Inc()
+	metrics.SelectorReady.WithLabelValues(sel.Namespace, sel.Name).Set(0)
 }
 
 func countState(c *kmsv1alpha1.StateCounts, s kms.State) {

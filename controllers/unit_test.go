@@ -164,3 +164,24 @@ func TestSchemaFollowsKMSRules(t *testing.T) {
 		t.Errorf("match key enum = %v, want only %q", enum, kms.MatchResourceName)
 	}
 }
+
+func TestNextSlotAlignsIdenticalQuestionsAndSpreadsOthers(t *testing.T) {
+	interval := 5 * time.Minute
+	for _, now := range []time.Time{time.Unix(1_700_000_000, 0), time.Unix(1_700_000_123, 456)} {
+		for _, phase := range []uint64{0, 1, 299_999_999_999, 1 << 63} {
+			slot := nextSlot(now, interval, phase)
+			if slot.Before(now.Add(interval/2)) || !slot.Before(now.Add(interval*3/2)) {
+				t.Errorf("nextSlot(%v, phase %d) = %v, want within [now+%v, now+%v)", now, phase, slot, interval/2, interval*3/2)
+			}
+			if got, want := slot.UnixNano()%int64(interval), int64(phase%uint64(interval)); got != want {
+				t.Errorf("slot offset = %d, want the phase %d", got, want)
+			}
+		}
+	}
+	// Two selectors with the same question that synced 40s apart refresh together.
+	a := nextSlot(time.Unix(1_700_000_000, 0), interval, 42)
+	b := nextSlot(time.Unix(1_700_000_040, 0), interval, 42)
+	if !a.Equal(b) {
+		t.Errorf("same phase gave %v and %v", a, b)
+	}
+}

@@ -4,9 +4,13 @@
 package keysource
 
 import (
+	"cmp"
 	"context"
+	"encoding/json"
 	"fmt"
+	"hash/fnv"
 	"net/http"
+	"slices"
 
 	"golang.org/x/time/rate"
 
@@ -22,6 +26,33 @@ type Request struct {
 	// PageSize is the limit of each ListKmsByTags call, 1 to kms.MaxPageSize.
 	PageSize int
 	Filter   kms.Filter
+	// Fresh asks for a listing made now, not one reused from a moment ago: for force-syncs and
+	// spec changes, where the user expects what KMS says at this moment.
+	Fresh bool
+}
+
+// Phase is a stable number derived from the question alone, not the credentials: selectors
+// asking the same question get the same phase, so their refreshes can be scheduled together.
+func (r Request) Phase() uint64 {
+	h := fnv.New64a()
+	_, _ = h.Write(r.query())
+	return h.Sum64()
+}
+
+// query is a canonical encoding of the question: where, page size and filter, with tags, values
+// and matches sorted, since their order does not change the answer.
+func (r Request) query() []byte {
+	tags := slices.Clone(r.Filter.Tags)
+	for i := range tags {
+		tags[i].Values = slices.Sorted(slices.Values(tags[i].Values))
+	}
+	slices.SortFunc(tags, func(a, b kms.TagFilter) int { return cmp.Compare(a.Key, b.Key) })
+	matches := slices.Clone(r.Filter.Matches)
+	slices.SortFunc(matches, func(a, b kms.Match) int {
+		return cmp.Or(cmp.Compare(a.Key, b.Key), cmp.Compare(a.Value, b.Value))
+	})
+	out, _ := json.Marshal([]any{r.Endpoint, r.ProjectID, r.PageSize, tags, matches})
+	return out
 }
 
 // Direct lists with a new kms.Client per request. Base carries what every client shares: the

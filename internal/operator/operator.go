@@ -23,6 +23,7 @@ import (
 	"github.com/kms-key-sync/kms-key-sync/controllers"
 	"github.com/kms-key-sync/kms-key-sync/internal/keysource"
 	"github.com/kms-key-sync/kms-key-sync/internal/kms"
+	"github.com/kms-key-sync/kms-key-sync/internal/metrics"
 )
 
 // Scheme knows the Kubernetes built-in types and KmsKeySelector.
@@ -49,6 +50,10 @@ type Options struct {
 	Backoff time.Duration
 	// WatchNamespaces restricts the operator to these namespaces; empty means all.
 	WatchNamespaces []string
+	// CoalesceWindow is how long a successful listing answers identical requests of other
+	// selectors; zero means DefaultCoalesceWindow. Keep it well under the smallest refresh
+	// interval (10s).
+	CoalesceWindow time.Duration
 	// KMSQPS and KMSBurst limit the KMS calls of the whole operator; zero QPS means no limit.
 	KMSQPS   float64
 	KMSBurst int
@@ -77,7 +82,7 @@ func New(cfg *rest.Config, o Options) (ctrl.Manager, error) {
 		AllowInsecureEndpoints: o.AllowInsecureEndpoints,
 		SyncTimeout:            o.SyncTimeout,
 		Backoff:                o.Backoff,
-		Keys:                   keysource.NewDirect(o.KMS, o.KMSQPS, o.KMSBurst),
+		Keys:                   newKeySource(o),
 	}
 	if err := reconciler.SetupWithManager(mgr, max(o.MaxConcurrentReconciles, 1)); err != nil {
 		return nil, fmt.Errorf("setting up controller: %w", err)
@@ -91,6 +96,25 @@ func New(cfg *rest.Config, o Options) (ctrl.Manager, error) {
 		}
 	}
 	return mgr, nil
+}
+
+// DefaultCoalesceWindow is the default of Options.CoalesceWindow.
+const DefaultCoalesceWindow = 5 * time.Second
+
+// newKeySource stands coalescing, then the rate limit, in front of the KMS client, and records
+// every KMS request in the Prometheus metrics.
+func newKeySource(o Options) *keysource.Coalescing {
+	base := o.KMS
+	base.Observer = metrics.KMSObserver{Next: o.KMS.Observer}
+	window := o.CoalesceWindow
+	if window <= 0 {
+		window = DefaultCoalesceWindow
+	}
+	return &keysource.Coalescing{
+		Next:        keysource.NewDirect(base, o.KMSQPS, o.KMSBurst),
+		TTL:         window,
+		OnCoalesced: metrics.CoalescedRequests.Inc,
+	}
 }
 
 // cacheOptions limits the ConfigMap informer to the operator's own ConfigMaps, so memory does not
