@@ -127,8 +127,8 @@ func (r *KmsKeySelectorReconciler) reconcileNormal(ctx context.Context, sel *kms
 	}
 
 	now := time.Now()
-	if !state.due(sel, now) && state.data != nil {
-		if err := r.writeTarget(ctx, sel, current, state.data); err != nil {
+	if !state.due(sel, now) && state.content != nil {
+		if err := r.writeTarget(ctx, sel, current, *state.content); err != nil {
 			return ctrl.Result{}, err
 		}
 		return ctrl.Result{RequeueAfter: state.nextSync.Sub(now)}, nil
@@ -157,26 +157,27 @@ func (r *KmsKeySelectorReconciler) sync(ctx context.Context, sel *kmsv1alpha1.Km
 		return r.failed(ctx, sel, state, reasonForKMSError(err), fmt.Errorf("listing KMS keys: %w", err)), nil
 	}
 
-	data, err := renderData(keys)
+	rendered, err := renderContent(keys)
 	if err != nil {
-		return r.failed(ctx, sel, state, kmsv1alpha1.ReasonKMSRequestFailed, err), nil
-	}
-	if size := dataSize(data); size > maxConfigMapDataBytes {
-		return r.failed(ctx, sel, state, kmsv1alpha1.ReasonTargetTooLarge,
-			fmt.Errorf("%d keys need %d bytes, more than the %d a ConfigMap can hold; narrow the tags or matches", len(keys), size, maxConfigMapDataBytes)), nil
+		reason := kmsv1alpha1.ReasonKMSRequestFailed
+		var tooLarge *tooLargeError
+		if errors.As(err, &tooLarge) {
+			reason = kmsv1alpha1.ReasonTargetTooLarge
+		}
+		return r.failed(ctx, sel, state, reason, err), nil
 	}
 
-	previous := state.data
+	previous := state.content
 	if previous == nil && current != nil {
-		previous = current.Data
+		previous = &content{Data: current.Data, BinaryData: current.BinaryData}
 	}
-	if err := r.writeTarget(ctx, sel, current, data); err != nil {
+	if err := r.writeTarget(ctx, sel, current, rendered); err != nil {
 		return ctrl.Result{}, err
 	}
-	r.recordChanges(sel, previous, data)
+	r.recordChanges(sel, previous, rendered)
 
 	now := time.Now()
-	state.succeeded(data, now, refreshInterval(sel), request.Phase())
+	state.succeeded(rendered, now, refreshInterval(sel), request.Phase())
 	setSynced(sel, keys, now)
 	recordSynced(sel)
 	return ctrl.Result{RequeueAfter: state.nextSync.Sub(now)}, nil
@@ -261,10 +262,10 @@ func (e *targetConflictError) Error() string {
 	return fmt.Sprintf("ConfigMap %q exists and is not managed by this selector; delete or rename it, or set spec.target.configMapName", e.name)
 }
 
-// writeTarget applies data when the ConfigMap differs from what it should be, and removes data
+// writeTarget applies the content when the ConfigMap differs from what it should be, and removes
 // entries that someone else added.
-func (r *KmsKeySelectorReconciler) writeTarget(ctx context.Context, sel *kmsv1alpha1.KmsKeySelector, current *corev1.ConfigMap, data map[string]string) error {
-	desired := desiredConfigMap(sel, data)
+func (r *KmsKeySelectorReconciler) writeTarget(ctx context.Context, sel *kmsv1alpha1.KmsKeySelector, current *corev1.ConfigMap, c content) error {
+	desired := desiredConfigMap(sel, c)
 	if current != nil && upToDate(current, desired) {
 		return nil
 	}
@@ -273,7 +274,7 @@ func (r *KmsKeySelectorReconciler) writeTarget(ctx context.Context, sel *kmsv1al
 		return err
 	}
 	metrics.ConfigMapWrites.Inc()
-	if patch := removeStrayEntries(applied, data); patch != nil {
+	if patch := removeStrayEntries(applied, c); patch != nil {
 		if err := r.Patch(ctx, applied, patch, client.FieldOwner(FieldOwner)); err != nil {
 			return fmt.Errorf("removing foreign entries from ConfigMap %q: %w", applied.Name, err)
 		}
@@ -288,13 +289,16 @@ func (r *KmsKeySelectorReconciler) applyConfigMap(ctx context.Context, desired *
 	return r.APIReader.Get(ctx, types.NamespacedName{Namespace: *desired.Namespace, Name: *desired.Name}, into)
 }
 
-func desiredConfigMap(sel *kmsv1alpha1.KmsKeySelector, data map[string]string) *corev1ac.ConfigMapApplyConfiguration {
+func desiredConfigMap(sel *kmsv1alpha1.KmsKeySelector, c content) *corev1ac.ConfigMapApplyConfiguration {
 	cm := corev1ac.ConfigMap(targetName(sel), sel.Namespace).
 		WithLabels(map[string]string{
 			kmsv1alpha1.ManagedByLabel: kmsv1alpha1.ManagedByValue,
 			kmsv1alpha1.SelectorLabel:  sel.Name,
 		}).
-		WithData(data)
+		WithData(c.Data)
+	if len(c.BinaryData) > 0 {
+		cm.WithBinaryData(c.BinaryData)
+	}
 	if deletionPolicy(sel.Spec) == kmsv1alpha1.DeletionPolicyDelete {
 		cm.WithOwnerReferences(metav1ac.OwnerReference().
 			WithAPIVersion(kmsv1alpha1.GroupVersion.String()).
@@ -309,10 +313,7 @@ func desiredConfigMap(sel *kmsv1alpha1.KmsKeySelector, data map[string]string) *
 
 // upToDate tells whether current already holds exactly what desired says.
 func upToDate(current *corev1.ConfigMap, desired *corev1ac.ConfigMapApplyConfiguration) bool {
-	if !equality.Semantic.DeepEqual(current.Data, desired.Data) && !(len(current.Data) == 0 && len(desired.Data) == 0) {
-		return false
-	}
-	if len(current.BinaryData) > 0 {
+	if !sameEntries(current.Data, desired.Data) || !sameEntries(current.BinaryData, desired.BinaryData) {
 		return false
 	}
 	for k, v := range desired.Labels {
@@ -331,7 +332,7 @@ func upToDate(current *corev1.ConfigMap, desired *corev1ac.ConfigMapApplyConfigu
 
 // recordChanges emits an event when the keys changed, and a warning for every key that moved to
 // Disabled or PendingDeletion. An unchanged refresh emits nothing.
-func (r *KmsKeySelectorReconciler) recordChanges(sel *kmsv1alpha1.KmsKeySelector, previous, current map[string]string) {
+func (r *KmsKeySelectorReconciler) recordChanges(sel *kmsv1alpha1.KmsKeySelector, previous *content, current content) {
 	diff := diffKeys(previous, current)
 	if diff.empty() {
 		return

@@ -1,6 +1,8 @@
 package controllers
 
 import (
+	"bytes"
+	"compress/gzip"
 	"encoding/json"
 	"fmt"
 	"time"
@@ -13,9 +15,87 @@ import (
 // KeysJSONKey is the ConfigMap entry that holds every key as a JSON array sorted by id.
 const KeysJSONKey = "keys.json"
 
-// maxConfigMapDataBytes keeps the rendered data safely below the API server's 1 MiB object limit,
-// leaving room for metadata and managed fields.
+// KeysJSONGzipKey is the binaryData entry that holds keys.json gzip-compressed, instead of
+// keys.json, when the plain form would not fit in a ConfigMap.
+const KeysJSONGzipKey = "keys.json.gz"
+
+// maxConfigMapDataBytes keeps the rendered content safely below the API server's 1 MiB limit on
+// a ConfigMap's data, leaving room for metadata and managed fields.
 const maxConfigMapDataBytes = 1000 * 1024
+
+// content is what a ConfigMap holds: one "<key_id>: <State>" entry per key, and every key in
+// keys.json (or, for selectors too large for that, keys.json.gz in BinaryData).
+type content struct {
+	Data       map[string]string
+	BinaryData map[string][]byte
+}
+
+// tooLargeError reports keys that do not fit in one ConfigMap even in the compact form.
+type tooLargeError struct{ keys, size int }
+
+func (e *tooLargeError) Error() string {
+	return fmt.Sprintf("%d keys need %d bytes even with keys.json compressed, more than the %d a ConfigMap can hold; narrow spec.tags or spec.matches",
+		e.keys, e.size, maxConfigMapDataBytes)
+}
+
+// renderContent renders keys, sorted by id as the client returns them. It is deterministic, so
+// the same keys give the same bytes.
+func renderContent(keys []kms.Key) (content, error) {
+	data, err := renderData(keys)
+	if err != nil {
+		return content{}, err
+	}
+	c := content{Data: data}
+	if c.size() <= maxConfigMapDataBytes {
+		return c, nil
+	}
+	compressed, err := gzipBytes([]byte(data[KeysJSONKey]))
+	if err != nil {
+		return content{}, err
+	}
+	delete(data, KeysJSONKey)
+	c.BinaryData = map[string][]byte{KeysJSONGzipKey: compressed}
+	if size := c.size(); size > maxConfigMapDataBytes {
+		return content{}, &tooLargeError{keys: len(keys), size: size}
+	}
+	return c, nil
+}
+
+// gzipBytes compresses b; with a zero header (no name, no time) the output depends on b alone.
+func gzipBytes(b []byte) ([]byte, error) {
+	var buf bytes.Buffer
+	zw, err := gzip.NewWriterLevel(&buf, gzip.BestCompression)
+	if err != nil {
+		return nil, err
+	}
+	if _, err := zw.Write(b); err != nil {
+		return nil, fmt.Errorf("compressing %s: %w", KeysJSONKey, err)
+	}
+	if err := zw.Close(); err != nil {
+		return nil, fmt.Errorf("compressing %s: %w", KeysJSONKey, err)
+	}
+	return buf.Bytes(), nil
+}
+
+// size is the number of bytes the content adds to a ConfigMap.
+func (c content) size() int {
+	n := 0
+	for k, v := range c.Data {
+		n += len(k) + len(v)
+	}
+	for k, v := range c.BinaryData {
+		n += len(k) + len(v)
+	}
+	return n
+}
+
+// details is the entry that holds every key's details, in whichever form it takes.
+func (c content) details() string {
+	if gz, ok := c.BinaryData[KeysJSONGzipKey]; ok {
+		return string(gz)
+	}
+	return c.Data[KeysJSONKey]
+}
 
 // keyRecord is one element of keys.json. Field order is fixed, so the same keys give the same bytes.
 type keyRecord struct {
@@ -63,11 +143,3 @@ func toRecord(k kms.Key) keyRecord {
 	return r
 }
 
-// dataSize is the number of bytes data adds to a ConfigMap.
-func dataSize(data map[string]string) int {
-	n := 0
-	for k, v := range data {
-		n += len(k) + len(v)
-	}
-	return n
-}

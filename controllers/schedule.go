@@ -11,7 +11,7 @@ import (
 	kmsv1alpha1 "github.com/kms-key-sync/kms-key-sync/api/v1alpha1"
 )
 
-// schedule remembers, per selector, the last good ConfigMap data (to repair the ConfigMap
+// schedule remembers, per selector, the last good ConfigMap content (to repair the ConfigMap
 // without calling KMS), when the next listing is due, and the failures since the last success.
 // It is lost on restart; the status then tells whether a listing is due.
 type schedule struct {
@@ -21,7 +21,7 @@ type schedule struct {
 
 type selectorState struct {
 	uid      types.UID
-	data     map[string]string
+	content  *content
 	nextSync time.Time
 	failures int
 }
@@ -63,8 +63,8 @@ func (st *selectorState) requested(sel *kmsv1alpha1.KmsKeySelector) bool {
 		sel.Annotations[kmsv1alpha1.ForceSyncAnnotation] != sel.Status.LastHandledForceSync
 }
 
-func (st *selectorState) succeeded(data map[string]string, now time.Time, interval time.Duration, phase uint64) {
-	st.data = data
+func (st *selectorState) succeeded(c content, now time.Time, interval time.Duration, phase uint64) {
+	st.content = &c
 	st.failures = 0
 	st.nextSync = nextSlot(now, interval, phase)
 }

@@ -81,7 +81,12 @@ type keyDiff struct {
 	detailsChanged bool
 }
 
-func diffKeys(previous, current map[string]string) keyDiff {
+func diffKeys(previousContent *content, currentContent content) keyDiff {
+	var previous map[string]string
+	if previousContent != nil {
+		previous = previousContent.Data
+	}
+	current := currentContent.Data
 	d := keyDiff{movedTo: map[string][]string{}}
 	for id, state := range current {
 		if id == KeysJSONKey {
@@ -106,7 +111,7 @@ func diffKeys(previous, current map[string]string) keyDiff {
 	for _, ids := range d.movedTo {
 		sort.Strings(ids)
 	}
-	d.detailsChanged = previous[KeysJSONKey] != current[KeysJSONKey]
+	d.detailsChanged = previousContent == nil || previousContent.details() != currentContent.details()
 	return d
 }
 
@@ -127,18 +132,20 @@ func abbreviate(ids []string, n int) string {
 
 // removeStrayEntries returns a JSON patch that removes the data and binaryData entries that
 // someone else added to cm, or nil when there are none.
-func removeStrayEntries(cm *corev1.ConfigMap, want map[string]string) client.Patch {
+func removeStrayEntries(cm *corev1.ConfigMap, want content) client.Patch {
 	var ops []string
 	remove := func(field, key string) {
 		ops = append(ops, fmt.Sprintf(`{"op":"remove","path":"/%s/%s"}`, field, strings.NewReplacer("~", "~0", "/", "~1").Replace(key)))
 	}
 	for _, k := range sortedKeys(cm.Data) {
-		if _, ok := want[k]; !ok {
+		if _, ok := want.Data[k]; !ok {
 			remove("data", k)
 		}
 	}
 	for _, k := range sortedKeys(cm.BinaryData) {
-		remove("binaryData", k)
+		if _, ok := want.BinaryData[k]; !ok {
+			remove("binaryData", k)
+		}
 	}
 	if len(ops) == 0 {
 		return nil
@@ -153,4 +160,18 @@ func sortedKeys[V any](m map[string]V) []string {
 	}
 	sort.Strings(keys)
 	return keys
+}
+
+// sameEntries compares two ConfigMap maps, a nil map being equal to an empty one.
+func sameEntries[V string | []byte](a, b map[string]V) bool {
+	if len(a) != len(b) {
+		return false
+	}
+	for k, va := range a {
+		vb, ok := b[k]
+		if !ok || string(va) != string(vb) {
+			return false
+		}
+	}
+	return true
 }

@@ -1,6 +1,11 @@
 package controllers
 
 import (
+	"bytes"
+	"compress/gzip"
+	"encoding/json"
+	"errors"
+	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
@@ -109,8 +114,8 @@ func TestBackoffGrowsExponentiallyUpToTheRefreshInterval(t *testing.T) {
 }
 
 func TestDiffKeys(t *testing.T) {
-	prev := map[string]string{"a": "Enabled", "b": "Enabled", "c": "Enabled", KeysJSONKey: "[1]"}
-	cur := map[string]string{"a": "Enabled", "b": "Disabled", "d": "PendingDeletion", KeysJSONKey: "[2]"}
+	prev := &content{Data: map[string]string{"a": "Enabled", "b": "Enabled", "c": "Enabled", KeysJSONKey: "[1]"}}
+	cur := content{Data: map[string]string{"a": "Enabled", "b": "Disabled", "d": "PendingDeletion", KeysJSONKey: "[2]"}}
 	d := diffKeys(prev, cur)
 	if d.added != 1 || d.removed != 1 || d.changed != 1 || !d.detailsChanged {
 		t.Fatalf("diff = %+v", d)
@@ -118,7 +123,7 @@ func TestDiffKeys(t *testing.T) {
 	if got := d.movedTo["Disabled"]; len(got) != 1 || got[0] != "b" {
 		t.Errorf("movedTo[Disabled] = %v", got)
 	}
-	if !diffKeys(cur, cur).empty() {
+	if !diffKeys(&cur, cur).empty() {
 		t.Error("identical data gave a non-empty diff")
 	}
 }
@@ -183,5 +188,52 @@ func TestNextSlotAlignsIdenticalQuestionsAndSpreadsOthers(t *testing.T) {
 	b := nextSlot(time.Unix(1_700_000_040, 0), interval, 42)
 	if !a.Equal(b) {
 		t.Errorf("same phase gave %v and %v", a, b)
+	}
+}
+
+func manyKeys(n int) []kms.Key {
+	keys := make([]kms.Key, n)
+	for i := range keys {
+		keys[i] = kms.Key{ID: fmt.Sprintf("%08x-0000-4000-8000-%012x", i, i), Alias: fmt.Sprintf("payments-key-%d", i),
+			State: kms.StateEnabled, Spec: "AES_256", Usage: "ENCRYPT_DECRYPT", Origin: "kms",
+			Tags: map[string]string{"env": "prod", "team": "payments"}, CreationDate: time.Unix(1521449277+int64(i), 0)}
+	}
+	return keys
+}
+
+func TestRenderContentCompressesRatherThanDropsKeys(t *testing.T) {
+	small, err := renderContent(manyKeys(100))
+	if err != nil || len(small.BinaryData) != 0 || small.Data[KeysJSONKey] == "" {
+		t.Fatalf("100 keys: err=%v, binary entries %d; want plain keys.json", err, len(small.BinaryData))
+	}
+
+	keys := manyKeys(10_000)
+	c, err := renderContent(keys)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, plain := c.Data[KeysJSONKey]; plain || len(c.BinaryData[KeysJSONGzipKey]) == 0 {
+		t.Fatal("10,000 keys: want keys.json.gz instead of keys.json")
+	}
+	if len(c.Data) != len(keys) || c.size() > maxConfigMapDataBytes {
+		t.Fatalf("10,000 keys: %d entries, %d bytes", len(c.Data), c.size())
+	}
+	zr, err := gzip.NewReader(bytes.NewReader(c.BinaryData[KeysJSONGzipKey]))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var records []keyRecord
+	if err := json.NewDecoder(zr).Decode(&records); err != nil || len(records) != len(keys) || records[9999].ID != keys[9999].ID {
+		t.Fatalf("keys.json.gz decodes to %d records, err %v", len(records), err)
+	}
+	again, _ := renderContent(keys)
+	if !bytes.Equal(again.BinaryData[KeysJSONGzipKey], c.BinaryData[KeysJSONGzipKey]) {
+		t.Error("compressed output differs between renderings")
+	}
+	t.Logf("10,000 keys: %d bytes with keys.json.gz (%d compressed)", c.size(), len(c.BinaryData[KeysJSONGzipKey]))
+
+	var tooLarge *tooLargeError
+	if _, err := renderContent(manyKeys(30_000)); !errors.As(err, &tooLarge) {
+		t.Fatalf("30,000 keys: err = %v, want a tooLargeError", err)
 	}
 }
