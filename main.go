@@ -36,6 +36,7 @@ func parseFlags(args []string, output io.Writer) (flags, error) {
 	fs.StringVar(&f.MetricsAddr, "metrics-bind-address", ":8443", "The address the metrics endpoint binds to; \"0\" disables it.")
 	fs.BoolVar(&f.MetricsSecure, "metrics-secure", true, "Serve metrics over HTTPS to authenticated, authorized callers only; false serves plain HTTP.")
 	fs.StringVar(&f.ProbeAddr, "health-probe-bind-address", ":8081", "The address the health and readiness probes bind to.")
+	fs.StringVar(&f.PprofAddr, "pprof-bind-address", "0", "The address net/http/pprof binds to, for profiling; \"0\" disables it.")
 	fs.BoolVar(&f.LeaderElection, "leader-elect", false, "Enable leader election, so that only one replica syncs at a time.")
 	fs.BoolVar(&f.AllowInsecureEndpoints, "allow-insecure-endpoints", false, "Allow plain http:// KMS endpoints, which send credentials in clear text. For emulators and tests only.")
 	fs.IntVar(&f.MaxConcurrentReconciles, "max-concurrent-reconciles", 4, "How many selectors are synced at the same time.")

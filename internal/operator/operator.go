@@ -39,8 +39,10 @@ type Options struct {
 	MetricsAddr string
 	// MetricsSecure serves metrics over HTTPS, to callers that authenticate and are authorized
 	// to get /metrics (see config/rbac/metrics_reader_role.yaml).
-	MetricsSecure           bool
-	ProbeAddr               string
+	MetricsSecure bool
+	ProbeAddr     string
+	// PprofAddr serves net/http/pprof for profiling; "" or "0" disables it.
+	PprofAddr               string
 	LeaderElection          bool
 	LeaderElectionNamespace string
 	AllowInsecureEndpoints  bool
@@ -67,6 +69,7 @@ func New(cfg *rest.Config, o Options) (ctrl.Manager, error) {
 		Scheme:                  Scheme,
 		Metrics:                 metricsOptions(o),
 		HealthProbeBindAddress:  o.ProbeAddr,
+		PprofBindAddress:        o.PprofAddr,
 		LeaderElection:          o.LeaderElection,
 		LeaderElectionID:        "kms-key-sync.keysync.dev",
 		LeaderElectionNamespace: o.LeaderElectionNamespace,
