@@ -31,8 +31,20 @@ type flags struct {
 
 func parseFlags(args []string, output io.Writer) (flags, error) {
 	var f flags
-	fs := flag.NewFlagSet("kms-key-sync", flag.ContinueOnError)
+	fs := newFlagSet(&f)
 	fs.SetOutput(output)
+	if err := fs.Parse(args); err != nil {
+		return f, err
+	}
+	if fs.NArg() > 0 {
+		return f, fmt.Errorf("unexpected arguments: %v", fs.Args())
+	}
+	return f, f.validate()
+}
+
+// newFlagSet binds the command line to f. The README's flag table lists the same flags.
+func newFlagSet(f *flags) *flag.FlagSet {
+	fs := flag.NewFlagSet("kms-key-sync", flag.ContinueOnError)
 	fs.StringVar(&f.MetricsAddr, "metrics-bind-address", ":8443", "The address the metrics endpoint binds to; \"0\" disables it.")
 	fs.BoolVar(&f.MetricsSecure, "metrics-secure", true, "Serve metrics over HTTPS to authenticated, authorized callers only; false serves plain HTTP.")
 	fs.StringVar(&f.ProbeAddr, "health-probe-bind-address", ":8081", "The address the health and readiness probes bind to.")
@@ -51,22 +63,20 @@ func parseFlags(args []string, output io.Writer) (flags, error) {
 	})
 	fs.StringVar(&f.kmsCAFile, "kms-ca-file", "", "A PEM file of CA certificates to trust for KMS endpoints, besides the system roots.")
 	f.zap.BindFlags(fs)
-	if err := fs.Parse(args); err != nil {
-		return f, err
-	}
-	if fs.NArg() > 0 {
-		return f, fmt.Errorf("unexpected arguments: %v", fs.Args())
-	}
+	return fs
+}
+
+func (f flags) validate() error {
 	if f.KMSQPS < 0 || f.KMSBurst < 1 {
-		return f, fmt.Errorf("--kms-qps must not be negative and --kms-burst must be at least 1, got %g and %d", f.KMSQPS, f.KMSBurst)
+		return fmt.Errorf("--kms-qps must not be negative and --kms-burst must be at least 1, got %g and %d", f.KMSQPS, f.KMSBurst)
 	}
 	if f.CoalesceWindow <= 0 || f.CoalesceWindow >= 10*time.Second {
-		return f, fmt.Errorf("--coalesce-window must be positive and under 10s, the smallest refresh interval, got %s", f.CoalesceWindow)
+		return fmt.Errorf("--coalesce-window must be positive and under 10s, the smallest refresh interval, got %s", f.CoalesceWindow)
 	}
 	if f.MaxConcurrentReconciles < 1 {
-		return f, fmt.Errorf("--max-concurrent-reconciles must be at least 1, got %d", f.MaxConcurrentReconciles)
+		return fmt.Errorf("--max-concurrent-reconciles must be at least 1, got %d", f.MaxConcurrentReconciles)
 	}
-	return f, nil
+	return nil
 }
 
 func main() {
