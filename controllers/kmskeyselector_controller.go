@@ -85,7 +85,8 @@ func (r *KmsKeySelectorReconciler) Reconcile(ctx context.Context, req ctrl.Reque
 		if equality.Semantic.DeepEqual(before, &sel.Status) {
 			return
 		}
-		if patchErr := r.patchStatus(ctx, sel, before); patchErr != nil {
+		// A status lost to shutdown is recomputed by the next reconcile.
+		if patchErr := r.patchStatus(ctx, sel, before); patchErr != nil && ctx.Err() == nil {
 			err = errors.Join(err, patchErr)
 		}
 	}()
@@ -107,8 +108,6 @@ func (r *KmsKeySelectorReconciler) patchStatus(ctx context.Context, sel *kmsv1al
 }
 
 func (r *KmsKeySelectorReconciler) reconcileNormal(ctx context.Context, sel *kmsv1alpha1.KmsKeySelector) (ctrl.Result, error) {
-	sel.Status.ObservedGeneration = sel.Generation
-	sel.Status.ConfigMapName = targetName(sel)
 	state := r.schedule.get(sel)
 
 	if sel.Spec.Suspend {
@@ -145,9 +144,12 @@ func (r *KmsKeySelectorReconciler) sync(ctx context.Context, sel *kmsv1alpha1.Km
 		}
 		return r.failed(ctx, sel, state, reason, err), nil
 	}
-	// A user who changed the spec or asked for a sync wants what KMS says now, and a retry must
-	// not go back to a listing older than the attempt that failed.
-	request.Fresh = state.requested(sel) || state.failures > 0
+	request.Fresh = state.wantsFresh(sel)
+	if state.failures > 0 {
+		// While failing, the backoff above is the retry policy: one call per attempt, so a
+		// persistent fault costs no more than one call per backoff step.
+		request.MaxAttempts = 1
+	}
 	sel.Status.LastHandledForceSync = sel.Annotations[kmsv1alpha1.ForceSyncAnnotation]
 
 	listCtx, cancel := context.WithTimeout(ctx, r.SyncTimeout)
@@ -388,7 +390,9 @@ func reasonForKMSError(err error) string {
 	}
 }
 
+// setReady sets the Ready condition, and with it the generation the status speaks for.
 func setReady(sel *kmsv1alpha1.KmsKeySelector, status metav1.ConditionStatus, reason, message string) {
+	sel.Status.ObservedGeneration = sel.Generation
 	meta.SetStatusCondition(&sel.Status.Conditions, metav1.Condition{
 		Type:               kmsv1alpha1.ConditionReady,
 		Status:             status,

@@ -107,6 +107,19 @@ var _ = Describe("KmsKeySelector", func() {
 		Expect(f.filterCalls()).To(Equal(int64(3)))
 	})
 
+	It("lists again at once when the spec changes", func() {
+		f := newFixture(kmstest.WithKeys(keyA, keyB, keyC, keyD))
+		sel := f.create(f.selector("respec", withTags(tag("env", "staging"))))
+		Eventually(f.states("respec")).Should(Equal(statesOf(keyC)))
+		Eventually(func(g Gomega) {
+			cur := get(sel)(g)
+			cur.Spec.Tags = []kmsv1alpha1.TagSelector{tag("team", "search")}
+			g.Expect(k8sClient.Update(ctx(), cur)).To(Succeed())
+		}).Should(Succeed())
+		Eventually(f.states("respec")).Should(Equal(statesOf(keyD)))
+		waitSynced(sel)
+	})
+
 	It("writes to spec.target.configMapName", func() {
 		f := newFixture(kmstest.WithKeys(keyA))
 		sel := f.create(f.selector("named", func(s *kmsv1alpha1.KmsKeySelector) { s.Spec.Target.ConfigMapName = "elsewhere" }))
@@ -169,7 +182,7 @@ var _ = Describe("KmsKeySelector", func() {
 		disabledA := keyA
 		disabledA.State = kms.StateDisabled
 		Eventually(f.states("follow")).Should(Equal(statesOf(disabledA, keyC, keyD)))
-		Eventually(eventReasons(sel)).Should(ContainElements("KeysChanged", "KeyDisabled"))
+		Eventually(eventReasons(sel)).Should(Equal([]string{"KeyDisabled", "KeysChanged", "KeysChanged"}))
 
 		By("refresh")
 		Expect(f.kms.SetKeyState(keyA.ID, kms.StateEnabled)).To(Succeed())

@@ -63,6 +63,16 @@ func (st *selectorState) requested(sel *kmsv1alpha1.KmsKeySelector) bool {
 		sel.Annotations[kmsv1alpha1.ForceSyncAnnotation] != sel.Status.LastHandledForceSync
 }
 
+// wantsFresh tells whether the listing must be made now rather than reused from an identical
+// question a moment ago: a user who changed the spec or asked for a sync wants what KMS says
+// now, and a retry must not go back to a listing older than the attempt that failed. A new
+// selector can share its first listing.
+func (st *selectorState) wantsFresh(sel *kmsv1alpha1.KmsKeySelector) bool {
+	specChanged := sel.Status.ObservedGeneration != 0 && sel.Status.ObservedGeneration != sel.Generation
+	forced := sel.Annotations[kmsv1alpha1.ForceSyncAnnotation] != sel.Status.LastHandledForceSync
+	return specChanged || forced || st.failures > 0
+}
+
 func (st *selectorState) succeeded(c content, now time.Time, interval time.Duration, phase uint64) {
 	st.content = &c
 	st.failures = 0
@@ -81,8 +91,9 @@ func nextSlot(now time.Time, interval time.Duration, phase uint64) time.Time {
 	return time.Unix(0, slots*period+offset)
 }
 
-// failed schedules the next attempt: the backoff doubles from base up to the refresh interval,
-// with equal jitter, so a failing selector calls KMS less often than a healthy one.
+// failed schedules the next attempt: the backoff doubles from base, with equal jitter, and is
+// capped at the refresh interval, so a selector that keeps failing tries once an interval, like
+// a healthy one, and never more often.
 func (st *selectorState) failed(now time.Time, base, interval time.Duration) time.Duration {
 	st.failures++
 	delay := backoff(st.failures, base, interval)
@@ -97,9 +108,8 @@ func (st *selectorState) failedPermanently() {
 
 func backoff(failures int, base, ceiling time.Duration) time.Duration {
 	d := base
-	for i := 1; i < failures && d < ceiling; i++ {
+	for i := 1; i < failures && d < 2*ceiling; i++ {
 		d *= 2
 	}
-	d = min(d, ceiling)
-	return d/2 + time.Duration(rand.Int64N(int64(d/2)+1))
+	return min(d/2+time.Duration(rand.Int64N(int64(d/2)+1)), ceiling)
 }

@@ -24,6 +24,7 @@ const maxStatusKeys = 100
 func setSynced(sel *kmsv1alpha1.KmsKeySelector, keys []kms.Key, now time.Time) {
 	st := &sel.Status
 	st.LastSyncTime = &metav1.Time{Time: now.Truncate(time.Second)}
+	st.ConfigMapName = targetName(sel)
 	st.KeyCount = ptr.To(int32(len(keys)))
 	counts := kmsv1alpha1.StateCounts{}
 	st.Keys = make([]kmsv1alpha1.KeyStatus, 0, min(len(keys), maxStatusKeys))
@@ -75,7 +76,7 @@ func countState(c *kmsv1alpha1.StateCounts, s kms.State) {
 // keyDiff compares two renderings of ConfigMap data by their "<id>: <state>" entries.
 type keyDiff struct {
 	added, removed, changed int
-	// movedTo lists, by new state, the ids of keys that are new or whose state changed.
+	// movedTo lists, by new state, the ids of keys whose state changed.
 	movedTo map[string][]string
 	// detailsChanged is set when only keys.json differs (an alias or tag changed).
 	detailsChanged bool
@@ -98,10 +99,8 @@ func diffKeys(previousContent *content, currentContent content) keyDiff {
 			d.added++
 		case old != state:
 			d.changed++
-		default:
-			continue
+			d.movedTo[state] = append(d.movedTo[state], id)
 		}
-		d.movedTo[state] = append(d.movedTo[state], id)
 	}
 	for id := range previous {
 		if _, ok := current[id]; !ok && id != KeysJSONKey {

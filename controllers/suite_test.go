@@ -2,6 +2,7 @@ package controllers_test
 
 import (
 	"context"
+	"net"
 	"net/http"
 	"path/filepath"
 	"testing"
@@ -32,6 +33,8 @@ var (
 	tlsCA []byte
 	// stopManager stops the operator and waits until it has stopped.
 	stopManager func()
+	// metricsURL is the operator's metrics endpoint.
+	metricsURL string
 )
 
 // testBackoff is the first retry delay after a failed sync; short so that tests are quick.
@@ -65,8 +68,10 @@ var _ = BeforeSuite(func() {
 	Expect(err).NotTo(HaveOccurred())
 
 	kmsCalls = &kms.Counters{}
+	metricsAddr := freeAddress()
+	metricsURL = "http://" + metricsAddr + "/metrics"
 	mgr, err := operator.New(cfg, operator.Options{
-		MetricsAddr:             "0",
+		MetricsAddr:             metricsAddr,
 		ProbeAddr:               "0",
 		MaxConcurrentReconciles: 4,
 		SyncTimeout:             10 * time.Second,
@@ -92,6 +97,15 @@ var _ = BeforeSuite(func() {
 		<-done
 	}
 })
+
+// freeAddress returns a loopback address with a port that was free a moment ago.
+func freeAddress() string {
+	GinkgoHelper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	Expect(err).NotTo(HaveOccurred())
+	defer l.Close()
+	return l.Addr().String()
+}
 
 var _ = AfterSuite(func() {
 	if stopManager != nil {

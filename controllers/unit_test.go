@@ -102,12 +102,12 @@ func TestCredentialsFromSecret(t *testing.T) {
 
 func TestBackoffGrowsExponentiallyUpToTheRefreshInterval(t *testing.T) {
 	base, ceiling := 5*time.Second, time.Minute
-	for failures, full := range map[int]time.Duration{1: 5 * time.Second, 2: 10 * time.Second, 3: 20 * time.Second,
-		4: 40 * time.Second, 5: time.Minute, 12: time.Minute} {
+	for failures, want := range map[int][2]time.Duration{1: {2500 * time.Millisecond, 5 * time.Second},
+		2: {5 * time.Second, 10 * time.Second}, 3: {10 * time.Second, 20 * time.Second}, 4: {20 * time.Second, 40 * time.Second},
+		5: {40 * time.Second, time.Minute}, 6: {time.Minute, time.Minute}, 40: {time.Minute, time.Minute}} {
 		for range 50 {
-			d := backoff(failures, base, ceiling)
-			if d < full/2 || d > full {
-				t.Fatalf("backoff(%d) = %v, want within [%v, %v]", failures, d, full/2, full)
+			if d := backoff(failures, base, ceiling); d < want[0] || d > want[1] {
+				t.Fatalf("backoff(%d) = %v, want within [%v, %v]", failures, d, want[0], want[1])
 			}
 		}
 	}
@@ -122,6 +122,9 @@ func TestDiffKeys(t *testing.T) {
 	}
 	if got := d.movedTo["Disabled"]; len(got) != 1 || got[0] != "b" {
 		t.Errorf("movedTo[Disabled] = %v", got)
+	}
+	if got := d.movedTo["PendingDeletion"]; len(got) != 0 {
+		t.Errorf("a new key counted as moved: movedTo[PendingDeletion] = %v", got)
 	}
 	if !diffKeys(&cur, cur).empty() {
 		t.Error("identical data gave a non-empty diff")

@@ -26,6 +26,8 @@ type Request struct {
 	// PageSize is the limit of each ListKmsByTags call, 1 to kms.MaxPageSize.
 	PageSize int
 	Filter   kms.Filter
+	// MaxAttempts overrides the client's retry policy for each request when positive.
+	MaxAttempts int
 	// Fresh asks for a listing made now, not one reused from a moment ago: for force-syncs and
 	// spec changes, where the user expects what KMS says at this moment.
 	Fresh bool
@@ -77,6 +79,9 @@ func (d *Direct) ListKeys(ctx context.Context, req Request) ([]kms.Key, error) {
 	cfg.ProjectID = req.ProjectID
 	cfg.Credentials = req.Credentials
 	cfg.PageSize = req.PageSize
+	if req.MaxAttempts > 0 {
+		cfg.Retry.MaxAttempts = req.MaxAttempts
+	}
 	c, err := kms.New(cfg)
 	if err != nil {
 		return nil, err
