@@ -1,0 +1,73 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"os"
+	"slices"
+	"strings"
+	"testing"
+
+	"github.com/kms-key-sync/kms-key-sync/internal/kms"
+)
+
+// TestDemo runs the demo's steps, as `make demo` does, and checks what they showed: the key the
+// demo disabled reaches the ConfigMap as Disabled and the operator says so in an event.
+func TestDemo(t *testing.T) {
+	if os.Getenv("KUBEBUILDER_ASSETS") == "" {
+		t.Skip("KUBEBUILDER_ASSETS is not set; run `make test`")
+	}
+	var out bytes.Buffer
+	res, err := run(t.Context(), options{root: "../.."}, &out)
+	t.Log("demo output:\n" + out.String())
+	if err != nil {
+		t.Fatalf("demo failed: %v", err)
+	}
+
+	if res.disabledKey == "" {
+		t.Fatal("the demo disabled no key")
+	}
+	if got := res.data[res.disabledKey]; got != kms.StateDisabled.String() {
+		t.Errorf("ConfigMap entry %s = %q, want Disabled", res.disabledKey, got)
+	}
+	var records []struct{ ID, Alias, State string }
+	if err := json.Unmarshal([]byte(res.data["keys.json"]), &records); err != nil {
+		t.Fatalf("keys.json: %v", err)
+	}
+	i := slices.IndexFunc(records, func(r struct{ ID, Alias, State string }) bool { return r.ID == res.disabledKey })
+	if i < 0 || records[i].State != kms.StateDisabled.String() || records[i].Alias != "payments-db" {
+		t.Errorf("keys.json does not show %s (payments-db) as Disabled: %s", res.disabledKey, res.data["keys.json"])
+	}
+	if !slices.Contains(res.eventReasons, "KeyDisabled") {
+		t.Errorf("events %v hold no KeyDisabled", res.eventReasons)
+	}
+	if res.applyToConfigMap <= 0 || res.applyToConfigMap > waitTimeout {
+		t.Errorf("apply to ConfigMap took %s", res.applyToConfigMap)
+	}
+	for _, want := range []string{"[7/7] Cleaning up", "operator stopped", "KMS emulator stopped", "control plane stopped",
+		"NAME", "READY", "REASON", "KEYS", "LAST SYNC", "AGE", "payments   True"} {
+		if !strings.Contains(out.String(), want) {
+			t.Errorf("the output lacks %q", want)
+		}
+	}
+}
+
+// TestRunStopsWhenCancelled checks that an interrupted demo fails and still cleans up.
+func TestRunStopsWhenCancelled(t *testing.T) {
+	if os.Getenv("KUBEBUILDER_ASSETS") == "" {
+		t.Skip("KUBEBUILDER_ASSETS is not set; run `make test`")
+	}
+	ctx, cancel := context.WithCancel(t.Context())
+	cancel()
+	var out bytes.Buffer
+	if _, err := run(ctx, options{root: "../.."}, &out); err == nil {
+		t.Fatalf("run succeeded with a cancelled context:\n%s", out.String())
+	}
+	if strings.Contains(out.String(), "[2/7]") {
+		t.Errorf("run went past step 1 after being cancelled:\n%s", out.String())
+	}
+	if !strings.Contains(out.String(), "control plane stopped") {
+		t.Errorf("run did not stop the control plane:\n%s", out.String())
+	}
+}
