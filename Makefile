@@ -46,8 +46,19 @@ envtest: ## Build the envtest control plane into bin/k8s (once; about 5 minutes)
 	@hack/setup-envtest.sh >/dev/null
 
 .PHONY: test
-test: manifests generate fmt vet envtest ## Run all tests against a real API server and the KMS emulator.
+test: manifests generate fmt vet envtest helm kustomize ## Run all tests against a real API server and the KMS emulator.
 	KUBEBUILDER_ASSETS="$$(hack/setup-envtest.sh)" go test ./... -coverprofile cover.out
+
+# The demo needs only Go: hack/setup-envtest.sh builds the control plane on the first run.
+# Pass DEMO_ARGS=-v to see the operator's and the emulator's logs.
+.PHONY: demo
+demo: ## Run the operator end to end on a local control plane and the KMS emulator, then clean up.
+	@assets="$$(hack/setup-envtest.sh)" && KUBEBUILDER_ASSETS="$$assets" go run ./hack/demo $(DEMO_ARGS)
+
+# demo-up runs a built binary rather than go run, which exits 1 whenever it sees Ctrl-C.
+.PHONY: demo-up
+demo-up: ## Like demo, then keep it running for kubectl (bin/demo.kubeconfig) until Ctrl-C.
+	@assets="$$(hack/setup-envtest.sh)" && go build -o bin/demo ./hack/demo && KUBEBUILDER_ASSETS="$$assets" bin/demo --keep-running $(DEMO_ARGS)
 
 FUZZTIME ?= 60s
 .PHONY: fuzz
@@ -73,6 +84,47 @@ emulator: ## Build the KMS emulator binary into bin/.
 docker-build: ## Build the image (needs a Docker engine).
 	docker build --build-arg VERSION=$(VERSION) --build-arg COMMIT=$(COMMIT) -t $(IMG) .
 
+##@ Deployment
+
+ifndef ignore-not-found
+  ignore-not-found = false
+endif
+
+.PHONY: build-installer
+build-installer: manifests generate kustomize ## Write dist/install.yaml: CRD, RBAC and Deployment, with the image IMG.
+	mkdir -p dist
+	cd config/manager && $(KUSTOMIZE) edit set image controller=$(IMG)
+	$(KUSTOMIZE) build config/default > dist/install.yaml
+
+.PHONY: install
+install: manifests kustomize ## Install the CRD into the cluster of the current kubeconfig.
+	$(KUSTOMIZE) build config/crd | $(KUBECTL) apply -f -
+
+.PHONY: uninstall
+uninstall: manifests kustomize ## Remove the CRD (and so every KmsKeySelector). Call with ignore-not-found=true to ignore resource not found errors.
+	$(KUSTOMIZE) build config/crd | $(KUBECTL) delete --ignore-not-found=$(ignore-not-found) -f -
+
+.PHONY: deploy
+deploy: manifests kustomize ## Deploy the operator, with the image IMG, to the cluster of the current kubeconfig.
+	cd config/manager && $(KUSTOMIZE) edit set image controller=$(IMG)
+	$(KUSTOMIZE) build config/default | $(KUBECTL) apply -f -
+
+.PHONY: undeploy
+undeploy: kustomize ## Remove the operator and its CRD. Call with ignore-not-found=true to ignore resource not found errors.
+	$(KUSTOMIZE) build config/default | $(KUBECTL) delete --ignore-not-found=$(ignore-not-found) -f -
+
+.PHONY: helm-crds
+helm-crds: manifests ## Copy the generated CRD into the Helm chart (charts/kms-key-sync/crds).
+	cp config/crd/bases/*.yaml charts/kms-key-sync/crds/
+
+.PHONY: helm-lint
+helm-lint: helm helm-crds ## Lint the Helm chart.
+	$(HELM) lint --strict charts/kms-key-sync
+
+.PHONY: helm-package
+helm-package: helm helm-crds ## Package the Helm chart into dist/.
+	$(HELM) package charts/kms-key-sync -d dist
+
 ##@ Build Dependencies
 
 LOCALBIN ?= $(shell pwd)/bin
@@ -81,9 +133,15 @@ $(LOCALBIN):
 
 CONTROLLER_GEN ?= $(LOCALBIN)/controller-gen
 GOLANGCI_LINT ?= $(LOCALBIN)/golangci-lint
+KUBECTL ?= kubectl
+KUSTOMIZE ?= $(LOCALBIN)/kustomize
+HELM ?= $(LOCALBIN)/helm
 
 CONTROLLER_TOOLS_VERSION ?= v0.23.0
 GOLANGCI_LINT_VERSION ?= v2.15.0
+# kustomize v5.8.3 needs Go 1.27; v5.8.2 is the newest that builds with the Go 1.26 toolchain.
+KUSTOMIZE_VERSION ?= v5.8.2
+HELM_VERSION ?= v3.22.0
 
 .PHONY: controller-gen
 controller-gen: $(CONTROLLER_GEN) ## Install controller-gen into bin/.
@@ -94,6 +152,16 @@ $(CONTROLLER_GEN): | $(LOCALBIN)
 golangci-lint: $(GOLANGCI_LINT) ## Install golangci-lint into bin/.
 $(GOLANGCI_LINT): | $(LOCALBIN)
 	$(call go-install-tool,$(GOLANGCI_LINT),github.com/golangci/golangci-lint/v2/cmd/golangci-lint,$(GOLANGCI_LINT_VERSION))
+
+.PHONY: kustomize
+kustomize: $(KUSTOMIZE) ## Install kustomize into bin/.
+$(KUSTOMIZE): | $(LOCALBIN)
+	$(call go-install-tool,$(KUSTOMIZE),sigs.k8s.io/kustomize/kustomize/v5,$(KUSTOMIZE_VERSION))
+
+.PHONY: helm
+helm: $(HELM) ## Install helm into bin/ (builds from source; takes a few minutes).
+$(HELM): | $(LOCALBIN)
+	$(call go-install-tool,$(HELM),helm.sh/helm/v3/cmd/helm,$(HELM_VERSION))
 
 # go-install-tool installs a pinned tool version into bin/ as name-version, linked from name.
 define go-install-tool
