@@ -48,6 +48,7 @@ envtest: ## Build the envtest control plane into bin/k8s (once; about 5 minutes)
 .PHONY: test
 test: manifests generate fmt vet envtest helm kustomize ## Run all tests against a real API server and the KMS emulator.
 	KUBEBUILDER_ASSETS="$$(hack/setup-envtest.sh)" go test ./... -coverprofile cover.out
+	$(MAKE) fuzz FUZZTIME=$(TEST_FUZZTIME)
 
 # The demo needs only Go: hack/setup-envtest.sh builds the control plane on the first run.
 # Pass DEMO_ARGS=-v to see the operator's and the emulator's logs.
@@ -61,6 +62,8 @@ demo-up: ## Like demo, then keep it running for kubectl (bin/demo.kubeconfig) un
 	@assets="$$(hack/setup-envtest.sh)" && go build -o bin/demo ./hack/demo && KUBEBUILDER_ASSETS="$$assets" bin/demo --keep-running $(DEMO_ARGS)
 
 FUZZTIME ?= 60s
+# make test gives each fuzz target a short run beyond its seed corpus.
+TEST_FUZZTIME ?= 10s
 .PHONY: fuzz
 fuzz: ## Run each fuzz target for FUZZTIME (default 60s).
 	go test ./internal/kms/ -run='^$$' -fuzz='^FuzzDecodeListResponse$$' -fuzztime=$(FUZZTIME)

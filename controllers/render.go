@@ -142,4 +142,3 @@ func toRecord(k kms.Key) keyRecord {
 	}
 	return r
 }
-
