@@ -108,6 +108,8 @@ func run(f flags) error {
 	if err != nil {
 		return fmt.Errorf("--kms-ca-file: %w", err)
 	}
+	// main exits as soon as the manager stops, so the lease can be handed over at once.
+	f.LeaderElectionReleaseOnCancel = true
 	f.KMS.Transport = transport
 	f.KMS.Logger = ctrl.Log.WithName("kms")
 

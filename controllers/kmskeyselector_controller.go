@@ -7,6 +7,7 @@ import (
 	"net/url"
 	"time"
 
+	"github.com/go-logr/logr"
 	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/api/equality"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
@@ -137,6 +138,8 @@ func (r *KmsKeySelectorReconciler) reconcileNormal(ctx context.Context, sel *kms
 
 // sync lists the keys and, only once the listing is complete, writes the ConfigMap and status.
 func (r *KmsKeySelectorReconciler) sync(ctx context.Context, sel *kmsv1alpha1.KmsKeySelector, state *selectorState, current *corev1.ConfigMap) (ctrl.Result, error) {
+	fresh := state.wantsFresh(sel)
+	state.handled(sel)
 	request, reason, err := r.listRequest(ctx, sel)
 	if err != nil {
 		if reason == "" {
@@ -144,7 +147,7 @@ func (r *KmsKeySelectorReconciler) sync(ctx context.Context, sel *kmsv1alpha1.Km
 		}
 		return r.failed(ctx, sel, state, reason, err), nil
 	}
-	request.Fresh = state.wantsFresh(sel)
+	request.Fresh = fresh
 	if state.failures > 0 {
 		// While failing, the backoff above is the retry policy: one call per attempt, so a
 		// persistent fault costs no more than one call per backoff step.
@@ -155,6 +158,10 @@ func (r *KmsKeySelectorReconciler) sync(ctx context.Context, sel *kmsv1alpha1.Km
 	listCtx, cancel := context.WithTimeout(ctx, r.SyncTimeout)
 	keys, err := r.Keys.ListKeys(listCtx, request)
 	cancel()
+	if err != nil && ctx.Err() != nil {
+		// The operator is stopping: not a KMS failure. The next operator syncs again.
+		return ctrl.Result{}, nil
+	}
 	if err != nil {
 		return r.failed(ctx, sel, state, reasonForKMSError(err), fmt.Errorf("listing KMS keys: %w", err)), nil
 	}
@@ -173,6 +180,10 @@ func (r *KmsKeySelectorReconciler) sync(ctx context.Context, sel *kmsv1alpha1.Km
 	if previous == nil && current != nil {
 		previous = &content{Data: current.Data, BinaryData: current.BinaryData}
 	}
+	if gone, err := r.deletedMeanwhile(ctx, sel); gone || err != nil {
+		// Deleted while KMS was listing: write nothing, or a Retain ConfigMap would outlive it.
+		return ctrl.Result{}, err
+	}
 	if err := r.writeTarget(ctx, sel, current, rendered); err != nil {
 		return ctrl.Result{}, err
 	}
@@ -183,6 +194,21 @@ func (r *KmsKeySelectorReconciler) sync(ctx context.Context, sel *kmsv1alpha1.Km
 	setSynced(sel, keys, now)
 	recordSynced(sel)
 	return ctrl.Result{RequeueAfter: state.nextSync.Sub(now)}, nil
+}
+
+// deletedMeanwhile asks the API server whether the selector was deleted, or replaced, since this
+// reconcile read it from the cache.
+func (r *KmsKeySelectorReconciler) deletedMeanwhile(ctx context.Context, sel *kmsv1alpha1.KmsKeySelector) (bool, error) {
+	latest := &metav1.PartialObjectMetadata{}
+	latest.SetGroupVersionKind(kmsv1alpha1.GroupVersion.WithKind("KmsKeySelector"))
+	err := r.APIReader.Get(ctx, client.ObjectKeyFromObject(sel), latest)
+	switch {
+	case apierrors.IsNotFound(err):
+		return true, nil
+	case err != nil:
+		return false, fmt.Errorf("getting selector: %w", err)
+	}
+	return latest.UID != sel.UID || !latest.DeletionTimestamp.IsZero(), nil
 }
 
 // failed records a failure in status and an event, and schedules a retry with backoff.
@@ -196,7 +222,7 @@ func (r *KmsKeySelectorReconciler) failed(ctx context.Context, sel *kmsv1alpha1.
 		state.failedPermanently()
 		return ctrl.Result{}
 	}
-	delay := state.failed(time.Now(), r.Backoff, refreshInterval(sel))
+	delay := state.failed(time.Now(), r.Backoff, refreshInterval(sel), retryAfter(cause))
 	return ctrl.Result{RequeueAfter: delay}
 }
 
@@ -218,7 +244,9 @@ func (r *KmsKeySelectorReconciler) listRequest(ctx context.Context, sel *kmsv1al
 
 	ref := sel.Spec.Provider.CredentialsSecretRef.Name
 	secret := &corev1.Secret{}
-	if err := r.APIReader.Get(ctx, types.NamespacedName{Namespace: sel.Namespace, Name: ref}, secret); err != nil {
+	// client-go dumps response bodies at high verbosity; the Secret's must never reach a log.
+	quiet := logr.NewContext(ctx, logr.Discard())
+	if err := r.APIReader.Get(quiet, types.NamespacedName{Namespace: sel.Namespace, Name: ref}, secret); err != nil {
 		if apierrors.IsNotFound(err) {
 			return keysource.Request{}, kmsv1alpha1.ReasonCredentialsNotFound, fmt.Errorf("secret %q named by spec.provider.credentialsSecretRef does not exist in namespace %q", ref, sel.Namespace)
 		}
@@ -374,6 +402,15 @@ func selectorForConfigMap(_ context.Context, obj client.Object) []reconcile.Requ
 		return nil
 	}
 	return []reconcile.Request{{NamespacedName: types.NamespacedName{Namespace: obj.GetNamespace(), Name: name}}}
+}
+
+// retryAfter is how long KMS asked callers to wait, or zero.
+func retryAfter(err error) time.Duration {
+	var apiErr *kms.APIError
+	if errors.As(err, &apiErr) {
+		return apiErr.RetryAfter
+	}
+	return 0
 }
 
 func reasonForKMSError(err error) string {

@@ -24,6 +24,10 @@ type selectorState struct {
 	content  *content
 	nextSync time.Time
 	failures int
+	// handledGeneration and handledForceSync record what the last sync attempt answered, since
+	// the cache may not show that attempt's status yet when the next event arrives.
+	handledGeneration int64
+	handledForceSync  *string
 }
 
 func (s *schedule) get(sel *kmsv1alpha1.KmsKeySelector) *selectorState {
@@ -59,8 +63,23 @@ func (st *selectorState) due(sel *kmsv1alpha1.KmsKeySelector, now time.Time) boo
 
 // requested tells whether the user changed the spec or asked for a sync by annotation.
 func (st *selectorState) requested(sel *kmsv1alpha1.KmsKeySelector) bool {
-	return sel.Status.ObservedGeneration != sel.Generation ||
-		sel.Annotations[kmsv1alpha1.ForceSyncAnnotation] != sel.Status.LastHandledForceSync
+	return st.specChanged(sel) || st.forced(sel)
+}
+
+func (st *selectorState) specChanged(sel *kmsv1alpha1.KmsKeySelector) bool {
+	return sel.Status.ObservedGeneration != sel.Generation && st.handledGeneration != sel.Generation
+}
+
+func (st *selectorState) forced(sel *kmsv1alpha1.KmsKeySelector) bool {
+	want := sel.Annotations[kmsv1alpha1.ForceSyncAnnotation]
+	return want != sel.Status.LastHandledForceSync && (st.handledForceSync == nil || *st.handledForceSync != want)
+}
+
+// handled records that a sync attempt answers the selector's generation and force-sync request.
+func (st *selectorState) handled(sel *kmsv1alpha1.KmsKeySelector) {
+	want := sel.Annotations[kmsv1alpha1.ForceSyncAnnotation]
+	st.handledGeneration = sel.Generation
+	st.handledForceSync = &want
 }
 
 // wantsFresh tells whether the listing must be made now rather than reused from an identical
@@ -68,9 +87,8 @@ func (st *selectorState) requested(sel *kmsv1alpha1.KmsKeySelector) bool {
 // now, and a retry must not go back to a listing older than the attempt that failed. A new
 // selector can share its first listing.
 func (st *selectorState) wantsFresh(sel *kmsv1alpha1.KmsKeySelector) bool {
-	specChanged := sel.Status.ObservedGeneration != 0 && sel.Status.ObservedGeneration != sel.Generation
-	forced := sel.Annotations[kmsv1alpha1.ForceSyncAnnotation] != sel.Status.LastHandledForceSync
-	return specChanged || forced || st.failures > 0
+	created := sel.Status.ObservedGeneration == 0
+	return (st.specChanged(sel) && !created) || st.forced(sel) || st.failures > 0
 }
 
 func (st *selectorState) succeeded(c content, now time.Time, interval time.Duration, phase uint64) {
@@ -92,11 +110,12 @@ func nextSlot(now time.Time, interval time.Duration, phase uint64) time.Time {
 }
 
 // failed schedules the next attempt: the backoff doubles from base, with equal jitter, and is
-// capped at the refresh interval, so a selector that keeps failing tries once an interval, like
+// capped at the refresh interval (as is KMS's Retry-After), so a selector that keeps failing tries once an interval, like
 // a healthy one, and never more often.
-func (st *selectorState) failed(now time.Time, base, interval time.Duration) time.Duration {
+func (st *selectorState) failed(now time.Time, base, interval, retryAfter time.Duration) time.Duration {
 	st.failures++
-	delay := backoff(st.failures, base, interval)
+	// KMS's own Retry-After is honoured between syncs too, within the cap.
+	delay := max(backoff(st.failures, base, interval), min(retryAfter, interval))
 	st.nextSync = now.Add(delay)
 	return delay
 }

@@ -1,6 +1,7 @@
 package kms
 
 import (
+	"encoding/json"
 	"fmt"
 	"time"
 )
@@ -109,3 +110,10 @@ func (c Credentials) GoString() string { return c.String() }
 
 // Format keeps every verb, %v, %+v and %#v included, from printing secrets.
 func (c Credentials) Format(f fmt.State, _ rune) { _, _ = f.Write([]byte(c.String())) }
+
+// MarshalLog keeps structured loggers (logr) from printing secrets.
+func (c Credentials) MarshalLog() any { return c.String() }
+
+// MarshalJSON keeps JSON encoders, such as zap's for a struct that holds credentials, from
+// printing secrets.
+func (c Credentials) MarshalJSON() ([]byte, error) { return json.Marshal(c.String()) }

@@ -45,9 +45,13 @@ type Options struct {
 	PprofAddr               string
 	LeaderElection          bool
 	LeaderElectionNamespace string
-	AllowInsecureEndpoints  bool
-	MaxConcurrentReconciles int
-	SyncTimeout             time.Duration
+	// LeaderElectionReleaseOnCancel gives the lease up when the manager stops, so a standby
+	// takes over at once instead of after the lease expires. Only safe when the process exits
+	// as soon as the manager has stopped, as main does.
+	LeaderElectionReleaseOnCancel bool
+	AllowInsecureEndpoints        bool
+	MaxConcurrentReconciles       int
+	SyncTimeout                   time.Duration
 	// Backoff is the first retry delay after a failed sync; zero means the reconciler's default.
 	Backoff time.Duration
 	// WatchNamespaces restricts the operator to these namespaces; empty means all.
@@ -66,14 +70,15 @@ type Options struct {
 // New returns a manager running the KmsKeySelector controller.
 func New(cfg *rest.Config, o Options) (ctrl.Manager, error) {
 	mgr, err := ctrl.NewManager(cfg, ctrl.Options{
-		Scheme:                  Scheme,
-		Metrics:                 metricsOptions(o),
-		HealthProbeBindAddress:  o.ProbeAddr,
-		PprofBindAddress:        o.PprofAddr,
-		LeaderElection:          o.LeaderElection,
-		LeaderElectionID:        "kms-key-sync.keysync.dev",
-		LeaderElectionNamespace: o.LeaderElectionNamespace,
-		Cache:                   cacheOptions(o.WatchNamespaces),
+		Scheme:                        Scheme,
+		Metrics:                       metricsOptions(o),
+		HealthProbeBindAddress:        o.ProbeAddr,
+		PprofBindAddress:              o.PprofAddr,
+		LeaderElection:                o.LeaderElection,
+		LeaderElectionID:              "kms-key-sync.keysync.dev",
+		LeaderElectionNamespace:       o.LeaderElectionNamespace,
+		LeaderElectionReleaseOnCancel: o.LeaderElectionReleaseOnCancel,
+		Cache:                         cacheOptions(o.WatchNamespaces),
 	})
 	if err != nil {
 		return nil, fmt.Errorf("creating manager: %w", err)
