@@ -1,0 +1,106 @@
+package e2e
+
+import (
+	"fmt"
+	"syscall"
+	"time"
+
+	. "github.com/onsi/ginkgo/v2"
+	. "github.com/onsi/gomega"
+	coordinationv1 "k8s.io/api/coordination/v1"
+	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/utils/ptr"
+
+	kmsv1alpha1 "github.com/kms-key-sync/kms-key-sync/api/v1alpha1"
+	"github.com/kms-key-sync/kms-key-sync/internal/kms"
+	"github.com/kms-key-sync/kms-key-sync/internal/kms/kmstest"
+)
+
+// controller-runtime's leader election defaults, which operator.Options does not let us change:
+// the lease lasts 15s and a standby retries every 2s.
+const (
+	defaultLeaseDuration = 15 * time.Second
+	defaultRetryPeriod   = 2 * time.Second
+)
+
+var _ = Describe("High availability", func() {
+	It("hands over to the standby when the leader stops, and loses no update made in between", func() {
+		keys := kmstest.GenerateKeys(4, map[string]string{"ha": "yes"})
+		staging := kmstest.GenerateKeys(2, map[string]string{"ha": "staging"})
+		f := newFixture(kmstest.WithKeys(append(keys, staging...)...))
+		c := f.child()
+		c.LeaderElection, c.LeaderElectionNamespace = true, f.ns
+		a, b := startOperator("a", c), startOperator("b", c)
+
+		var leader, standby *operatorProcess
+		Eventually(func() bool {
+			switch {
+			case !a.electedAt().IsZero():
+				leader, standby = a, b
+			case !b.electedAt().IsZero():
+				leader, standby = b, a
+			}
+			return leader != nil
+		}).Should(BeTrue())
+		lease := &coordinationv1.Lease{}
+		Expect(k8sClient.Get(bg(), types.NamespacedName{Namespace: f.ns, Name: "kms-key-sync.keysync.dev"}, lease)).To(Succeed())
+		holder := *lease.Spec.HolderIdentity
+
+		withTag := func(v string) func(*kmsv1alpha1.KmsKeySelector) {
+			return func(s *kmsv1alpha1.KmsKeySelector) {
+				s.Spec.Tags = []kmsv1alpha1.TagSelector{{Key: "ha", Values: []string{v}}}
+			}
+		}
+		forced := f.create(f.selector("forced", withTag("yes")))
+		// Another page size, so that the two listings are not coalesced: the standby listing
+		// too would show as more than two calls.
+		respec := f.create(f.selector("respec", withTag("yes"), func(s *kmsv1alpha1.KmsKeySelector) { s.Spec.PageSize = ptr.To[int32](500) }))
+		for _, s := range []*kmsv1alpha1.KmsKeySelector{forced, respec} {
+			deleteAtCleanup(s)
+			Eventually(readyReason(s)).Should(Equal(kmsv1alpha1.ReasonSynced))
+		}
+		Expect(f.kms.Stats().ByAction[kmstest.ActionFilter]).To(Equal(int64(2)), "the standby listed too")
+		Expect(standby.electedAt()).To(BeZero())
+
+		By("stopping the leader")
+		stoppedAt := time.Now()
+		Expect(leader.stop(syscall.SIGTERM)).To(BeTrue())
+
+		By("changing KMS and the selectors while nobody leads")
+		Expect(f.kms.SetKeyState(keys[0].ID, kms.StateDisabled)).To(Succeed())
+		extra := kmstest.GenerateKeys(1, map[string]string{"ha": "yes", "new": "yes"})
+		Expect(f.kms.PutKeys(extra...)).To(Succeed())
+		value := forceSync(forced)
+		Eventually(func(g Gomega) {
+			cur := get(g, respec)
+			cur.Spec.Tags = []kmsv1alpha1.TagSelector{{Key: "ha", Values: []string{"staging"}}}
+			g.Expect(k8sClient.Update(bg(), cur)).To(Succeed())
+		}).Should(Succeed())
+		late := f.create(f.selector("late", withTag("yes")))
+		deleteAtCleanup(late)
+
+		By("waiting for the standby to take over")
+		Eventually(standby.electedAt, defaultLeaseDuration+2*defaultRetryPeriod+10*time.Second).ShouldNot(BeZero())
+		takeover := standby.electedAt().Sub(stoppedAt)
+
+		disabled := keys[0]
+		disabled.State = kms.StateDisabled
+		want := statesOf(append(append([]kms.Key{disabled}, keys[1:]...), extra...)...)
+		Eventually(handled(forced, value)).Should(Succeed())
+		Eventually(f.states("forced")).Should(Equal(want))
+		Eventually(f.states("respec")).Should(Equal(statesOf(staging...)))
+		Eventually(f.states("late")).Should(Equal(want))
+		synced := time.Since(stoppedAt)
+
+		Expect(k8sClient.Get(bg(), types.NamespacedName{Namespace: f.ns, Name: "kms-key-sync.keysync.dev"}, lease)).To(Succeed())
+		Expect(*lease.Spec.HolderIdentity).NotTo(Equal(holder))
+
+		report := fmt.Sprintf("leader stopped (SIGTERM: context cancelled, lease released as main.go does); standby elected after %v, all changes made in between synced after %v (lease %v, retry period %v)",
+			takeover.Round(time.Millisecond), synced.Round(time.Millisecond), defaultLeaseDuration, defaultRetryPeriod)
+		AddReportEntry("takeover", report)
+		GinkgoWriter.Println(report)
+		// Without LeaderElectionReleaseOnCancel the standby waits for the lease to expire.
+		Expect(takeover).To(BeNumerically("<=", defaultLeaseDuration+2*defaultRetryPeriod+5*time.Second))
+		Expect(standby.stop(syscall.SIGTERM)).To(BeTrue())
+	})
+})

@@ -1,0 +1,277 @@
+package e2e
+
+import (
+	"bytes"
+	"encoding/base64"
+	"encoding/hex"
+	"encoding/json"
+	"fmt"
+	"net/http"
+	"os"
+	"path/filepath"
+	"regexp"
+	"strings"
+	"syscall"
+	"time"
+
+	. "github.com/onsi/ginkgo/v2"
+	. "github.com/onsi/gomega"
+	"go.uber.org/zap/zapcore"
+	eventsv1 "k8s.io/api/events/v1"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+	"sigs.k8s.io/controller-runtime/pkg/log/zap"
+
+	kmsv1alpha1 "github.com/kms-key-sync/kms-key-sync/api/v1alpha1"
+	"github.com/kms-key-sync/kms-key-sync/internal/keysource"
+	"github.com/kms-key-sync/kms-key-sync/internal/kms"
+	"github.com/kms-key-sync/kms-key-sync/internal/kms/kmstest"
+)
+
+// Canary credentials: distinctive strings that cannot appear anywhere by chance.
+const (
+	canaryToken   = "CanaryTok-7Qx2Vb9Lm4Zr8Wd1"
+	canaryAK      = "CANARYAK5TG7YH2UJ9"
+	canarySK      = "CanarySK-3Np6Rt1Ye8Ku5Io0"
+	canarySTS     = "CanarySTS-9Ha4Jd7Fk2Lq6Mw3"
+	canaryWrongSK = "CanaryWrongSK-1Zx8Cv5Bn2Mq7"
+)
+
+// echo is an error message in which a server repeats credentials back.
+func echo(secrets ...string) string { return "credentials echoed: " + strings.Join(secrets, " ") }
+
+var canaries = map[string]string{
+	"token": canaryToken, "access key": canaryAK, "secret key": canarySK,
+	"security token": canarySTS, "wrong secret key": canaryWrongSK,
+}
+
+// encodings lists the forms a leaked value would take: as is, and base64 (Secret data as the
+// API serves it) or hex encoded.
+func encodings(v string) map[string]string {
+	return map[string]string{
+		"raw":    v,
+		"base64": base64.StdEncoding.EncodeToString([]byte(v)),
+		"hex":    hex.EncodeToString([]byte(v)),
+	}
+}
+
+// leaks lists every canary, in any encoding, that appears in a haystack. Hex dumps (client-go
+// logs response bodies that way at V(8)) are decoded first, since they split values over lines.
+func leaks(haystacks map[string]string) []string {
+	var out []string
+	for where, text := range haystacks {
+		text += "\n" + undumpAll(text)
+		for what, v := range canaries {
+			for enc, needle := range encodings(v) {
+				if i := strings.Index(text, needle); i >= 0 {
+					out = append(out, fmt.Sprintf("the %s (%s) appears in the %s: ...%s...", what, enc, where,
+						text[max(0, i-120):min(len(text), i+len(needle)+40)]))
+				}
+			}
+		}
+	}
+	return out
+}
+
+// hexDumpLine is a line of encoding/hex.Dump output: offset, up to 16 bytes, and their text.
+var hexDumpLine = regexp.MustCompile(`(?m)^[0-9a-f]{8}  ((?:[0-9a-f]{2} {1,2}){1,16})`)
+
+// undumpAll decodes the hex dumps found in text, including those inside JSON strings of a JSON
+// log line, and returns the bytes they hold, one dump per line.
+func undumpAll(text string) string {
+	var strs []string
+	for _, line := range strings.Split(text, "\n") {
+		var fields map[string]any
+		if json.Unmarshal([]byte(line), &fields) == nil {
+			for _, v := range fields {
+				if s, ok := v.(string); ok {
+					strs = append(strs, s)
+				}
+			}
+		}
+	}
+	strs = append(strs, text)
+	var out []string
+	for _, s := range strs {
+		var b []byte
+		for _, m := range hexDumpLine.FindAllStringSubmatch(s, -1) {
+			for _, h := range strings.Fields(m[1]) {
+				if v, err := hex.DecodeString(h); err == nil {
+					b = append(b, v...)
+				}
+			}
+		}
+		if len(b) > 0 {
+			out = append(out, string(b))
+		}
+	}
+	return strings.Join(out, "\n")
+}
+
+var _ = Describe("Secrets", func() {
+	It("never writes a credential to the log at verbosity 10, events, status, metrics or errors", func() {
+		keys := kmstest.GenerateKeys(3, map[string]string{"canary": "yes"})
+		// Two emulators: one takes the token, one the AK/SK pair, so that each can echo back what
+		// its callers sent (a token; a security token) without echoing another caller's secrets.
+		f := newFixture(kmstest.WithKeys(keys...), kmstest.WithToken(canaryToken))
+		aksk := kmstest.NewTLSServer(kmstest.WithKeys(keys...), kmstest.WithAKSK(canaryAK, canarySK, canarySTS))
+		DeferCleanup(aksk.Close)
+		f.putSecret("by-token", map[string]string{"token": canaryToken + "\n"})
+		f.putSecret("by-aksk", map[string]string{"accessKey": canaryAK, "secretKey": canarySK, "securityToken": canarySTS})
+		f.putSecret("wrong-sk", map[string]string{"accessKey": canaryAK, "secretKey": canaryWrongSK, "securityToken": canarySTS})
+		f.putSecret("both", map[string]string{"token": canaryToken, "accessKey": canaryAK, "secretKey": canarySK})
+
+		c := f.child()
+		c.LogLevel = -10
+		c.MetricsFile = filepath.Join(GinkgoT().TempDir(), "metrics.txt")
+		op := startOperator("canary", c)
+
+		using := func(secret string, endpoint string) func(*kmsv1alpha1.KmsKeySelector) {
+			return func(s *kmsv1alpha1.KmsKeySelector) {
+				s.Spec.Provider.CredentialsSecretRef.Name = secret
+				s.Spec.Provider.Endpoint = endpoint
+			}
+		}
+		byToken := f.create(f.selector("by-token", using("by-token", f.kms.URL)))
+		byAKSK := f.create(f.selector("by-aksk", using("by-aksk", aksk.URL)))
+		wrongSK := f.create(f.selector("wrong-sk", using("wrong-sk", aksk.URL)))
+		both := f.create(f.selector("both", using("both", f.kms.URL)))
+		for _, s := range []*kmsv1alpha1.KmsKeySelector{byToken, byAKSK, wrongSK, both} {
+			deleteAtCleanup(s)
+		}
+		for _, s := range []*kmsv1alpha1.KmsKeySelector{byToken, byAKSK} {
+			Eventually(readyReason(s)).Should(Equal(kmsv1alpha1.ReasonSynced))
+		}
+		Eventually(readyReason(wrongSK)).Should(Equal(kmsv1alpha1.ReasonCredentialsInvalid))
+		Expect(readyMessage(wrongSK)).To(ContainSubstring("KMS.0302"))
+		Eventually(readyReason(both)).Should(Equal(kmsv1alpha1.ReasonCredentialsInvalid))
+		// The canaries were really used: KMS saw the access key sign, and the token.
+		Expect(aksk.Requests()).To(ContainElement(And(HaveField("AccessKey", canaryAK), HaveField("Status", http.StatusOK))))
+		Expect(f.kms.Requests()).To(ContainElement(And(HaveField("Auth", kmstest.AuthToken), HaveField("Status", http.StatusOK))))
+
+		type target struct {
+			sel    *kmsv1alpha1.KmsKeySelector
+			kms    *kmstest.Server
+			echoed string
+		}
+		targets := []target{{byToken, f.kms, "token=" + canaryToken}, {byAKSK, aksk, "securityToken=" + canarySTS}}
+		for _, step := range []struct {
+			name   string
+			fault  kmstest.Fault
+			reason string
+		}{
+			{"403 echoing the credentials", kmstest.Fault{Kind: kmstest.FaultKMSError, Code: "KMS.0303"}, kmsv1alpha1.ReasonCredentialsInvalid},
+			{"500 echoing the credentials (retried)", kmstest.Fault{Kind: kmstest.FaultKMSError, Code: "KMS.0101"}, kmsv1alpha1.ReasonKMSRequestFailed},
+			{"503 with an HTML body", kmstest.Fault{Kind: kmstest.FaultServerError}, kmsv1alpha1.ReasonKMSRequestFailed},
+			{"malformed JSON", kmstest.Fault{Kind: kmstest.FaultMalformedJSON}, kmsv1alpha1.ReasonKMSRequestFailed},
+		} {
+			By(step.name)
+			for _, t := range targets {
+				fl := step.fault
+				if fl.Kind == kmstest.FaultKMSError {
+					fl.Message = echo(t.echoed)
+				}
+				Expect(t.kms.InjectFault(fl)).To(Succeed())
+				forceSync(t.sel)
+				Eventually(readyReason(t.sel)).Should(Equal(step.reason))
+				if fl.Message != "" {
+					// The echo reached the client and was scrubbed, not dropped.
+					Expect(readyMessage(t.sel)).To(ContainSubstring(echo(strings.SplitN(t.echoed, "=", 2)[0] + "=[redacted]")))
+				}
+				t.kms.ClearFaults()
+			}
+		}
+		for _, t := range targets {
+			value := forceSync(t.sel)
+			Eventually(handled(t.sel, value)).Should(Succeed())
+		}
+
+		By("stopping the operator, which writes its metrics")
+		Expect(op.stop(syscall.SIGTERM)).To(BeTrue())
+		logText := op.log()
+		metricsText, err := os.ReadFile(c.MetricsFile)
+		Expect(err).NotTo(HaveOccurred())
+
+		events := &eventsv1.EventList{}
+		Expect(k8sClient.List(bg(), events, client.InNamespace(f.ns))).To(Succeed())
+		eventsJSON, err := json.Marshal(events)
+		Expect(err).NotTo(HaveOccurred())
+		selectors := &kmsv1alpha1.KmsKeySelectorList{}
+		Expect(k8sClient.List(bg(), selectors, client.InNamespace(f.ns))).To(Succeed())
+		selectorsJSON, err := json.Marshal(selectors)
+		Expect(err).NotTo(HaveOccurred())
+
+		// Positive controls: each haystack holds what it should, so an empty one cannot pass.
+		Expect(logText).To(ContainSubstring(`"msg":"kms request"`))
+		Expect(logText).To(ContainSubstring(`X-Auth-Token: [redacted]`))
+		Expect(logText).To(ContainSubstring(`Authorization: [redacted]`))
+		Expect(logText).To(ContainSubstring(`X-Security-Token: [redacted]`))
+		Expect(logText).To(ContainSubstring(`"msg":"Sync failed"`))
+		Expect(logText).To(ContainSubstring(`kms request failed, retrying`))
+		Expect(strings.Count(logText, "\n")).To(BeNumerically(">", 100))
+		Expect(string(eventsJSON)).To(And(ContainSubstring("CredentialsInvalid"), ContainSubstring("KMSRequestFailed"), ContainSubstring("[redacted]")))
+		Expect(string(selectorsJSON)).To(ContainSubstring(`"reason":"Synced"`))
+		Expect(string(metricsText)).To(And(ContainSubstring("kms_key_sync_kms_requests_total"), ContainSubstring(`namespace="`+f.ns+`"`)))
+
+		Expect(leaks(map[string]string{
+			"operator log": logText,
+			"events":       string(eventsJSON),
+			"selectors":    string(selectorsJSON),
+			"metrics":      string(metricsText),
+			"errors":       clientErrors(f.kms, aksk),
+		})).To(BeEmpty())
+	})
+
+	// A zap logger renders a struct without a String or MarshalLog method by reflection, as JSON.
+	It("keeps credentials out of structured log fields, alone or inside a request", func() {
+		var buf bytes.Buffer
+		logger := zap.New(zap.WriteTo(&buf), zap.UseDevMode(true), zap.JSONEncoder(), zap.Level(zapcore.Level(-10)))
+		creds := kms.Credentials{AccessKey: canaryAK, SecretKey: canarySK, SecurityToken: canarySTS}
+		logger.V(10).Info("credentials", "credentials", creds)
+		logger.V(10).Info("request", "request", keysource.Request{Endpoint: "https://kms.example", ProjectID: "p", Credentials: creds})
+		logger.V(10).Info("token", "credentials", kms.Credentials{Token: canaryToken})
+		Expect(buf.String()).To(ContainSubstring(`"msg":"request"`))
+		Expect(leaks(map[string]string{"structured log": buf.String()})).To(BeEmpty())
+	})
+})
+
+// clientErrors lists, in every formatting, the errors and descriptions the KMS client produces
+// with canary credentials against failing answers, including answers that echo what was sent.
+func clientErrors(byToken, byAKSK *kmstest.Server) string {
+	GinkgoHelper()
+	var out []string
+	for _, c := range []struct {
+		kms    *kmstest.Server
+		creds  kms.Credentials
+		echoed []string
+	}{
+		{byToken, kms.Credentials{Token: canaryToken}, []string{canaryToken}},
+		{byAKSK, kms.Credentials{AccessKey: canaryAK, SecretKey: canarySK, SecurityToken: canarySTS}, []string{canarySK, canarySTS}},
+		{byAKSK, kms.Credentials{AccessKey: canaryAK, SecretKey: canaryWrongSK, SecurityToken: canarySTS}, []string{canaryWrongSK, canarySTS}},
+	} {
+		for _, fl := range []kmstest.Fault{
+			{Kind: kmstest.FaultKMSError, Code: "KMS.0303", Message: echo(c.echoed...)},
+			{Kind: kmstest.FaultKMSError, Code: "KMS.0101", Message: echo(c.echoed...)},
+			{Kind: kmstest.FaultServerError},
+			{Kind: kmstest.FaultMalformedJSON},
+			{Kind: kmstest.FaultTruncatedJSON},
+			{Kind: kmstest.FaultDrop},
+		} {
+			c.kms.ClearFaults()
+			Expect(c.kms.InjectFault(fl)).To(Succeed())
+			transport, err := kms.NewTransport(tlsCA)
+			Expect(err).NotTo(HaveOccurred())
+			client, err := kms.New(kms.Config{Endpoint: c.kms.URL, ProjectID: kmstest.DefaultProjectID, Credentials: c.creds, Transport: transport,
+				Retry: kms.RetryPolicy{MaxAttempts: 2, BaseDelay: time.Millisecond, MaxDelay: time.Millisecond}})
+			Expect(err).NotTo(HaveOccurred())
+			_, err = client.ListKeys(bg(), kms.Filter{})
+			Expect(err).To(HaveOccurred(), "fault %s", fl.Kind)
+			out = append(out, err.Error(), fmt.Sprintf("%v|%+v|%#v|%q", err, err, err, err),
+				fmt.Sprintf("%v|%+v|%#v|%s", client, client, client, client), fmt.Sprintf("%v|%+v|%#v", c.creds, c.creds, c.creds))
+			if fl.Message != "" {
+				Expect(err.Error()).To(ContainSubstring("[redacted]"))
+			}
+		}
+		c.kms.ClearFaults()
+	}
+	return strings.Join(out, "\n")
+}
