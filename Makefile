@@ -50,6 +50,15 @@ test: manifests generate fmt vet envtest helm kustomize ## Run all tests against
 	KUBEBUILDER_ASSETS="$$(hack/setup-envtest.sh)" go test ./... -coverprofile cover.out
 	$(MAKE) fuzz FUZZTIME=$(TEST_FUZZTIME)
 
+# The bench is a documented command, not a test: it runs the real operator binary against a local
+# control plane and the KMS emulator at scale (a few minutes on 2 cores). Run one scenario with
+# BENCH_ARGS=--scenarios=b; see docs/benchmarks.md. Logs and pprof profiles go to bin/bench-out/.
+.PHONY: bench
+bench: ## Measure the operator at scale (1 to 1,000 selectors) against a naive baseline; prints a markdown table.
+	go build -o bin/manager .
+	go build -o bin/bench ./hack/bench
+	assets="$$(hack/setup-envtest.sh)" && KUBEBUILDER_ASSETS="$$assets" bin/bench --manager=bin/manager $(BENCH_ARGS)
+
 # The demo needs only Go: hack/setup-envtest.sh builds the control plane on the first run.
 # Pass DEMO_ARGS=-v to see the operator's and the emulator's logs.
 .PHONY: demo

@@ -1,0 +1,281 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"net/url"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"time"
+
+	dto "github.com/prometheus/client_model/go"
+	"github.com/prometheus/common/expfmt"
+	"github.com/prometheus/common/model"
+)
+
+// operatorProc is the operator binary running as a child process, so that its memory is its own.
+type operatorProc struct {
+	cmd        *exec.Cmd
+	metricsURL string
+	pprofURL   string
+	log        *os.File
+	ready      chan struct{} // closed once the controller's workers started
+	exited     chan struct{} // closed once the process exited
+	exitErr    error
+	stopOnce   sync.Once
+	stopErr    error
+}
+
+// startOperator runs the operator against the kubeconfig, its metrics and pprof on free local
+// ports, and its log in o.outDir.
+func startOperator(o options, sc scenario, kubeconfig string) (*operatorProc, error) {
+	ports, err := freePorts(2)
+	if err != nil {
+		return nil, err
+	}
+	metricsAddr, pprofAddr := fmt.Sprintf("127.0.0.1:%d", ports[0]), fmt.Sprintf("127.0.0.1:%d", ports[1])
+	args := []string{
+		"--allow-insecure-endpoints",
+		"--metrics-bind-address=" + metricsAddr,
+		"--metrics-secure=false",
+		"--health-probe-bind-address=0",
+		"--pprof-bind-address=" + pprofAddr,
+		"--kms-qps=" + strconv.FormatFloat(o.kmsQPS, 'f', -1, 64),
+		"--kms-burst=" + strconv.Itoa(o.kmsBurst),
+		"--max-concurrent-reconciles=" + strconv.Itoa(o.concurrency),
+	}
+	logPath := filepath.Join(o.outDir, sc.name+"-operator.log")
+	logFile, err := os.Create(logPath)
+	if err != nil {
+		return nil, err
+	}
+	p := &operatorProc{
+		metricsURL: "http://" + metricsAddr + "/metrics",
+		pprofURL:   "http://" + pprofAddr + "/debug/pprof/",
+		log:        logFile,
+		ready:      make(chan struct{}),
+		exited:     make(chan struct{}),
+	}
+	var out io.Writer = logFile
+	if o.verbose {
+		out = io.MultiWriter(logFile, os.Stderr)
+	}
+	p.cmd = exec.Command(o.manager, args...)
+	// The binary has no --kubeconfig flag (main.go parses its own flag set, without the one
+	// controller-runtime registers), so the kubeconfig goes in $KUBECONFIG.
+	p.cmd.Env = append(append(os.Environ(), "KUBECONFIG="+kubeconfig), o.operatorEnv...)
+	p.cmd.Stdout = out
+	p.cmd.Stderr = &lineWatcher{w: out, needle: `"Starting workers"`, found: p.ready}
+	// Its own process group keeps a Ctrl-C at the terminal from reaching it before the bench
+	// stops it in order; Pdeathsig stops it should the bench die without cleaning up.
+	p.cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
+	if err := p.cmd.Start(); err != nil {
+		logFile.Close()
+		return nil, fmt.Errorf("starting the operator: %w", err)
+	}
+	go func() {
+		p.exitErr = p.cmd.Wait()
+		close(p.exited)
+	}()
+	env := strings.Join(append([]string{"KUBECONFIG=" + kubeconfig}, o.operatorEnv...), " ")
+	progress("operator started (pid %d): %s %s %s; log in %s", p.cmd.Process.Pid, env, o.manager, strings.Join(args, " "), logPath)
+	return p, nil
+}
+
+// waitReady waits until the controller's caches synced and its workers started.
+func (p *operatorProc) waitReady(ctx context.Context, timeout time.Duration) error {
+	timer := time.NewTimer(timeout)
+	defer timer.Stop()
+	select {
+	case <-p.ready:
+		return nil
+	case <-p.exited:
+		return fmt.Errorf("the operator exited before it was ready: %v (see %s)", p.exitErr, p.log.Name())
+	case <-timer.C:
+		return fmt.Errorf("the operator was not ready within %s (see %s)", timeout, p.log.Name())
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
+
+// stop sends SIGTERM, and SIGKILL if the operator has not exited 15 seconds later.
+func (p *operatorProc) stop() error {
+	p.stopOnce.Do(func() {
+		select {
+		case <-p.exited:
+			p.stopErr = fmt.Errorf("the operator had exited on its own: %v (see %s)", p.exitErr, p.log.Name())
+		default:
+			_ = p.cmd.Process.Signal(syscall.SIGTERM)
+			select {
+			case <-p.exited:
+			case <-time.After(15 * time.Second):
+				_ = p.cmd.Process.Kill()
+				<-p.exited
+				p.stopErr = errors.New("the operator did not stop within 15s of SIGTERM; killed it")
+			}
+		}
+		p.stopErr = errors.Join(p.stopErr, p.log.Close())
+	})
+	return p.stopErr
+}
+
+// peakRSS reads VmHWM, the process's peak resident set, from /proc.
+func (p *operatorProc) peakRSS() (uint64, error) {
+	return procStatus(p.cmd.Process.Pid, "VmHWM")
+}
+
+func procStatus(pid int, field string) (uint64, error) {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
+	if err != nil {
+		return 0, err
+	}
+	for _, line := range strings.Split(string(b), "\n") {
+		if rest, ok := strings.CutPrefix(line, field+":"); ok {
+			kb, err := strconv.ParseUint(strings.TrimSuffix(strings.TrimSpace(rest), " kB"), 10, 64)
+			return kb * 1024, err
+		}
+	}
+	return 0, fmt.Errorf("/proc/%d/status has no %s", pid, field)
+}
+
+// metrics scrapes the named metrics from the operator's metrics endpoint. Asking for a few names
+// keeps the scrape cheap: the operator exports some series per selector.
+func (p *operatorProc) metrics(ctx context.Context, names ...string) (map[string]*dto.MetricFamily, error) {
+	q := url.Values{"name[]": names}
+	body, err := httpGet(ctx, http.DefaultClient, p.metricsURL+"?"+q.Encode())
+	if err != nil {
+		return nil, fmt.Errorf("scraping the operator's metrics: %w", err)
+	}
+	parser := expfmt.NewTextParser(model.UTF8Validation)
+	return parser.TextToMetricFamilies(bytes.NewReader(body))
+}
+
+// counter returns the sum of a metric's series (a counter or a gauge).
+func (p *operatorProc) counter(ctx context.Context, name string) (float64, error) {
+	families, err := p.metrics(ctx, name)
+	if err != nil {
+		return 0, err
+	}
+	return sum(families[name]), nil
+}
+
+func sum(f *dto.MetricFamily) float64 {
+	total := 0.0
+	for _, m := range f.GetMetric() {
+		switch {
+		case m.Counter != nil:
+			total += m.GetCounter().GetValue()
+		case m.Gauge != nil:
+			total += m.GetGauge().GetValue()
+		}
+	}
+	return total
+}
+
+func labelMap(pairs []*dto.LabelPair) map[string]string {
+	out := make(map[string]string, len(pairs))
+	for _, p := range pairs {
+		out[p.GetName()] = p.GetValue()
+	}
+	return out
+}
+
+// cpuProfile takes a CPU profile of length d into path, in the background.
+func (p *operatorProc) cpuProfile(ctx context.Context, path string, d time.Duration) <-chan error {
+	done := make(chan error, 1)
+	go func() {
+		u := fmt.Sprintf("%sprofile?seconds=%d", p.pprofURL, int(d.Seconds()))
+		done <- saveProfile(ctx, http.DefaultClient, u, path, "operator CPU")
+	}()
+	return done
+}
+
+// heapProfile saves the heap profile (after a GC) into path.
+func (p *operatorProc) heapProfile(ctx context.Context, path string) error {
+	return saveProfile(ctx, http.DefaultClient, p.pprofURL+"heap?gc=1", path, "operator heap")
+}
+
+func saveProfile(ctx context.Context, c *http.Client, u, path, kind string) error {
+	body, err := httpGet(ctx, c, u)
+	if err != nil {
+		return fmt.Errorf("taking the %s profile: %w", kind, err)
+	}
+	if err := os.WriteFile(path, body, 0o644); err != nil {
+		return err
+	}
+	progress("%s profile saved: go tool pprof -top %s", kind, path)
+	return nil
+}
+
+func httpGet(ctx context.Context, c *http.Client, u string) ([]byte, error) {
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, u, nil)
+	if err != nil {
+		return nil, err
+	}
+	resp, err := c.Do(req)
+	if err != nil {
+		return nil, err
+	}
+	defer resp.Body.Close()
+	body, err := io.ReadAll(resp.Body)
+	if err != nil {
+		return nil, err
+	}
+	if resp.StatusCode != http.StatusOK {
+		return nil, fmt.Errorf("GET %s: %s: %s", u, resp.Status, bytes.TrimSpace(body))
+	}
+	return body, nil
+}
+
+// freePorts returns n local TCP ports that were free a moment ago.
+func freePorts(n int) ([]int, error) {
+	var ports []int
+	var listeners []net.Listener
+	defer func() {
+		for _, l := range listeners {
+			l.Close()
+		}
+	}()
+	for range n {
+		l, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			return nil, err
+		}
+		listeners = append(listeners, l)
+		ports = append(ports, l.Addr().(*net.TCPAddr).Port)
+	}
+	return ports, nil
+}
+
+// lineWatcher passes writes through and closes found the first time needle appears.
+type lineWatcher struct {
+	w      io.Writer
+	needle string
+	found  chan struct{}
+	tail   []byte
+	seen   bool
+}
+
+func (l *lineWatcher) Write(b []byte) (int, error) {
+	if !l.seen {
+		l.tail = append(l.tail, b...)
+		if bytes.Contains(l.tail, []byte(l.needle)) {
+			l.seen = true
+			l.tail = nil
+			close(l.found)
+		} else if keep := len(l.needle); len(l.tail) > keep {
+			l.tail = l.tail[len(l.tail)-keep:]
+		}
+	}
+	return l.w.Write(b)
+}

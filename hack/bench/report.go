@@ -1,0 +1,248 @@
+package main
+
+import (
+	"fmt"
+	"io"
+	"os"
+	"runtime"
+	"strconv"
+	"strings"
+	"time"
+)
+
+// result is what one scenario measured.
+type result struct {
+	scenario        scenario
+	err             error
+	applyDuration   time.Duration // creating the selectors
+	readyAfter      time.Duration // from the start of the apply until the last selector was Ready
+	firstSyncCalls  int
+	firstSyncWrites writeCounts
+	cycle           cycle
+	memory          memory
+	coalesced       float64
+	naive           *naiveResult
+}
+
+func (r *result) complete() bool { return r.err == nil }
+
+const mib = 1 << 20
+
+// writeReport prints the markdown report: the results, the ratios against the naive baseline,
+// the targets and the details behind the figures.
+func writeReport(w io.Writer, o options, machine string, results []*result) {
+	fmt.Fprintf(w, "## kms-key-sync benchmark\n\n%s\n\n", machine)
+	env := ""
+	if len(o.operatorEnv) > 0 {
+		env = "; operator environment: " + strings.Join(o.operatorEnv, " ")
+	}
+	fmt.Fprintf(w, "Operator flags: --max-concurrent-reconciles=%d --kms-qps=%g --kms-burst=%d%s; selectors refresh every %s.\n\n",
+		o.concurrency, o.kmsQPS, o.kmsBurst, env, o.refresh)
+	writeResults(w, results)
+	writeBaseline(w, results)
+	writeTargets(w, results)
+	writeDetails(w, results)
+}
+
+func writeResults(w io.Writer, results []*result) {
+	fmt.Fprintln(w, "### Results")
+	fmt.Fprintln(w)
+	fmt.Fprintln(w, "| Scenario | Apply → all Ready | KMS calls, first sync | KMS calls / cycle | ConfigMap writes / cycle | Status writes / cycle | Cycle took | Peak RSS | Peak heap in use |")
+	fmt.Fprintln(w, "|---|---:|---:|---:|---:|---:|---:|---:|---:|")
+	for _, r := range results {
+		name := fmt.Sprintf("(%s) %s", r.scenario.name, r.scenario.title)
+		if !r.complete() {
+			fmt.Fprintf(w, "| %s | failed: %s |  |  |  |  |  |  |  |\n", name, oneLine(r.err))
+			continue
+		}
+		c := r.cycle
+		fmt.Fprintf(w, "| %s | %s | %s | %s | %s | %s | %s | %s | %s |\n", name,
+			seconds(r.readyAfter), num(r.firstSyncCalls), num(c.kmsCalls),
+			num(c.writes.get(resConfigMaps)), num(c.writes.get(resStatus)), seconds(c.duration),
+			mebibytes(r.memory.peakRSS), mebibytes(r.memory.peakHeapInuse))
+	}
+	fmt.Fprintln(w)
+}
+
+func writeBaseline(w io.Writer, results []*result) {
+	var rows []string
+	for _, r := range results {
+		if !r.complete() || r.naive == nil {
+			continue
+		}
+		c, n := r.cycle, r.naive
+		ours := c.writes.get(resConfigMaps) + c.writes.get(resStatus)
+		naive := n.writes.get(resConfigMaps)
+		rows = append(rows, fmt.Sprintf("| (%s) | %s | %s | %s | %s |", r.scenario.name,
+			versus(c.kmsCalls, int(n.kmsCalls)),
+			versus(c.writes.get(resConfigMaps), naive),
+			versus(ours, naive),
+			seconds(n.duration)))
+	}
+	if len(rows) == 0 {
+		return
+	}
+	fmt.Fprintln(w, "### Against the naive baseline, per refresh cycle (ours vs naive)")
+	fmt.Fprintln(w)
+	fmt.Fprintln(w, "The naive baseline is what a hand-written CronJob does: page size 10, no coalescing, and a")
+	fmt.Fprintln(w, "ConfigMap Create/Update for every selector on every run, changed or not.")
+	fmt.Fprintln(w)
+	fmt.Fprintln(w, "| Scenario | KMS calls | ConfigMap writes | All API writes (ConfigMaps + status) | Naive run took |")
+	fmt.Fprintln(w, "|---|---:|---:|---:|---:|")
+	for _, row := range rows {
+		fmt.Fprintln(w, row)
+	}
+	fmt.Fprintln(w)
+}
+
+// target is one goal of the issue and whether the run met it.
+type target struct {
+	scenario, goal, measured string
+	met                      bool
+}
+
+func targets(results []*result) []target {
+	byName := map[string]*result{}
+	for _, r := range results {
+		if r.complete() {
+			byName[r.scenario.name] = r
+		}
+	}
+	var out []target
+	add := func(r *result, goal, measured string, met bool) {
+		out = append(out, target{r.scenario.name, goal, measured, met})
+	}
+	if r := byName["a"]; r != nil {
+		add(r, "first sync < 5 s", seconds(r.readyAfter), r.readyAfter < 5*time.Second)
+		add(r, "first sync with 10 KMS calls", num(r.firstSyncCalls), r.firstSyncCalls <= 10)
+	}
+	if r := byName["b"]; r != nil {
+		add(r, "all Ready < 60 s", seconds(r.readyAfter), r.readyAfter < time.Minute)
+		add(r, "steady state: 1,000 KMS calls per cycle", num(r.cycle.kmsCalls), r.cycle.kmsCalls <= r.scenario.selectors)
+		add(r, "steady state: 0 ConfigMap writes per cycle", num(r.cycle.writes.get(resConfigMaps)), r.cycle.writes.get(resConfigMaps) == 0)
+	}
+	if r := byName["c"]; r != nil {
+		add(r, "steady state: ≤ 10 KMS calls per cycle", num(r.cycle.kmsCalls), r.cycle.kmsCalls <= r.scenario.filters)
+	}
+	if r := byName["d"]; r != nil {
+		rss := r.memory.peakRSS
+		add(r, "peak RSS < 150 MiB", mebibytes(rss), rss < 150*mib)
+		if b := byName["b"]; b != nil {
+			ratio := float64(rss) / float64(b.memory.peakRSS)
+			add(r, "peak RSS within 10% of (b)'s", fmt.Sprintf("%s vs %s (%+.1f%%)", mebibytes(rss), mebibytes(b.memory.peakRSS), 100*(ratio-1)), ratio <= 1.10)
+		}
+	}
+	return out
+}
+
+func writeTargets(w io.Writer, results []*result) {
+	ts := targets(results)
+	if len(ts) == 0 {
+		return
+	}
+	fmt.Fprintln(w, "### Targets")
+	fmt.Fprintln(w)
+	fmt.Fprintln(w, "| Scenario | Target | Measured | Met |")
+	fmt.Fprintln(w, "|---|---|---:|---|")
+	for _, t := range ts {
+		met := "yes"
+		if !t.met {
+			met = "**no**"
+		}
+		fmt.Fprintf(w, "| (%s) | %s | %s | %s |\n", t.scenario, t.goal, t.measured, met)
+	}
+	fmt.Fprintln(w)
+}
+
+func writeDetails(w io.Writer, results []*result) {
+	fmt.Fprintln(w, "### Details")
+	fmt.Fprintln(w)
+	for _, r := range results {
+		if !r.complete() {
+			fmt.Fprintf(w, "- (%s) failed: %s\n", r.scenario.name, oneLine(r.err))
+			continue
+		}
+		c := r.cycle
+		fmt.Fprintf(w, "- (%s) creating the selectors took %s. First sync API writes: %s.\n",
+			r.scenario.name, seconds(r.applyDuration), r.firstSyncWrites)
+		fmt.Fprintf(w, "  Steady cycle: %s from the last selector's first refresh to its second (the interval is the cycle's ideal length); %s KMS calls in that window; API writes: %s; the operator's own ConfigMap write counter: %s.\n",
+			seconds(c.duration), num(int(c.kmsTotal)), c.writes, num(c.operatorConfigMapWrites))
+		m := r.memory
+		fmt.Fprintf(w, "  Listings answered by coalescing since start: %s. Heap: peak allocated %s, %s at the end (%d samples). RSS at the end: %s anonymous + %s file-backed (the binary).\n",
+			num(int(r.coalesced)), mebibytes(m.peakHeapAlloc), mebibytes(m.lastHeapAlloc), m.samples, mebibytes(m.rssAnon), mebibytes(m.rssFile))
+		if n := r.naive; n != nil {
+			fmt.Fprintf(w, "  Naive run: %s, %s KMS calls, API writes: %s.\n", seconds(n.duration), num(int(n.kmsCalls)), n.writes)
+		}
+	}
+	fmt.Fprintln(w)
+}
+
+// machineInfo describes where the bench ran.
+func machineInfo() string {
+	cpu := "unknown CPU"
+	if b, err := os.ReadFile("/proc/cpuinfo"); err == nil {
+		for _, line := range strings.Split(string(b), "\n") {
+			if v, ok := strings.CutPrefix(line, "model name"); ok {
+				cpu = strings.TrimSpace(strings.TrimPrefix(strings.TrimSpace(v), ":"))
+				break
+			}
+		}
+	}
+	memTotal := ""
+	if b, err := os.ReadFile("/proc/meminfo"); err == nil {
+		if f := strings.Fields(strings.SplitN(string(b), "\n", 2)[0]); len(f) >= 2 {
+			if kb, err := strconv.ParseUint(f[1], 10, 64); err == nil {
+				memTotal = fmt.Sprintf(", %.1f GiB RAM", float64(kb)/(1<<20))
+			}
+		}
+	}
+	kernel := ""
+	if b, err := os.ReadFile("/proc/sys/kernel/osrelease"); err == nil {
+		kernel = ", Linux " + strings.TrimSpace(string(b))
+	}
+	return fmt.Sprintf("Machine: %d × %s%s%s, %s; run %s.", runtime.NumCPU(), cpu, memTotal, kernel,
+		runtime.Version(), time.Now().UTC().Format("2006-01-02 15:04 MST"))
+}
+
+// num formats n with thousands separators.
+func num(n int) string {
+	s := strconv.Itoa(max(n, -n))
+	var b strings.Builder
+	if n < 0 {
+		b.WriteByte('-')
+	}
+	for i, d := range s {
+		if i > 0 && (len(s)-i)%3 == 0 {
+			b.WriteByte(',')
+		}
+		b.WriteRune(d)
+	}
+	return b.String()
+}
+
+// versus formats "ours vs naive (ratio×)".
+func versus(ours, naive int) string {
+	if naive == 0 {
+		return fmt.Sprintf("%s vs 0", num(ours))
+	}
+	return fmt.Sprintf("%s vs %s (%s×)", num(ours), num(naive), ratio(float64(ours)/float64(naive)))
+}
+
+func ratio(r float64) string {
+	switch {
+	case r == 0:
+		return "0"
+	case r >= 0.1:
+		return strconv.FormatFloat(r, 'f', 2, 64)
+	default:
+		return strconv.FormatFloat(r, 'g', 2, 64)
+	}
+}
+
+func seconds(d time.Duration) string { return fmt.Sprintf("%.1f s", d.Seconds()) }
+
+func mebibytes(b uint64) string { return fmt.Sprintf("%.0f MiB", float64(b)/mib) }
+
+func oneLine(err error) string {
+	return strings.ReplaceAll(strings.ReplaceAll(err.Error(), "\n", "; "), "|", "/")
+}

@@ -1,0 +1,256 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strings"
+	"time"
+
+	"k8s.io/apimachinery/pkg/types"
+
+	"github.com/kms-key-sync/kms-key-sync/internal/kms"
+)
+
+// scenario is one shape of load.
+type scenario struct {
+	name, title string
+	// selectors are spread round-robin over namespaces; selector i asks for filter i % filters.
+	selectors, namespaces, filters int
+	// keysPerFilter keys in the emulator match each filter (they carry tag app=app-NNNN).
+	keysPerFilter int
+	// clutter unrelated ConfigMaps and as many unrelated Secrets exist before the operator starts.
+	clutter int
+	// baseline says whether the naive baseline runs for this scenario.
+	baseline bool
+}
+
+var scenarios = []scenario{
+	{name: "a", title: "1 selector × 10,000 keys", selectors: 1, namespaces: 1, filters: 1, keysPerFilter: 10000, baseline: true},
+	{name: "b", title: "1,000 selectors × 100 keys, each its own filter, 10 namespaces", selectors: 1000, namespaces: 10, filters: 1000, keysPerFilter: 100, baseline: true},
+	{name: "c", title: "1,000 selectors sharing 10 filters (100 keys each), 10 namespaces", selectors: 1000, namespaces: 10, filters: 10, keysPerFilter: 100, baseline: true},
+	{name: "d", title: "scenario b with 5,000 unrelated ConfigMaps and 5,000 Secrets", selectors: 1000, namespaces: 10, filters: 1000, keysPerFilter: 100, clutter: 5000},
+}
+
+func scenarioByName(name string) (scenario, bool) {
+	for _, s := range scenarios {
+		if s.name == name {
+			return s, true
+		}
+	}
+	return scenario{}, false
+}
+
+func scenarioNames() string {
+	names := make([]string, len(scenarios))
+	for i, s := range scenarios {
+		names[i] = s.name
+	}
+	return strings.Join(names, ",")
+}
+
+const (
+	benchToken  = "kms-key-sync-bench-token"
+	secretName  = "kms-credentials"
+	tagKey      = "app"
+	stepTimeout = 2 * time.Minute
+)
+
+func namespaceName(i int) string { return fmt.Sprintf("bench-%02d", i) }
+
+func (s scenario) namespaceNames() []string {
+	out := make([]string, s.namespaces)
+	for i := range out {
+		out[i] = namespaceName(i)
+	}
+	return out
+}
+
+func filterValue(i int) string { return fmt.Sprintf("app-%04d", i) }
+
+// selectorRef is one selector of a scenario: where it lives and what it asks for.
+type selectorRef struct {
+	key    types.NamespacedName
+	filter kms.Filter
+}
+
+func (s scenario) selectorRefs() []selectorRef {
+	out := make([]selectorRef, s.selectors)
+	for i := range out {
+		out[i] = selectorRef{
+			key:    types.NamespacedName{Namespace: namespaceName(i % s.namespaces), Name: fmt.Sprintf("sel-%04d", i)},
+			filter: kms.Filter{Tags: []kms.TagFilter{{Key: tagKey, Values: []string{filterValue(i % s.filters)}}}},
+		}
+	}
+	return out
+}
+
+// filterKey names a filter the same way for a selector's spec and for a request the emulator got.
+func filterKey(tags []kms.TagFilter) string {
+	parts := make([]string, 0, len(tags))
+	for _, t := range tags {
+		parts = append(parts, t.Key+"="+strings.Join(t.Values, "|"))
+	}
+	return strings.Join(parts, ",")
+}
+
+// runScenario runs one scenario from a fresh control plane to the baseline, and always stops
+// what it started.
+func runScenario(ctx context.Context, o options, sc scenario) (res *result, err error) {
+	res = &result{scenario: sc}
+	var stack cleanupStack
+	defer func() { err = errors.Join(err, stack.run()) }()
+
+	cl, err := startCluster(o.root)
+	if err != nil {
+		return res, err
+	}
+	stack.push("control plane", cl.stop)
+	emu, err := startEmulator(sc)
+	if err != nil {
+		return res, err
+	}
+	stack.push("KMS emulator", emu.close)
+	if err := seed(ctx, cl, sc); err != nil {
+		return res, err
+	}
+	tr, err := startTracker(ctx, cl.cfg, sc)
+	if err != nil {
+		return res, err
+	}
+	stack.push("selector watch", tr.stop)
+
+	op, err := startOperator(o, sc, cl.kubeconfig)
+	if err != nil {
+		return res, err
+	}
+	stack.push("operator", op.stop)
+	if err := measureOperator(ctx, o, sc, cl, emu, tr, op, res); err != nil {
+		return res, err
+	}
+	if err := stack.runOne("operator"); err != nil {
+		return res, err
+	}
+	if o.baseline && sc.baseline {
+		progress("running the naive baseline (page size 10, no coalescing, a write per selector)")
+		naive, err := runNaive(ctx, cl, emu, sc, o.naiveWorkers)
+		if err != nil {
+			return res, fmt.Errorf("naive baseline: %w", err)
+		}
+		res.naive = &naive
+	}
+	return res, nil
+}
+
+// measureOperator applies the selectors, waits for them to become Ready, measures one
+// steady-state cycle and reads the operator's memory.
+func measureOperator(ctx context.Context, o options, sc scenario, cl *cluster, emu *emulator, tr *tracker, op *operatorProc, res *result) error {
+	if err := op.waitReady(ctx, stepTimeout); err != nil {
+		return err
+	}
+	// Every wait below ends at once, with the reason, should the operator exit.
+	ctx, cancel := context.WithCancelCause(ctx)
+	defer cancel(nil)
+	go func() {
+		select {
+		case <-op.exited:
+			cancel(fmt.Errorf("the operator exited: %v (see %s)", op.exitErr, op.log.Name()))
+		case <-ctx.Done():
+		}
+	}()
+	sampler := op.sampleMemory(ctx, 2*time.Second)
+	defer sampler.stop()
+	prof := newProfiler(o, sc, cl, op)
+
+	if err := measureFirstSync(ctx, o, sc, cl, emu, tr, prof, res); err != nil {
+		return err
+	}
+	if err := prof.steady(ctx); err != nil {
+		return err
+	}
+	var err error
+	if res.cycle, err = measureCycle(ctx, o, cl, emu, tr, op); err != nil {
+		return err
+	}
+	if err := prof.finish(ctx); err != nil {
+		return err
+	}
+	res.memory = sampler.stop()
+	if res.memory.peakRSS, err = op.peakRSS(); err != nil {
+		return err
+	}
+	res.memory.rssAnon, _ = procStatus(op.cmd.Process.Pid, "RssAnon")
+	res.memory.rssFile, _ = procStatus(op.cmd.Process.Pid, "RssFile")
+	res.coalesced, _ = op.counter(ctx, "kms_key_sync_coalesced_requests_total")
+	return nil
+}
+
+// measureFirstSync applies the selectors and waits until every one is Ready.
+func measureFirstSync(ctx context.Context, o options, sc scenario, cl *cluster, emu *emulator, tr *tracker, prof *profiler, res *result) error {
+	emu.ResetStats()
+	before, err := cl.apiWrites(ctx)
+	if err != nil {
+		return err
+	}
+	progress("applying %d selectors", sc.selectors)
+	applied := time.Now()
+	prof.firstSync(ctx)
+	if err := createSelectors(ctx, cl, sc, emu.URL, o.refresh); err != nil {
+		return err
+	}
+	res.applyDuration = time.Since(applied)
+	ready, err := tr.waitFor(ctx, o.readyTimeout, "Ready", firstReady)
+	if err != nil {
+		return err
+	}
+	res.readyAfter = ready.Sub(applied)
+	res.firstSyncCalls = emu.callsBetween(nil, tr.cutoffs(firstReady))
+	after, err := cl.apiWrites(ctx)
+	if err != nil {
+		return err
+	}
+	res.firstSyncWrites = after.sub(before)
+	delete(res.firstSyncWrites, "kmskeyselectors") // the bench's own creates; the operator writes only status
+	progress("all %d selectors Ready %s after the apply began; %d KMS calls", sc.selectors, res.readyAfter.Round(100*time.Millisecond), res.firstSyncCalls)
+	return nil
+}
+
+// cleanupStack stops what was started, last started first.
+type cleanupStack struct {
+	names []string
+	fns   []func() error
+}
+
+func (s *cleanupStack) push(name string, fn func() error) {
+	s.names = append(s.names, name)
+	s.fns = append(s.fns, fn)
+}
+
+// runOne stops one thing early and forgets it.
+func (s *cleanupStack) runOne(name string) error {
+	for i, n := range s.names {
+		if n == name {
+			fn := s.fns[i]
+			s.names = append(s.names[:i], s.names[i+1:]...)
+			s.fns = append(s.fns[:i], s.fns[i+1:]...)
+			return wrapStop(name, fn())
+		}
+	}
+	return nil
+}
+
+func (s *cleanupStack) run() error {
+	var errs []error
+	for i := len(s.fns) - 1; i >= 0; i-- {
+		errs = append(errs, wrapStop(s.names[i], s.fns[i]()))
+	}
+	s.names, s.fns = nil, nil
+	return errors.Join(errs...)
+}
+
+func wrapStop(name string, err error) error {
+	if err != nil {
+		return fmt.Errorf("stopping the %s: %w", name, err)
+	}
+	return nil
+}

@@ -1,0 +1,203 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sync"
+	"time"
+
+	"k8s.io/apimachinery/pkg/api/meta"
+	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/client-go/rest"
+	toolscache "k8s.io/client-go/tools/cache"
+	"sigs.k8s.io/controller-runtime/pkg/cache"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+
+	kmsv1alpha1 "github.com/kms-key-sync/kms-key-sync/api/v1alpha1"
+	"github.com/kms-key-sync/kms-key-sync/internal/kms"
+	"github.com/kms-key-sync/kms-key-sync/internal/operator"
+)
+
+const pollInterval = 100 * time.Millisecond
+
+// tracker watches the selectors and notes, as the updates arrive, when each first became Ready
+// and when its status.lastSyncTime moved after that (each move is one refresh). Watching costs
+// the API server far less than listing a thousand selectors over and over.
+type tracker struct {
+	cancel context.CancelFunc
+	done   chan error
+
+	mu        sync.Mutex
+	selectors map[types.NamespacedName]*selectorState
+	want      int
+}
+
+type selectorState struct {
+	filter     string
+	firstReady time.Time
+	lastSync   time.Time
+	// refreshes are the times lastSync was seen to move after the selector became Ready.
+	refreshes []time.Time
+}
+
+// nthRefresh returns when the selector's n-th refresh was seen, zero if not yet.
+func nthRefresh(n int) func(*selectorState) time.Time {
+	return func(s *selectorState) time.Time {
+		if len(s.refreshes) < n {
+			return time.Time{}
+		}
+		return s.refreshes[n-1]
+	}
+}
+
+func firstReady(s *selectorState) time.Time { return s.firstReady }
+
+func startTracker(ctx context.Context, cfg *rest.Config, sc scenario) (*tracker, error) {
+	c, err := cache.New(cfg, cache.Options{Scheme: operator.Scheme, DefaultTransform: slim})
+	if err != nil {
+		return nil, fmt.Errorf("creating the selector watch: %w", err)
+	}
+	informer, err := c.GetInformer(ctx, &kmsv1alpha1.KmsKeySelector{})
+	if err != nil {
+		return nil, fmt.Errorf("creating the selector watch: %w", err)
+	}
+	t := &tracker{done: make(chan error, 1), selectors: map[types.NamespacedName]*selectorState{}, want: sc.selectors}
+	if _, err := informer.AddEventHandler(toolscache.ResourceEventHandlerFuncs{
+		AddFunc:    t.observe,
+		UpdateFunc: func(_, obj any) { t.observe(obj) },
+	}); err != nil {
+		return nil, err
+	}
+	runCtx, cancel := context.WithCancel(context.Background())
+	t.cancel = cancel
+	go func() { t.done <- c.Start(runCtx) }()
+	if !c.WaitForCacheSync(ctx) {
+		return nil, errors.Join(errors.New("the selector watch did not sync"), t.stop())
+	}
+	return t, nil
+}
+
+func (t *tracker) stop() error {
+	t.cancel()
+	return <-t.done
+}
+
+// slim keeps of a selector only what the tracker reads.
+func slim(obj any) (any, error) {
+	if sel, ok := obj.(*kmsv1alpha1.KmsKeySelector); ok {
+		sel.ManagedFields = nil
+		sel.Status.Keys = nil
+	}
+	return obj, nil
+}
+
+func (t *tracker) observe(obj any) {
+	sel, ok := obj.(*kmsv1alpha1.KmsKeySelector)
+	if !ok {
+		return
+	}
+	now := time.Now()
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	key := client.ObjectKeyFromObject(sel)
+	s := t.selectors[key]
+	if s == nil {
+		s = &selectorState{filter: filterKey(tagsOf(sel))}
+		t.selectors[key] = s
+	}
+	var lastSync time.Time
+	if sel.Status.LastSyncTime != nil {
+		lastSync = sel.Status.LastSyncTime.Time
+	}
+	moved := !lastSync.Equal(s.lastSync)
+	s.lastSync = lastSync
+	switch {
+	case s.firstReady.IsZero():
+		if sel.Status.ObservedGeneration == sel.Generation &&
+			meta.IsStatusConditionTrue(sel.Status.Conditions, kmsv1alpha1.ConditionReady) {
+			s.firstReady = now
+		}
+	case moved:
+		s.refreshes = append(s.refreshes, now)
+	}
+}
+
+func tagsOf(sel *kmsv1alpha1.KmsKeySelector) []kms.TagFilter {
+	out := make([]kms.TagFilter, 0, len(sel.Spec.Tags))
+	for _, t := range sel.Spec.Tags {
+		out = append(out, kms.TagFilter{Key: t.Key, Values: t.Values})
+	}
+	return out
+}
+
+// count returns how many selectors have a time by of, and the latest such time.
+func (t *tracker) count(of func(*selectorState) time.Time) (int, time.Time) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	n, last := 0, time.Time{}
+	for _, s := range t.selectors {
+		if at := of(s); !at.IsZero() {
+			n++
+			if at.After(last) {
+				last = at
+			}
+		}
+	}
+	return n, last
+}
+
+// cutoffs returns, per filter, the latest time by of among its selectors; a filter with a
+// selector that has no such time yet is left out.
+func (t *tracker) cutoffs(of func(*selectorState) time.Time) map[string]time.Time {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	out := map[string]time.Time{}
+	missing := map[string]bool{}
+	for _, s := range t.selectors {
+		at := of(s)
+		if at.IsZero() {
+			missing[s.filter] = true
+		}
+		if at.After(out[s.filter]) {
+			out[s.filter] = at
+		}
+	}
+	for f := range missing {
+		delete(out, f)
+	}
+	return out
+}
+
+// waitFor waits until every selector has a time by of, and returns the latest.
+func (t *tracker) waitFor(ctx context.Context, timeout time.Duration, what string, of func(*selectorState) time.Time) (time.Time, error) {
+	var last time.Time
+	err := poll(ctx, timeout, "every selector "+what, func() (bool, string) {
+		n, at := t.count(of)
+		last = at
+		return n == t.want, fmt.Sprintf("%d of %d", n, t.want)
+	})
+	return last, err
+}
+
+// poll calls check every pollInterval until it reports done, for at most timeout; the last
+// state check described goes into the error.
+func poll(ctx context.Context, timeout time.Duration, what string, check func() (bool, string)) error {
+	deadline := time.Now().Add(timeout)
+	ticker := time.NewTicker(pollInterval)
+	defer ticker.Stop()
+	for {
+		done, state := check()
+		if done {
+			return nil
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("waiting for %s: not within %s (%s)", what, timeout, state)
+		}
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("waiting for %s (%s): %w", what, state, context.Cause(ctx))
+		case <-ticker.C:
+		}
+	}
+}
