@@ -10,6 +10,7 @@ import (
 	"time"
 
 	ctrl "sigs.k8s.io/controller-runtime"
+	"sigs.k8s.io/controller-runtime/pkg/client/config"
 	"sigs.k8s.io/controller-runtime/pkg/log/zap"
 
 	"github.com/kms-key-sync/kms-key-sync/internal/kms"
@@ -63,6 +64,7 @@ func newFlagSet(f *flags) *flag.FlagSet {
 	})
 	fs.StringVar(&f.kmsCAFile, "kms-ca-file", "", "A PEM file of CA certificates to trust for KMS endpoints, besides the system roots.")
 	f.zap.BindFlags(fs)
+	config.RegisterFlags(fs)
 	return fs
 }
 

@@ -133,7 +133,7 @@ func SimulateFailure(window, interval, base, attempt time.Duration, firstCalls, 
 		var listed content
 		for t.Before(end) {
 			healthy++
-			st.succeeded(listed, t, interval, phase)
+			st.succeeded(listed, t, interval, phase, healthy > 1)
 			t = st.nextSync
 		}
 		c.Healthy = max(c.Healthy, healthy)

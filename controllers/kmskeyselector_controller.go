@@ -127,8 +127,8 @@ func (r *KmsKeySelectorReconciler) reconcileNormal(ctx context.Context, sel *kms
 	}
 
 	now := time.Now()
-	if !state.due(sel, now) && state.content != nil {
-		if err := r.writeTarget(ctx, sel, current, *state.content); err != nil {
+	if lastGood := state.lastGood(); !state.due(sel, now) && lastGood != nil {
+		if err := r.writeTarget(ctx, sel, current, *lastGood); err != nil {
 			return ctrl.Result{}, err
 		}
 		return ctrl.Result{RequeueAfter: state.nextSync.Sub(now)}, nil
@@ -138,7 +138,7 @@ func (r *KmsKeySelectorReconciler) reconcileNormal(ctx context.Context, sel *kms
 
 // sync lists the keys and, only once the listing is complete, writes the ConfigMap and status.
 func (r *KmsKeySelectorReconciler) sync(ctx context.Context, sel *kmsv1alpha1.KmsKeySelector, state *selectorState, current *corev1.ConfigMap) (ctrl.Result, error) {
-	fresh := state.wantsFresh(sel)
+	fresh, requested := state.wantsFresh(sel), state.requested(sel)
 	state.handled(sel)
 	request, reason, err := r.listRequest(ctx, sel)
 	if err != nil {
@@ -176,7 +176,7 @@ func (r *KmsKeySelectorReconciler) sync(ctx context.Context, sel *kmsv1alpha1.Km
 		return r.failed(ctx, sel, state, reason, err), nil
 	}
 
-	previous := state.content
+	previous := state.lastGood()
 	if previous == nil && current != nil {
 		previous = &content{Data: current.Data, BinaryData: current.BinaryData}
 	}
@@ -190,7 +190,7 @@ func (r *KmsKeySelectorReconciler) sync(ctx context.Context, sel *kmsv1alpha1.Km
 	r.recordChanges(sel, previous, rendered)
 
 	now := time.Now()
-	state.succeeded(rendered, now, refreshInterval(sel), request.Phase())
+	state.succeeded(rendered, now, refreshInterval(sel), request.Phase(), !requested)
 	setSynced(sel, keys, now)
 	recordSynced(sel)
 	return ctrl.Result{RequeueAfter: state.nextSync.Sub(now)}, nil
@@ -299,24 +299,22 @@ func (r *KmsKeySelectorReconciler) writeTarget(ctx context.Context, sel *kmsv1al
 	if current != nil && upToDate(current, desired) {
 		return nil
 	}
-	applied := &corev1.ConfigMap{}
-	if err := r.applyConfigMap(ctx, desired, applied); err != nil {
-		return err
+	if err := r.Apply(ctx, desired, client.FieldOwner(FieldOwner), client.ForceOwnership); err != nil {
+		return fmt.Errorf("applying ConfigMap %q: %w", *desired.Name, err)
 	}
 	metrics.ConfigMapWrites.Inc()
+	// Apply filled desired with the ConfigMap as stored, other managers' entries included.
+	applied := &corev1.ConfigMap{
+		ObjectMeta: metav1.ObjectMeta{Name: *desired.Name, Namespace: *desired.Namespace},
+		Data:       desired.Data,
+		BinaryData: desired.BinaryData,
+	}
 	if patch := removeStrayEntries(applied, c); patch != nil {
 		if err := r.Patch(ctx, applied, patch, client.FieldOwner(FieldOwner)); err != nil {
 			return fmt.Errorf("removing foreign entries from ConfigMap %q: %w", applied.Name, err)
 		}
 	}
 	return nil
-}
-
-func (r *KmsKeySelectorReconciler) applyConfigMap(ctx context.Context, desired *corev1ac.ConfigMapApplyConfiguration, into *corev1.ConfigMap) error {
-	if err := r.Apply(ctx, desired, client.FieldOwner(FieldOwner), client.ForceOwnership); err != nil {
-		return fmt.Errorf("applying ConfigMap %q: %w", *desired.Name, err)
-	}
-	return r.APIReader.Get(ctx, types.NamespacedName{Namespace: *desired.Namespace, Name: *desired.Name}, into)
 }
 
 func desiredConfigMap(sel *kmsv1alpha1.KmsKeySelector, c content) *corev1ac.ConfigMapApplyConfiguration {

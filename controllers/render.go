@@ -49,7 +49,7 @@ func renderContent(keys []kms.Key) (content, error) {
 	if c.size() <= maxConfigMapDataBytes {
 		return c, nil
 	}
-	compressed, err := gzipBytes([]byte(data[KeysJSONKey]))
+	compressed, err := gzipBytes([]byte(data[KeysJSONKey]), gzip.BestCompression)
 	if err != nil {
 		return content{}, err
 	}
@@ -62,9 +62,9 @@ func renderContent(keys []kms.Key) (content, error) {
 }
 
 // gzipBytes compresses b; with a zero header (no name, no time) the output depends on b alone.
-func gzipBytes(b []byte) ([]byte, error) {
+func gzipBytes(b []byte, level int) ([]byte, error) {
 	var buf bytes.Buffer
-	zw, err := gzip.NewWriterLevel(&buf, gzip.BestCompression)
+	zw, err := gzip.NewWriterLevel(&buf, level)
 	if err != nil {
 		return nil, err
 	}

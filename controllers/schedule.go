@@ -1,6 +1,9 @@
 package controllers
 
 import (
+	"bytes"
+	"compress/gzip"
+	"encoding/json"
 	"math/rand/v2"
 	"sync"
 	"time"
@@ -20,8 +23,10 @@ type schedule struct {
 }
 
 type selectorState struct {
-	uid      types.UID
-	content  *content
+	uid types.UID
+	// packed is the last good content, gzip-compressed: a tenth of the memory, for a repair
+	// that is rare. Nil until a sync succeeded since start.
+	packed   []byte
 	nextSync time.Time
 	failures int
 	// handledGeneration and handledForceSync record what the last sync attempt answered, since
@@ -91,22 +96,63 @@ func (st *selectorState) wantsFresh(sel *kmsv1alpha1.KmsKeySelector) bool {
 	return (st.specChanged(sel) && !created) || st.forced(sel) || st.failures > 0
 }
 
-func (st *selectorState) succeeded(c content, now time.Time, interval time.Duration, phase uint64) {
-	st.content = &c
+// succeeded schedules the next refresh. A scheduled refresh moves on to the very next slot, even
+// when it was served late, so that selectors sharing a slot stay together; a sync the user asked
+// for waits at least half an interval.
+func (st *selectorState) succeeded(c content, now time.Time, interval time.Duration, phase uint64, scheduled bool) {
+	st.packed = pack(c)
 	st.failures = 0
-	st.nextSync = nextSlot(now, interval, phase)
+	gap := interval / 2
+	if scheduled {
+		gap = time.Nanosecond
+	}
+	st.nextSync = nextSlot(now.Add(gap), interval, phase)
 }
 
-// nextSlot is the first time, at least half an interval from now, whose offset within the
-// interval is the phase. Selectors that ask the same question share a phase, so their refreshes
-// coincide and one listing serves them all; different questions spread over the interval, so
-// that a thousand selectors do not fire together.
-func nextSlot(now time.Time, interval time.Duration, phase uint64) time.Time {
+// lastGood returns the content of the last successful sync, or nil.
+func (st *selectorState) lastGood() *content {
+	if st.packed == nil {
+		return nil
+	}
+	c, err := unpack(st.packed)
+	if err != nil {
+		return nil
+	}
+	return &c
+}
+
+// nextSlot is the first time, not before earliest, whose offset within the interval is the
+// phase. Selectors that ask the same question share a phase, so their refreshes coincide and
+// one listing serves them all; different questions spread over the interval, so that a thousand
+// selectors do not fire together.
+func nextSlot(earliest time.Time, interval time.Duration, phase uint64) time.Time {
 	period := int64(interval)
 	offset := int64(phase % uint64(period))
-	earliest := now.Add(interval/2).UnixNano() - offset
-	slots := (earliest + period - 1) / period
+	slots := (earliest.UnixNano() - offset + period - 1) / period
 	return time.Unix(0, slots*period+offset)
+}
+
+// pack compresses content for keeping; nil if that fails, which only costs a KMS call on repair.
+func pack(c content) []byte {
+	raw, err := json.Marshal(c)
+	if err != nil {
+		return nil
+	}
+	packed, err := gzipBytes(raw, gzip.BestSpeed)
+	if err != nil {
+		return nil
+	}
+	return packed
+}
+
+func unpack(packed []byte) (content, error) {
+	zr, err := gzip.NewReader(bytes.NewReader(packed))
+	if err != nil {
+		return content{}, err
+	}
+	var c content
+	err = json.NewDecoder(zr).Decode(&c)
+	return c, err
 }
 
 // failed schedules the next attempt: the backoff doubles from base, with equal jitter, and is

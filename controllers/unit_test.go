@@ -177,7 +177,7 @@ func TestNextSlotAlignsIdenticalQuestionsAndSpreadsOthers(t *testing.T) {
 	interval := 5 * time.Minute
 	for _, now := range []time.Time{time.Unix(1_700_000_000, 0), time.Unix(1_700_000_123, 456)} {
 		for _, phase := range []uint64{0, 1, 299_999_999_999, 1 << 63} {
-			slot := nextSlot(now, interval, phase)
+			slot := nextSlot(now.Add(interval/2), interval, phase)
 			if slot.Before(now.Add(interval/2)) || !slot.Before(now.Add(interval*3/2)) {
 				t.Errorf("nextSlot(%v, phase %d) = %v, want within [now+%v, now+%v)", now, phase, slot, interval/2, interval*3/2)
 			}
@@ -189,6 +189,12 @@ func TestNextSlotAlignsIdenticalQuestionsAndSpreadsOthers(t *testing.T) {
 	// Two selectors with the same question that synced 40s apart refresh together.
 	a := nextSlot(time.Unix(1_700_000_000, 0), interval, 42)
 	b := nextSlot(time.Unix(1_700_000_040, 0), interval, 42)
+	// A scheduled refresh served late still moves on to the next slot, with the others.
+	st := &selectorState{}
+	st.succeeded(content{}, a.Add(interval-time.Second), interval, 42, true)
+	if want := a.Add(interval); !st.nextSync.Equal(want) {
+		t.Errorf("late refresh scheduled at %v, want the next slot %v", st.nextSync, want)
+	}
 	if !a.Equal(b) {
 		t.Errorf("same phase gave %v and %v", a, b)
 	}

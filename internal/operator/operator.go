@@ -129,6 +129,9 @@ func newKeySource(o Options) *keysource.Coalescing {
 // grow with the cluster's other ConfigMaps. Secrets are never cached: they are read uncached.
 func cacheOptions(namespaces []string) cache.Options {
 	opts := cache.Options{
+		// Managed fields list every data key of a server-side-applied ConfigMap; nothing here
+		// reads them, and they would double the cache.
+		DefaultTransform: cache.TransformStripManagedFields(),
 		ByObject: map[client.Object]cache.ByObject{
 			&corev1.ConfigMap{}: {Label: labels.SelectorFromSet(labels.Set{kmsv1alpha1.ManagedByLabel: kmsv1alpha1.ManagedByValue})},
 		},
