@@ -148,6 +148,9 @@ func (r *KmsKeySelectorReconciler) sync(ctx context.Context, sel *kmsv1alpha1.Km
 		return r.failed(ctx, sel, state, reason, err), nil
 	}
 	request.Fresh = fresh
+	if !requested {
+		request.NotBefore = state.nextSync
+	}
 	if state.failures > 0 {
 		// While failing, the backoff above is the retry policy: one call per attempt, so a
 		// persistent fault costs no more than one call per backoff step.

@@ -20,7 +20,7 @@ type Lister interface {
 
 // Coalescing answers identical requests with one listing: requests in flight share it
 // (singleflight), and a successful listing is reused for TTL, which must be well under the
-// smallest refresh interval. Two requests are identical when their endpoint, project,
+// smallest refresh interval, or by any request for the slot it was made for (NotBefore). Two requests are identical when their endpoint, project,
 // credentials, page size and filter are; the credentials are part of the key, so no request is
 // ever answered with data listed under other credentials. Failures are never cached.
 //
@@ -40,7 +40,14 @@ type Coalescing struct {
 type cached struct {
 	keys []kms.Key
 	at   time.Time
+	// shared is set once the listing answered another request: it serves a group of selectors
+	// on one slot, and is kept for the group's stragglers.
+	shared bool
 }
+
+// groupWindow is how long a shared listing is kept for refreshes of its slot that are served
+// late, when the API server or the workers fall behind.
+const groupWindow = time.Minute
 
 var _ Lister = (*Coalescing)(nil)
 
@@ -48,7 +55,7 @@ var _ Lister = (*Coalescing)(nil)
 // cached listing, but may share one in flight.
 func (c *Coalescing) ListKeys(ctx context.Context, req Request) ([]kms.Key, error) {
 	id := identity(req)
-	if keys, ok := c.lookup(id); ok && !req.Fresh {
+	if keys, ok := c.lookup(id, req.NotBefore); ok && !req.Fresh {
 		c.coalesced()
 		return keys, nil
 	}
@@ -75,13 +82,21 @@ func (c *Coalescing) ListKeys(ctx context.Context, req Request) ([]kms.Key, erro
 	}
 }
 
-func (c *Coalescing) lookup(id string) ([]kms.Key, bool) {
+// lookup returns a listing younger than TTL, or one made since notBefore within groupWindow.
+func (c *Coalescing) lookup(id string, notBefore time.Time) ([]kms.Key, bool) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	e, ok := c.cache[id]
-	if !ok || c.clock().Sub(e.at) >= c.TTL {
+	if !ok {
 		return nil, false
 	}
+	age := c.clock().Sub(e.at)
+	sameSlot := !notBefore.IsZero() && !e.at.Before(notBefore) && age < groupWindow
+	if age >= c.TTL && !sameSlot {
+		return nil, false
+	}
+	e.shared = true
+	c.cache[id] = e
 	return e.keys, true
 }
 
@@ -92,9 +107,10 @@ func (c *Coalescing) store(id string, keys []kms.Key) {
 	if c.cache == nil {
 		c.cache = map[string]cached{}
 	}
-	// Expired entries are dropped here, so the cache holds at most the queries of one TTL.
+	// Expired entries are dropped here: a listing nobody shared lives for TTL, so the cache
+	// holds the unshared queries of one TTL at most.
 	for k, e := range c.cache {
-		if now.Sub(e.at) >= c.TTL {
+		if age := now.Sub(e.at); age >= groupWindow || (age >= c.TTL && !e.shared) {
 			delete(c.cache, k)
 		}
 	}

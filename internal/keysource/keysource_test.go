@@ -185,3 +185,36 @@ func TestPhaseIgnoresCredentialsAndOrder(t *testing.T) {
 		t.Error("different credentials got the same identity")
 	}
 }
+
+func TestCoalescingServesLateMembersOfASlot(t *testing.T) {
+	next := &gatedLister{release: make(chan struct{})}
+	close(next.release)
+	now := time.Unix(1000, 0)
+	c := &Coalescing{Next: next, TTL: 5 * time.Second, now: func() time.Time { return now }}
+	slot := now
+	list := func(notBefore time.Time) {
+		t.Helper()
+		req := request("t")
+		req.NotBefore = notBefore
+		if _, err := c.ListKeys(context.Background(), req); err != nil {
+			t.Fatal(err)
+		}
+	}
+	list(slot)                      // the first member of the slot lists
+	now = now.Add(time.Second)      // a second member, within TTL
+	list(slot)                      //
+	now = now.Add(20 * time.Second) // a straggler, served 21s late
+	list(slot)
+	if got := next.calls.Load(); got != 1 {
+		t.Fatalf("listings = %d, want 1 for the whole slot", got)
+	}
+	list(time.Time{}) // an unscheduled request past TTL lists again
+	if got := next.calls.Load(); got != 2 {
+		t.Fatalf("listings = %d, want 2", got)
+	}
+	now = now.Add(2 * time.Minute)
+	list(slot) // beyond the group window, even the slot's own listing is not reused
+	if got := next.calls.Load(); got != 3 {
+		t.Fatalf("listings = %d, want 3", got)
+	}
+}

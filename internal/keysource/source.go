@@ -11,6 +11,7 @@ import (
 	"hash/fnv"
 	"net/http"
 	"slices"
+	"time"
 
 	"golang.org/x/time/rate"
 
@@ -26,6 +27,10 @@ type Request struct {
 	// PageSize is the limit of each ListKmsByTags call, 1 to kms.MaxPageSize.
 	PageSize int
 	Filter   kms.Filter
+	// NotBefore lets a scheduled refresh take a listing made at or after the time it was due,
+	// even past the coalescing TTL: the selectors of one slot then share one listing however
+	// late the last of them is served.
+	NotBefore time.Time
 	// MaxAttempts overrides the client's retry policy for each request when positive.
 	MaxAttempts int
 	// Fresh asks for a listing made now, not one reused from a moment ago: for force-syncs and
