@@ -128,7 +128,7 @@ func (r *KmsKeySelectorReconciler) reconcileNormal(ctx context.Context, sel *kms
 
 	now := time.Now()
 	if lastGood := state.lastGood(); !state.due(sel, now) && lastGood != nil {
-		if err := r.writeTarget(ctx, sel, current, *lastGood); err != nil {
+		if err := r.writeTarget(ctx, sel, state, current, *lastGood); err != nil {
 			return ctrl.Result{}, err
 		}
 		return ctrl.Result{RequeueAfter: state.nextSync.Sub(now)}, nil
@@ -137,7 +137,7 @@ func (r *KmsKeySelectorReconciler) reconcileNormal(ctx context.Context, sel *kms
 }
 
 // sync lists the keys and, only once the listing is complete, writes the ConfigMap and status.
-func (r *KmsKeySelectorReconciler) sync(ctx context.Context, sel *kmsv1alpha1.KmsKeySelector, state *selectorState, current *corev1.ConfigMap) (ctrl.Result, error) {
+func (r *KmsKeySelectorReconciler) sync(ctx context.Context, sel *kmsv1alpha1.KmsKeySelector, state *selectorState, current *metav1.PartialObjectMetadata) (ctrl.Result, error) {
 	fresh, requested := state.wantsFresh(sel), state.requested(sel)
 	state.handled(sel)
 	request, reason, err := r.listRequest(ctx, sel)
@@ -181,13 +181,17 @@ func (r *KmsKeySelectorReconciler) sync(ctx context.Context, sel *kmsv1alpha1.Km
 
 	previous := state.lastGood()
 	if previous == nil && current != nil {
-		previous = &content{Data: current.Data, BinaryData: current.BinaryData}
+		stored, err := r.getConfigMap(ctx, current)
+		if err != nil {
+			return ctrl.Result{}, err
+		}
+		previous = &content{Data: stored.Data, BinaryData: stored.BinaryData}
 	}
 	if gone, err := r.deletedMeanwhile(ctx, sel); gone || err != nil {
 		// Deleted while KMS was listing: write nothing, or a Retain ConfigMap would outlive it.
 		return ctrl.Result{}, err
 	}
-	if err := r.writeTarget(ctx, sel, current, rendered); err != nil {
+	if err := r.writeTarget(ctx, sel, state, current, rendered); err != nil {
 		return ctrl.Result{}, err
 	}
 	r.recordChanges(sel, previous, rendered)
@@ -268,11 +272,12 @@ func (r *KmsKeySelectorReconciler) listRequest(ctx context.Context, sel *kmsv1al
 	}, "", nil
 }
 
-// currentTarget returns the target ConfigMap, nil when it does not exist, or a
-// targetConflictError when it exists and this selector does not own it.
-func (r *KmsKeySelectorReconciler) currentTarget(ctx context.Context, sel *kmsv1alpha1.KmsKeySelector) (*corev1.ConfigMap, error) {
+// currentTarget returns the target ConfigMap's metadata, nil when it does not exist, or a
+// targetConflictError when it exists and this selector does not own it. The cache holds only
+// the metadata of labelled ConfigMaps, so memory does not grow with their data.
+func (r *KmsKeySelectorReconciler) currentTarget(ctx context.Context, sel *kmsv1alpha1.KmsKeySelector) (*metav1.PartialObjectMetadata, error) {
 	key := types.NamespacedName{Namespace: sel.Namespace, Name: targetName(sel)}
-	cm := &corev1.ConfigMap{}
+	cm := configMapMetadata()
 	err := r.Get(ctx, key, cm)
 	if apierrors.IsNotFound(err) {
 		// The cache holds only labelled ConfigMaps; ask the API server about any other.
@@ -289,6 +294,22 @@ func (r *KmsKeySelectorReconciler) currentTarget(ctx context.Context, sel *kmsv1
 	return cm, nil
 }
 
+func configMapMetadata() *metav1.PartialObjectMetadata {
+	cm := &metav1.PartialObjectMetadata{}
+	cm.SetGroupVersionKind(corev1.SchemeGroupVersion.WithKind("ConfigMap"))
+	return cm
+}
+
+// getConfigMap reads a ConfigMap whole, uncached: only after a restart, or when it changed since
+// this operator wrote it.
+func (r *KmsKeySelectorReconciler) getConfigMap(ctx context.Context, current *metav1.PartialObjectMetadata) (*corev1.ConfigMap, error) {
+	cm := &corev1.ConfigMap{}
+	if err := r.APIReader.Get(ctx, client.ObjectKeyFromObject(current), cm); err != nil {
+		return nil, fmt.Errorf("getting ConfigMap %q: %w", current.Name, err)
+	}
+	return cm, nil
+}
+
 type targetConflictError struct{ name string }
 
 func (e *targetConflictError) Error() string {
@@ -296,11 +317,23 @@ func (e *targetConflictError) Error() string {
 }
 
 // writeTarget applies the content when the ConfigMap differs from what it should be, and removes
-// entries that someone else added.
-func (r *KmsKeySelectorReconciler) writeTarget(ctx context.Context, sel *kmsv1alpha1.KmsKeySelector, current *corev1.ConfigMap, c content) error {
+// entries that someone else added. A ConfigMap whose resourceVersion is the one this operator
+// wrote, with the same content, is not read at all.
+func (r *KmsKeySelectorReconciler) writeTarget(ctx context.Context, sel *kmsv1alpha1.KmsKeySelector, state *selectorState, current *metav1.PartialObjectMetadata, c content) error {
 	desired := desiredConfigMap(sel, c)
-	if current != nil && upToDate(current, desired) {
-		return nil
+	digest := c.digest()
+	if current != nil && metadataUpToDate(current, desired) {
+		if state.wrote(current.ResourceVersion, digest) {
+			return nil
+		}
+		stored, err := r.getConfigMap(ctx, current)
+		if err != nil {
+			return err
+		}
+		if sameEntries(stored.Data, desired.Data) && sameEntries(stored.BinaryData, desired.BinaryData) {
+			state.written(stored.ResourceVersion, digest)
+			return nil
+		}
 	}
 	if err := r.Apply(ctx, desired, client.FieldOwner(FieldOwner), client.ForceOwnership); err != nil {
 		return fmt.Errorf("applying ConfigMap %q: %w", *desired.Name, err)
@@ -308,7 +341,7 @@ func (r *KmsKeySelectorReconciler) writeTarget(ctx context.Context, sel *kmsv1al
 	metrics.ConfigMapWrites.Inc()
 	// Apply filled desired with the ConfigMap as stored, other managers' entries included.
 	applied := &corev1.ConfigMap{
-		ObjectMeta: metav1.ObjectMeta{Name: *desired.Name, Namespace: *desired.Namespace},
+		ObjectMeta: metav1.ObjectMeta{Name: *desired.Name, Namespace: *desired.Namespace, ResourceVersion: *desired.ResourceVersion},
 		Data:       desired.Data,
 		BinaryData: desired.BinaryData,
 	}
@@ -317,6 +350,7 @@ func (r *KmsKeySelectorReconciler) writeTarget(ctx context.Context, sel *kmsv1al
 			return fmt.Errorf("removing foreign entries from ConfigMap %q: %w", applied.Name, err)
 		}
 	}
+	state.written(applied.ResourceVersion, digest)
 	return nil
 }
 
@@ -342,11 +376,8 @@ func desiredConfigMap(sel *kmsv1alpha1.KmsKeySelector, c content) *corev1ac.Conf
 	return cm
 }
 
-// upToDate tells whether current already holds exactly what desired says.
-func upToDate(current *corev1.ConfigMap, desired *corev1ac.ConfigMapApplyConfiguration) bool {
-	if !sameEntries(current.Data, desired.Data) || !sameEntries(current.BinaryData, desired.BinaryData) {
-		return false
-	}
+// metadataUpToDate tells whether current carries the labels and owner reference desired says.
+func metadataUpToDate(current *metav1.PartialObjectMetadata, desired *corev1ac.ConfigMapApplyConfiguration) bool {
 	for k, v := range desired.Labels {
 		if current.Labels[k] != v {
 			return false
@@ -391,7 +422,7 @@ func (r *KmsKeySelectorReconciler) SetupWithManager(mgr ctrl.Manager, maxConcurr
 			predicate.GenerationChangedPredicate{},
 			predicate.AnnotationChangedPredicate{},
 		))).
-		Watches(&corev1.ConfigMap{}, handler.EnqueueRequestsFromMapFunc(selectorForConfigMap)).
+		WatchesMetadata(&corev1.ConfigMap{}, handler.EnqueueRequestsFromMapFunc(selectorForConfigMap)).
 		WithOptions(controller.Options{MaxConcurrentReconciles: maxConcurrent}).
 		Named("kmskeyselector").
 		Complete(r)

@@ -3,6 +3,8 @@ package controllers
 import (
 	"bytes"
 	"compress/gzip"
+	"crypto/sha256"
+	"encoding/hex"
 	"encoding/json"
 	"fmt"
 	"time"
@@ -87,6 +89,18 @@ func (c content) size() int {
 		n += len(k) + len(v)
 	}
 	return n
+}
+
+// digest identifies the content: equal digests mean equal bytes.
+func (c content) digest() string {
+	h := sha256.New()
+	for _, k := range sortedKeys(c.Data) {
+		fmt.Fprintf(h, "d%d:%s%d:%s", len(k), k, len(c.Data[k]), c.Data[k])
+	}
+	for _, k := range sortedKeys(c.BinaryData) {
+		fmt.Fprintf(h, "b%d:%s%d:%s", len(k), k, len(c.BinaryData[k]), c.BinaryData[k])
+	}
+	return hex.EncodeToString(h.Sum(nil))
 }
 
 // details is the entry that holds every key's details, in whichever form it takes.

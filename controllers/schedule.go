@@ -33,6 +33,18 @@ type selectorState struct {
 	// the cache may not show that attempt's status yet when the next event arrives.
 	handledGeneration int64
 	handledForceSync  *string
+	// writtenVersion and writtenDigest say which resourceVersion of the ConfigMap holds which
+	// content, as this operator last wrote or read it.
+	writtenVersion, writtenDigest string
+}
+
+func (st *selectorState) written(resourceVersion, digest string) {
+	st.writtenVersion, st.writtenDigest = resourceVersion, digest
+}
+
+// wrote tells whether the ConfigMap at resourceVersion is known to hold the content of digest.
+func (st *selectorState) wrote(resourceVersion, digest string) bool {
+	return resourceVersion != "" && resourceVersion == st.writtenVersion && digest == st.writtenDigest
 }
 
 func (s *schedule) get(sel *kmsv1alpha1.KmsKeySelector) *selectorState {

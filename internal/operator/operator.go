@@ -7,6 +7,7 @@ import (
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/labels"
 	"k8s.io/apimachinery/pkg/runtime"
 	utilruntime "k8s.io/apimachinery/pkg/util/runtime"
@@ -128,12 +129,16 @@ func newKeySource(o Options) *keysource.Coalescing {
 // cacheOptions limits the ConfigMap informer to the operator's own ConfigMaps, so memory does not
 // grow with the cluster's other ConfigMaps. Secrets are never cached: they are read uncached.
 func cacheOptions(namespaces []string) cache.Options {
+	managed := labels.SelectorFromSet(labels.Set{kmsv1alpha1.ManagedByLabel: kmsv1alpha1.ManagedByValue})
 	opts := cache.Options{
 		// Managed fields list every data key of a server-side-applied ConfigMap; nothing here
 		// reads them, and they would double the cache.
 		DefaultTransform: cache.TransformStripManagedFields(),
 		ByObject: map[client.Object]cache.ByObject{
-			&corev1.ConfigMap{}: {Label: labels.SelectorFromSet(labels.Set{kmsv1alpha1.ManagedByLabel: kmsv1alpha1.ManagedByValue})},
+			// The controller caches only the metadata of its own ConfigMaps; a typed ConfigMap
+			// read through the cache would be limited to them too.
+			configMapMetadata(): {Label: managed},
+			&corev1.ConfigMap{}: {Label: managed},
 		},
 	}
 	if len(namespaces) > 0 {
@@ -143,6 +148,12 @@ func cacheOptions(namespaces []string) cache.Options {
 		}
 	}
 	return opts
+}
+
+func configMapMetadata() *metav1.PartialObjectMetadata {
+	cm := &metav1.PartialObjectMetadata{}
+	cm.SetGroupVersionKind(corev1.SchemeGroupVersion.WithKind("ConfigMap"))
+	return cm
 }
 
 func metricsOptions(o Options) metricsserver.Options {
