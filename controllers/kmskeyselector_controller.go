@@ -1,6 +1,7 @@
 package controllers
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -187,11 +188,10 @@ func (r *KmsKeySelectorReconciler) sync(ctx context.Context, sel *kmsv1alpha1.Km
 		}
 		previous = &content{Data: stored.Data, BinaryData: stored.BinaryData}
 	}
-	if gone, err := r.deletedMeanwhile(ctx, sel); gone || err != nil {
-		// Deleted while KMS was listing: write nothing, or a Retain ConfigMap would outlive it.
-		return ctrl.Result{}, err
-	}
 	if err := r.writeTarget(ctx, sel, state, current, rendered); err != nil {
+		if errors.Is(err, errSelectorGone) {
+			return ctrl.Result{}, nil
+		}
 		return ctrl.Result{}, err
 	}
 	r.recordChanges(sel, previous, rendered)
@@ -202,6 +202,9 @@ func (r *KmsKeySelectorReconciler) sync(ctx context.Context, sel *kmsv1alpha1.Km
 	recordSynced(sel)
 	return ctrl.Result{RequeueAfter: state.nextSync.Sub(now)}, nil
 }
+
+// errSelectorGone stops a write for a selector deleted since the reconcile began.
+var errSelectorGone = errors.New("selector deleted")
 
 // deletedMeanwhile asks the API server whether the selector was deleted, or replaced, since this
 // reconcile read it from the cache.
@@ -334,6 +337,10 @@ func (r *KmsKeySelectorReconciler) writeTarget(ctx context.Context, sel *kmsv1al
 			state.written(stored.ResourceVersion, digest)
 			return nil
 		}
+	}
+	// Deleted while KMS was listing: write nothing, or a Retain ConfigMap would outlive it.
+	if gone, err := r.deletedMeanwhile(ctx, sel); gone || err != nil {
+		return cmp.Or(err, errSelectorGone)
 	}
 	if err := r.Apply(ctx, desired, client.FieldOwner(FieldOwner), client.ForceOwnership); err != nil {
 		return fmt.Errorf("applying ConfigMap %q: %w", *desired.Name, err)
