@@ -495,7 +495,7 @@ var _ = Describe("Kubernetes-side faults", func() {
 			g.Expect(cm.Data).To(Equal(good.Data))
 			for _, mf := range cm.ManagedFields {
 				if mf.Manager == "intruder" && mf.FieldsV1 != nil {
-					g.Expect(string(mf.FieldsV1.Raw)).NotTo(ContainSubstring(contested), "the intruder still owns the entry")
+					g.Expect(mf.FieldsV1.GetRawString()).NotTo(ContainSubstring(contested), "the intruder still owns the entry")
 				}
 			}
 		}).Should(Succeed())

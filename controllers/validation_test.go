@@ -166,8 +166,11 @@ var _ = Describe("KmsKeySelector schema", func() {
 		Expect(k8sClient.Create(ctx(), selectorObject(ns, "immutable", set("first", "target", "configMapName")))).To(Succeed())
 		sel := &kmsv1alpha1.KmsKeySelector{}
 		Expect(k8sClient.Get(ctx(), client.ObjectKey{Namespace: ns, Name: "immutable"}, sel)).To(Succeed())
+		// A patch without a resourceVersion, so that a concurrent status write cannot turn the
+		// answer into a conflict.
+		original := sel.DeepCopy()
 		sel.Spec.Target.ConfigMapName = "second"
-		err := k8sClient.Update(ctx(), sel)
+		err := k8sClient.Patch(ctx(), sel, client.MergeFrom(original))
 		Expect(err).To(HaveOccurred())
 		Expect(err.Error()).To(ContainSubstring("spec.target"))
 		Expect(err.Error()).To(ContainSubstring("configMapName is immutable"))

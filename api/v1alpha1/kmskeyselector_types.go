@@ -263,7 +263,3 @@ type KmsKeySelectorList struct {
 	metav1.ListMeta `json:"metadata,omitempty"`
 	Items           []KmsKeySelector `json:"items"`
 }
-
-func init() {
-	SchemeBuilder.Register(&KmsKeySelector{}, &KmsKeySelectorList{})
-}

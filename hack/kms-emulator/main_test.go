@@ -55,7 +55,7 @@ func TestRun(t *testing.T) {
 	done := make(chan error, 1)
 	go func() {
 		done <- run(ctx, []string{"--listen", "127.0.0.1:0", "--keys", "sample-keys.json", "--token", "tok", "--quiet"}, w, io.Discard)
-		w.Close()
+		_ = w.Close()
 	}()
 	lines := bufio.NewScanner(out)
 	var apiURL string
