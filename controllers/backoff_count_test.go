@@ -12,7 +12,7 @@ import (
 
 	"github.com/kms-key-sync/kms-key-sync/internal/keysource"
 	"github.com/kms-key-sync/kms-key-sync/internal/kms"
-	"github.com/kms-key-sync/kms-key-sync/internal/kms/kmstest"
+	"github.com/kms-key-sync/kms-key-sync/pkg/kmstest"
 )
 
 // This file derives, from the real backoff function, the bounds that the envtest fault matrix

@@ -21,7 +21,7 @@ import (
 
 	kmsv1alpha1 "github.com/kms-key-sync/kms-key-sync/api/v1alpha1"
 	"github.com/kms-key-sync/kms-key-sync/controllers"
-	"github.com/kms-key-sync/kms-key-sync/internal/kms/kmstest"
+	"github.com/kms-key-sync/kms-key-sync/pkg/kmstest"
 )
 
 // rbacRules flattens rules into "group/resource" -> sorted verbs, and fails on anything a rule

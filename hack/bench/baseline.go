@@ -12,7 +12,7 @@ import (
 	"k8s.io/apimachinery/pkg/types"
 
 	"github.com/kms-key-sync/kms-key-sync/internal/kms"
-	"github.com/kms-key-sync/kms-key-sync/internal/kms/kmstest"
+	"github.com/kms-key-sync/kms-key-sync/pkg/kmstest"
 )
 
 // naivePageSize is the API's default page size, which a hand-written script would keep.

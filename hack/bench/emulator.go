@@ -11,7 +11,7 @@ import (
 	"time"
 
 	"github.com/kms-key-sync/kms-key-sync/internal/kms"
-	"github.com/kms-key-sync/kms-key-sync/internal/kms/kmstest"
+	"github.com/kms-key-sync/kms-key-sync/pkg/kmstest"
 )
 
 // emulator is the KMS emulator, served in this process, plus a log of when each API request

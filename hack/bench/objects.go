@@ -13,7 +13,7 @@ import (
 
 	kmsv1alpha1 "github.com/kms-key-sync/kms-key-sync/api/v1alpha1"
 	"github.com/kms-key-sync/kms-key-sync/controllers"
-	"github.com/kms-key-sync/kms-key-sync/internal/kms/kmstest"
+	"github.com/kms-key-sync/kms-key-sync/pkg/kmstest"
 )
 
 // createWorkers is how many objects the bench creates at the same time.

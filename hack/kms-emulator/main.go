@@ -1,5 +1,5 @@
 // Command kms-emulator serves the Huawei Cloud KMS ListKmsByTags emulator of package
-// internal/kms/kmstest over HTTP(S), for demos and local development. All behaviour lives in
+// pkg/kmstest over HTTP(S), for demos and local development. All behaviour lives in
 // that package; this is only flags, listeners and signals.
 package main
 
@@ -18,7 +18,7 @@ import (
 	"syscall"
 	"time"
 
-	"github.com/kms-key-sync/kms-key-sync/internal/kms/kmstest"
+	"github.com/kms-key-sync/kms-key-sync/pkg/kmstest"
 )
 
 const usageHeader = `kms-emulator serves Huawei Cloud KMS ListKmsByTags
@@ -34,7 +34,7 @@ its own port with --admin-listen ADDR, or not at all with --admin-listen off. Ro
   GET|POST|PUT|DELETE /admin/keys    GET|PATCH|DELETE /admin/keys/{id}
   GET|POST|DELETE /admin/faults      GET /admin/stats   POST /admin/reset-stats
   GET /admin/requests                GET|PUT /admin/shape   POST /admin/tokens
-See the package documentation of internal/kms/kmstest for bodies and fault kinds.
+See the package documentation of pkg/kmstest for bodies and fault kinds.
 
 Flags:
 `

@@ -24,7 +24,7 @@ import (
 	kmsv1alpha1 "github.com/kms-key-sync/kms-key-sync/api/v1alpha1"
 	"github.com/kms-key-sync/kms-key-sync/internal/keysource"
 	"github.com/kms-key-sync/kms-key-sync/internal/kms"
-	"github.com/kms-key-sync/kms-key-sync/internal/kms/kmstest"
+	"github.com/kms-key-sync/kms-key-sync/pkg/kmstest"
 )
 
 // Canary credentials: distinctive strings that cannot appear anywhere by chance.

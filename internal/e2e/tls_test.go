@@ -7,7 +7,7 @@ import (
 	. "github.com/onsi/gomega"
 
 	kmsv1alpha1 "github.com/kms-key-sync/kms-key-sync/api/v1alpha1"
-	"github.com/kms-key-sync/kms-key-sync/internal/kms/kmstest"
+	"github.com/kms-key-sync/kms-key-sync/pkg/kmstest"
 )
 
 var _ = Describe("TLS", func() {

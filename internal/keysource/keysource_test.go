@@ -10,7 +10,7 @@ import (
 	"time"
 
 	"github.com/kms-key-sync/kms-key-sync/internal/kms"
-	"github.com/kms-key-sync/kms-key-sync/internal/kms/kmstest"
+	"github.com/kms-key-sync/kms-key-sync/pkg/kmstest"
 )
 
 // gatedLister counts listings and holds each until release is closed.

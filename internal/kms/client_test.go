@@ -17,7 +17,7 @@ import (
 	"github.com/go-logr/logr/funcr"
 
 	"github.com/kms-key-sync/kms-key-sync/internal/kms"
-	"github.com/kms-key-sync/kms-key-sync/internal/kms/kmstest"
+	"github.com/kms-key-sync/kms-key-sync/pkg/kmstest"
 )
 
 const (

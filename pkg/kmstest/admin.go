@@ -8,8 +8,6 @@ import (
 	"io"
 	"maps"
 	"net/http"
-
-	"github.com/kms-key-sync/kms-key-sync/internal/kms"
 )
 
 const maxAdminBody = 64 << 20
@@ -86,7 +84,7 @@ func (e *Emulator) adminListKeys(w http.ResponseWriter, _ *http.Request) {
 }
 
 // readKeysBody reads one KeyRecord or an array of them as keys with defaults filled.
-func readKeysBody(r *http.Request, arrayOnly bool) ([]kms.Key, error) {
+func readKeysBody(r *http.Request, arrayOnly bool) ([]Key, error) {
 	b, isArray, err := readAdminBody(r)
 	if err != nil {
 		return nil, err
@@ -146,9 +144,9 @@ type keyPatch struct {
 	Description *string            `json:"description"`
 }
 
-func (p *keyPatch) apply(k *kms.Key) {
+func (p *keyPatch) apply(k *Key) {
 	if p.State != nil {
-		k.State = kms.State(*p.State)
+		k.State = State(*p.State)
 	}
 	if p.Tags != nil {
 		k.Tags = maps.Clone(*p.Tags)

@@ -4,8 +4,6 @@ import (
 	"maps"
 	"sync"
 	"time"
-
-	"github.com/kms-key-sync/kms-key-sync/internal/kms"
 )
 
 // MaxRecordedRequests is how many of the latest API requests Requests keeps.
@@ -14,32 +12,47 @@ const MaxRecordedRequests = 1024
 // ActionOther counts requests whose action is missing or invalid in Stats.ByAction.
 const ActionOther = "other"
 
-// Stats counts the ListKmsByTags requests served (admin requests are not counted).
+// Stats counts the requests to the KMS API, whatever their answer; admin requests are not
+// counted.
 type Stats struct {
-	Total    int64            `json:"total"`
+	// Total is the number of requests.
+	Total int64 `json:"total"`
+	// ByAction counts requests by action: ActionFilter, ActionCount or ActionOther.
 	ByAction map[string]int64 `json:"by_action"`
 	// ByStatus counts answers by HTTP status; 0 counts requests that got no answer (a dropped
 	// connection, or a client that gave up during an injected delay).
-	ByStatus      map[int]int64 `json:"by_status"`
-	FaultsApplied int64         `json:"faults_applied"`
+	ByStatus map[int]int64 `json:"by_status"`
+	// FaultsApplied is how many times an injected fault acted on a request.
+	FaultsApplied int64 `json:"faults_applied"`
 }
 
-// RequestRecord describes one API request as the emulator received and answered it.
+// RequestRecord describes one API request as the emulator received and answered it. The
+// request fields are recorded as far as the body could be decoded, valid or not.
 type RequestRecord struct {
-	Time   time.Time `json:"time"`
-	Action string    `json:"action"`
+	// Time is when the request arrived.
+	Time time.Time `json:"time"`
+	// Action is the body's action as sent, "" if absent.
+	Action string `json:"action"`
 	// Limit and Offset are the raw JSON of the fields as sent (`"1000"`, `1000`), "" if absent.
-	Limit       string          `json:"limit,omitempty"`
-	Offset      string          `json:"offset,omitempty"`
-	Tags        []kms.TagFilter `json:"tags,omitempty"`
-	Matches     []kms.Match     `json:"matches,omitempty"`
-	Sequence    string          `json:"sequence,omitempty"`
-	Auth        string          `json:"auth,omitempty"`
-	AccessKey   string          `json:"access_key,omitempty"`
-	Status      int             `json:"status"`
-	Code        string          `json:"code,omitempty"`
-	Fault       FaultKind       `json:"fault,omitempty"`
-	ContentType string          `json:"content_type,omitempty"`
+	Limit  string `json:"limit,omitempty"`
+	Offset string `json:"offset,omitempty"`
+	// Tags, Matches and Sequence are the body's fields as sent.
+	Tags     []TagFilter `json:"tags,omitempty"`
+	Matches  []Match     `json:"matches,omitempty"`
+	Sequence string      `json:"sequence,omitempty"`
+	// Auth is how the request authenticated, or tried to: AuthToken, AuthAKSK, AuthAnonymous
+	// (authentication disabled), or AuthNone when no credentials were sent or checked.
+	Auth string `json:"auth,omitempty"`
+	// AccessKey is the AK of a signed request; never a secret.
+	AccessKey string `json:"access_key,omitempty"`
+	// Status is the HTTP status answered, 0 for none.
+	Status int `json:"status"`
+	// Code is the KMS error code answered, "" when the answer has no KMS error body.
+	Code string `json:"code,omitempty"`
+	// Fault is the kind of the injected fault that acted on the request, "" for none.
+	Fault FaultKind `json:"fault,omitempty"`
+	// ContentType is the request's Content-Type header.
+	ContentType string `json:"content_type,omitempty"`
 }
 
 type stats struct {

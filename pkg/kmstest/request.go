@@ -9,8 +9,6 @@ import (
 	"strconv"
 	"strings"
 	"unicode/utf8"
-
-	"github.com/kms-key-sync/kms-key-sync/internal/kms"
 )
 
 // The actions of ListKmsByTags.
@@ -110,7 +108,7 @@ func (w *wireRequest) validate() (query, *apiError) {
 	}
 	if q.action == ActionFilter {
 		var err *apiError
-		if q.limit, err = parseNumber(w.Limit, "limit", DefaultLimit, 1, kms.MaxPageSize); err != nil {
+		if q.limit, err = parseNumber(w.Limit, "limit", DefaultLimit, 1, MaxPageSize); err != nil {
 			return q, err
 		}
 		if q.offset, err = parseNumber(w.Offset, "offset", 0, 0, -1); err != nil {
@@ -171,8 +169,8 @@ func parseDigits(s string) (int, error) {
 }
 
 func validateTags(tags []wireTag) ([]tagCond, *apiError) {
-	if len(tags) > kms.MaxTags {
-		return nil, invalidParam("tags", "at most %d keys, got %d", kms.MaxTags, len(tags))
+	if len(tags) > MaxTags {
+		return nil, invalidParam("tags", "at most %d keys, got %d", MaxTags, len(tags))
 	}
 	conds := make([]tagCond, 0, len(tags))
 	seen := make(map[string]bool, len(tags))
@@ -181,7 +179,7 @@ func validateTags(tags []wireTag) ([]tagCond, *apiError) {
 		if t.Key == nil {
 			return nil, missingParam(field)
 		}
-		if err := checkTagText(field, *t.Key, kms.MaxTagKeyLength, false); err != nil {
+		if err := checkTagText(field, *t.Key, MaxTagKeyLength, false); err != nil {
 			return nil, err
 		}
 		if seen[*t.Key] {
@@ -200,7 +198,7 @@ func checkTagValues(i int, values []string) *apiError {
 	seen := make(map[string]bool, len(values))
 	for j, v := range values {
 		field := fmt.Sprintf("tags[%d].values[%d]", i, j)
-		if err := checkTagText(field, v, kms.MaxTagValueLength, true); err != nil {
+		if err := checkTagText(field, v, MaxTagValueLength, true); err != nil {
 			return err
 		}
 		if seen[v] {
@@ -220,8 +218,8 @@ func checkTagText(field, s string, maxLen int, emptyOK bool) *apiError {
 		return invalidParam(field, "at most %d characters, got %d", maxLen, n)
 	}
 	for _, r := range s {
-		if r < 0x20 || strings.ContainsRune(kms.ForbiddenTagChars, r) {
-			return invalidParam(field, "must not contain ASCII control characters or any of %s, got %q", kms.ForbiddenTagChars, r)
+		if r < 0x20 || strings.ContainsRune(ForbiddenTagChars, r) {
+			return invalidParam(field, "must not contain ASCII control characters or any of %s, got %q", ForbiddenTagChars, r)
 		}
 	}
 	return nil
@@ -233,8 +231,8 @@ func validateMatches(matches []wireMatch) ([]string, *apiError) {
 		if m.Key == nil {
 			return nil, missingParam(fmt.Sprintf("matches[%d].key", i))
 		}
-		if kms.MatchKey(*m.Key) != kms.MatchResourceName {
-			return nil, invalidParam(fmt.Sprintf("matches[%d].key", i), "unsupported match key %q, only %q", *m.Key, kms.MatchResourceName)
+		if MatchKey(*m.Key) != MatchResourceName {
+			return nil, invalidParam(fmt.Sprintf("matches[%d].key", i), "unsupported match key %q, only %q", *m.Key, MatchResourceName)
 		}
 		field := fmt.Sprintf("matches[%d].value", i)
 		if m.Value == nil {
@@ -243,8 +241,8 @@ func validateMatches(matches []wireMatch) ([]string, *apiError) {
 		if *m.Value == "" {
 			return nil, invalidParam(field, "must not be empty")
 		}
-		if n := utf8.RuneCountInString(*m.Value); n > kms.MaxMatchValueLength {
-			return nil, invalidParam(field, "at most %d characters, got %d", kms.MaxMatchValueLength, n)
+		if n := utf8.RuneCountInString(*m.Value); n > MaxMatchValueLength {
+			return nil, invalidParam(field, "at most %d characters, got %d", MaxMatchValueLength, n)
 		}
 		names = append(names, *m.Value)
 	}
@@ -252,7 +250,7 @@ func validateMatches(matches []wireMatch) ([]string, *apiError) {
 }
 
 // matches reports whether k satisfies the query's tag conditions and name matches.
-func (q *query) matches(k *kms.Key) bool {
+func (q *query) matches(k *Key) bool {
 	for _, c := range q.tags {
 		v, ok := k.Tags[c.key]
 		if !ok || (len(c.values) > 0 && !slices.Contains(c.values, v)) {

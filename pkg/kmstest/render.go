@@ -8,8 +8,6 @@ import (
 	"strconv"
 	"strings"
 	"time"
-
-	"github.com/kms-key-sync/kms-key-sync/internal/kms"
 )
 
 // Shape selects how resources are encoded; see the package comment.
@@ -102,7 +100,7 @@ type exampleDetail struct {
 }
 
 // renderResource encodes one key as an ActionResources object.
-func renderResource(k *kms.Key, s Shape) []byte {
+func renderResource(k *Key, s Shape) []byte {
 	res := resource{ResourceID: k.ID, ResourceName: k.Alias, Tags: tagItems(k.Tags)}
 	if s == ShapeExample {
 		res.ResourceDetail = []exampleDetail{exampleOf(k)}
@@ -112,7 +110,7 @@ func renderResource(k *kms.Key, s Shape) []byte {
 	return marshal(res)
 }
 
-func schemaOf(k *kms.Key) schemaDetail {
+func schemaOf(k *Key) schemaDetail {
 	return schemaDetail{
 		KeyID:                  k.ID,
 		DomainID:               k.DomainID,
@@ -133,7 +131,7 @@ func schemaOf(k *kms.Key) schemaDetail {
 	}
 }
 
-func exampleOf(k *kms.Key) exampleDetail {
+func exampleOf(k *Key) exampleDetail {
 	d := exampleDetail{
 		KeyID:                  k.ID,
 		DomainID:               k.DomainID,

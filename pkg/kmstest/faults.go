@@ -49,18 +49,25 @@ const (
 // kind's own condition), after letting the first Skip of them through, for Times requests
 // (0: until ClearFaults).
 type Fault struct {
+	// Kind is what the fault does.
 	Kind FaultKind `json:"kind"`
-	// Action restricts the fault to "filter" or "count" requests; "" matches any.
+	// Action restricts the fault to ActionFilter or ActionCount requests; "" matches any.
 	Action string `json:"action,omitempty"`
-	Skip   int    `json:"skip,omitempty"`
-	Times  int    `json:"times,omitempty"`
+	// Skip is how many matching requests pass untouched before the fault acts.
+	Skip int `json:"skip,omitempty"`
+	// Times is how many requests the fault acts on; 0 means until ClearFaults.
+	Times int `json:"times,omitempty"`
 	// Delay is waited before the fault acts (JSON: a duration string such as "250ms").
-	Delay      time.Duration `json:"-"`
-	Status     int           `json:"status,omitempty"`
-	Code       string        `json:"code,omitempty"`
-	Message    string        `json:"message,omitempty"`
-	RetryAfter int           `json:"retry_after,omitempty"`
-	Delta      int           `json:"delta,omitempty"`
+	Delay time.Duration `json:"-"`
+	// Status is the HTTP status of FaultServerError and FaultKMSError.
+	Status int `json:"status,omitempty"`
+	// Code and Message are the KMS error of FaultKMSError.
+	Code    string `json:"code,omitempty"`
+	Message string `json:"message,omitempty"`
+	// RetryAfter is the Retry-After of FaultThrottle in seconds; 0 sends none.
+	RetryAfter int `json:"retry_after,omitempty"`
+	// Delta is what FaultTotalDrift adds to total_count.
+	Delta int `json:"delta,omitempty"`
 }
 
 type faultJSON Fault

@@ -7,21 +7,20 @@ import (
 	"sort"
 	"sync"
 	"sync/atomic"
-
-	"github.com/kms-key-sync/kms-key-sync/internal/kms"
 )
 
-// ErrKeyNotFound is returned by the key methods for an id the store does not hold.
+// ErrKeyNotFound is wrapped in the error of UpdateKey, SetKeyState and SetKeyTags for an id
+// the store does not hold; test for it with errors.Is.
 var ErrKeyNotFound = errors.New("key not found")
 
 // record is one stored key. It is immutable once stored, so readers share it without locks;
 // a write replaces the record. It caches its rendered JSON per shape.
 type record struct {
-	key      kms.Key
+	key      Key
 	rendered [shapeCount]atomic.Pointer[[]byte]
 }
 
-func newRecord(k kms.Key) *record {
+func newRecord(k Key) *record {
 	k.Tags = maps.Clone(k.Tags)
 	return &record{key: k}
 }
@@ -86,13 +85,13 @@ func (s *store) list(q *query) page {
 	return p
 }
 
-func (s *store) put(keys []kms.Key) error { return s.write(keys, false) }
+func (s *store) put(keys []Key) error { return s.write(keys, false) }
 
-func (s *store) replace(keys []kms.Key) error { return s.write(keys, true) }
+func (s *store) replace(keys []Key) error { return s.write(keys, true) }
 
 // write stores keys, first emptying the store when reset is set; it changes nothing when a key
 // has no id.
-func (s *store) write(keys []kms.Key, reset bool) error {
+func (s *store) write(keys []Key, reset bool) error {
 	for i, k := range keys {
 		if k.ID == "" {
 			return fmt.Errorf("key %d has no id", i)
@@ -110,12 +109,12 @@ func (s *store) write(keys []kms.Key, reset bool) error {
 	return nil
 }
 
-func (s *store) get(id string) (kms.Key, bool) {
+func (s *store) get(id string) (Key, bool) {
 	s.mu.RLock()
 	r, ok := s.byID[id]
 	s.mu.RUnlock()
 	if !ok {
-		return kms.Key{}, false
+		return Key{}, false
 	}
 	return copyKey(r.key), true
 }
@@ -131,17 +130,17 @@ func (s *store) delete(id string) bool {
 	return true
 }
 
-func (s *store) update(id string, fn func(*kms.Key)) (kms.Key, error) {
+func (s *store) update(id string, fn func(*Key)) (Key, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	r, ok := s.byID[id]
 	if !ok {
-		return kms.Key{}, fmt.Errorf("update key %q: %w", id, ErrKeyNotFound)
+		return Key{}, fmt.Errorf("update key %q: %w", id, ErrKeyNotFound)
 	}
 	k := copyKey(r.key)
 	fn(&k)
 	if k.ID != id {
-		return kms.Key{}, fmt.Errorf("update key %q: the id must not change", id)
+		return Key{}, fmt.Errorf("update key %q: the id must not change", id)
 	}
 	s.byID[id] = newRecord(k)
 	s.sorted = nil
@@ -154,14 +153,14 @@ func (s *store) count() int {
 	return len(s.byID)
 }
 
-func copyKey(k kms.Key) kms.Key {
+func copyKey(k Key) Key {
 	k.Tags = maps.Clone(k.Tags)
 	return k
 }
 
 // PutKeys adds keys, replacing any stored key with the same id. Every key needs an id. The
 // keys are stored as given; FillDefaults completes a sparse key.
-func (e *Emulator) PutKeys(keys ...kms.Key) error {
+func (e *Emulator) PutKeys(keys ...Key) error {
 	if err := e.store.put(keys); err != nil {
 		return fmt.Errorf("put keys: %w", err)
 	}
@@ -169,7 +168,7 @@ func (e *Emulator) PutKeys(keys ...kms.Key) error {
 }
 
 // ReplaceKeys replaces the whole store with keys.
-func (e *Emulator) ReplaceKeys(keys ...kms.Key) error {
+func (e *Emulator) ReplaceKeys(keys ...Key) error {
 	if err := e.store.replace(keys); err != nil {
 		return fmt.Errorf("replace keys: %w", err)
 	}
@@ -177,12 +176,12 @@ func (e *Emulator) ReplaceKeys(keys ...kms.Key) error {
 }
 
 // Key returns the stored key with id.
-func (e *Emulator) Key(id string) (kms.Key, bool) { return e.store.get(id) }
+func (e *Emulator) Key(id string) (Key, bool) { return e.store.get(id) }
 
 // Keys returns every stored key sorted by id.
-func (e *Emulator) Keys() []kms.Key {
+func (e *Emulator) Keys() []Key {
 	snap := e.store.snapshot()
-	keys := make([]kms.Key, len(snap))
+	keys := make([]Key, len(snap))
 	for i, r := range snap {
 		keys[i] = copyKey(r.key)
 	}
@@ -199,18 +198,18 @@ func (e *Emulator) DeleteKey(id string) bool { return e.store.delete(id) }
 func (e *Emulator) DeleteAllKeys() { _ = e.store.replace(nil) }
 
 // UpdateKey changes a stored key in place; fn must not change the id.
-func (e *Emulator) UpdateKey(id string, fn func(*kms.Key)) (kms.Key, error) {
+func (e *Emulator) UpdateKey(id string, fn func(*Key)) (Key, error) {
 	return e.store.update(id, fn)
 }
 
 // SetKeyState changes a key's state.
-func (e *Emulator) SetKeyState(id string, state kms.State) error {
-	_, err := e.store.update(id, func(k *kms.Key) { k.State = state })
+func (e *Emulator) SetKeyState(id string, state State) error {
+	_, err := e.store.update(id, func(k *Key) { k.State = state })
 	return err
 }
 
 // SetKeyTags replaces a key's tags (nil removes them all).
 func (e *Emulator) SetKeyTags(id string, tags map[string]string) error {
-	_, err := e.store.update(id, func(k *kms.Key) { k.Tags = maps.Clone(tags) })
+	_, err := e.store.update(id, func(k *Key) { k.Tags = maps.Clone(tags) })
 	return err
 }

@@ -6,7 +6,8 @@ import (
 	"strings"
 )
 
-// The KMS error codes the emulator answers with; the package comment says when.
+// The KMS error codes the emulator answers with; the package comment says when. CodeInternal
+// and CodeAPINotPermitted are only answered by an injected FaultKMSError.
 const (
 	CodeInternal         = "KMS.0101"
 	CodeInvalidURL       = "KMS.0201"
@@ -21,14 +22,18 @@ const (
 	CodeAPINotPermitted  = "KMS.0307"
 )
 
-// ErrorBody is the JSON body of a 400 or 403 answer.
+// ErrorBody is the JSON body of a KMS error answer: every 4xx answer except the 429 of
+// FaultThrottle, and the answer of FaultKMSError.
 type ErrorBody struct {
+	// Error is the body's "error" object.
 	Error ErrorDetail `json:"error"`
 }
 
 // ErrorDetail carries the KMS error code and message.
 type ErrorDetail struct {
-	Code    string `json:"error_code"`
+	// Code is a KMS code, one of the Code constants for the emulator's own answers.
+	Code string `json:"error_code"`
+	// Message says what was wrong and names the offending field.
 	Message string `json:"error_msg"`
 }
 

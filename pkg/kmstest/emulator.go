@@ -8,8 +8,6 @@ import (
 	"strings"
 	"sync/atomic"
 	"time"
-
-	"github.com/kms-key-sync/kms-key-sync/internal/kms"
 )
 
 const (
@@ -62,11 +60,11 @@ func WithAKSK(ak, sk, securityToken string) Option {
 func WithAuthDisabled() Option { return func(e *Emulator) { e.SetAuthDisabled(true) } }
 
 // WithKeys stores keys (see PutKeys); keys without an id are ignored.
-func WithKeys(keys ...kms.Key) Option {
+func WithKeys(keys ...Key) Option {
 	return func(e *Emulator) {
 		for _, k := range keys {
 			if k.ID != "" {
-				_ = e.store.put([]kms.Key{k})
+				_ = e.store.put([]Key{k})
 			}
 		}
 	}
@@ -273,12 +271,12 @@ func describe(rec *RequestRecord, w *wireRequest) {
 	}
 	for _, t := range w.Tags {
 		if t.Key != nil {
-			rec.Tags = append(rec.Tags, kms.TagFilter{Key: *t.Key, Values: t.Values})
+			rec.Tags = append(rec.Tags, TagFilter{Key: *t.Key, Values: t.Values})
 		}
 	}
 	for _, m := range w.Matches {
 		if m.Key != nil && m.Value != nil {
-			rec.Matches = append(rec.Matches, kms.Match{Key: kms.MatchKey(*m.Key), Value: *m.Value})
+			rec.Matches = append(rec.Matches, Match{Key: MatchKey(*m.Key), Value: *m.Value})
 		}
 	}
 }

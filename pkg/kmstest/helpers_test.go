@@ -16,7 +16,7 @@ import (
 
 const (
 	testToken  = "test-token-0123456789"
-	samplePath = "../../../hack/kms-emulator/sample-keys.json"
+	samplePath = "../../hack/kms-emulator/sample-keys.json"
 )
 
 // listResponse decodes a schema-shaped filter answer.

@@ -39,9 +39,9 @@ var DefaultCreationDate = time.Date(2024, 1, 1, 0, 0, 0, 0, time.UTC)
 //	   "tags": {"env": "prod", "team": "payments"}, "creation_date": "2024-03-01T10:00:00Z"}
 //	]
 //
-// Only id is required. state is a name of kms.StateNames (case-insensitive) or a number;
+// Only id is required. state is a name ParseState reads (case-insensitive) or a number;
 // dates are RFC 3339; omitted fields get the defaults of FillDefaults. Unknown fields are
-// errors, so typos do not pass silently.
+// errors, so typos do not pass silently. The fields are those of Key.
 type KeyRecord struct {
 	ID                    string            `json:"id"`
 	Alias                 string            `json:"alias,omitempty"`
@@ -62,14 +62,14 @@ type KeyRecord struct {
 	Tags                  map[string]string `json:"tags,omitempty"`
 }
 
-// KeyState is a kms.State that reads a name ("Disabled", case-insensitive) or a number (3 or
+// KeyState is a State that reads a name ("Disabled", case-insensitive) or a number (3 or
 // "3") from JSON and writes the name.
-type KeyState kms.State
+type KeyState State
 
 // MarshalJSON writes the state's name, or its number when it has none.
 func (s KeyState) MarshalJSON() ([]byte, error) {
-	st := kms.State(s)
-	if st.String() == "Unknown" && st != kms.StateUnknown {
+	st := State(s)
+	if st.String() == "Unknown" && st != StateUnknown {
 		return []byte(strconv.Itoa(int(st))), nil
 	}
 	return json.Marshal(st.String())
@@ -89,25 +89,26 @@ func (s *KeyState) UnmarshalJSON(b []byte) error {
 	return nil
 }
 
-// ParseState parses a state name of kms.StateNames (case-insensitive) or a non-negative number.
-func ParseState(s string) (kms.State, error) {
+// ParseState parses a state name (PendingActivation, Enabled, Disabled, PendingDeletion,
+// PendingImport or Unknown, case-insensitive) or a non-negative number.
+func ParseState(s string) (State, error) {
 	s = strings.TrimSpace(s)
-	for st := kms.StatePendingActivation; st <= kms.StatePendingImport; st++ {
+	for st := StatePendingActivation; st <= StatePendingImport; st++ {
 		if strings.EqualFold(s, st.String()) {
 			return st, nil
 		}
 	}
-	if strings.EqualFold(s, kms.StateUnknown.String()) {
-		return kms.StateUnknown, nil
+	if strings.EqualFold(s, StateUnknown.String()) {
+		return StateUnknown, nil
 	}
 	if n, err := strconv.Atoi(s); err == nil && n >= 0 {
-		return kms.State(n), nil
+		return State(n), nil
 	}
 	return 0, fmt.Errorf("unknown key state %q: want one of %s or a number", s, strings.Join(kms.StateNames(), ", "))
 }
 
 // RecordOf converts a key to its seed-file record.
-func RecordOf(k kms.Key) KeyRecord {
+func RecordOf(k Key) KeyRecord {
 	return KeyRecord{
 		ID:                    k.ID,
 		Alias:                 k.Alias,
@@ -130,8 +131,8 @@ func RecordOf(k kms.Key) KeyRecord {
 }
 
 // Key converts a record to a key, without defaults (an omitted state is StateUnknown).
-func (r KeyRecord) Key() kms.Key {
-	k := kms.Key{
+func (r KeyRecord) Key() Key {
+	k := Key{
 		ID:                    r.ID,
 		Alias:                 r.Alias,
 		Description:           r.Description,
@@ -150,7 +151,7 @@ func (r KeyRecord) Key() kms.Key {
 		Tags:                  maps.Clone(r.Tags),
 	}
 	if r.State != nil {
-		k.State = kms.State(*r.State)
+		k.State = State(*r.State)
 	}
 	return k
 }
@@ -173,7 +174,7 @@ func timeOf(t *time.Time) time.Time {
 // FillDefaults returns k with its empty fields set to the Default* values: state Enabled,
 // spec AES_256, usage ENCRYPT_DECRYPT, origin kms, type "1", enterprise project "0", the
 // default domain, realm and creation date. Tags stay as they are.
-func FillDefaults(k kms.Key) kms.Key {
+func FillDefaults(k Key) Key {
 	setIfEmpty(&k.DomainID, DefaultDomainID)
 	setIfEmpty(&k.Realm, DefaultRealm)
 	setIfEmpty(&k.Spec, DefaultSpec)
@@ -181,8 +182,8 @@ func FillDefaults(k kms.Key) kms.Key {
 	setIfEmpty(&k.Origin, DefaultOrigin)
 	setIfEmpty(&k.Type, DefaultType)
 	setIfEmpty(&k.EnterpriseProjectID, DefaultEnterpriseProjectID)
-	if k.State == kms.StateUnknown {
-		k.State = kms.StateEnabled
+	if k.State == StateUnknown {
+		k.State = StateEnabled
 	}
 	if k.CreationDate.IsZero() {
 		k.CreationDate = DefaultCreationDate
@@ -198,12 +199,12 @@ func setIfEmpty(field *string, value string) {
 
 // ReadKeys reads a seed file (a JSON array of KeyRecords) and fills defaults. Every key needs
 // a distinct id.
-func ReadKeys(r io.Reader) ([]kms.Key, error) {
+func ReadKeys(r io.Reader) ([]Key, error) {
 	var records []KeyRecord
 	if err := decodeJSON(r, &records); err != nil {
 		return nil, fmt.Errorf("read keys: %w", err)
 	}
-	keys := make([]kms.Key, 0, len(records))
+	keys := make([]Key, 0, len(records))
 	seen := make(map[string]bool, len(records))
 	for i, rec := range records {
 		if rec.ID == "" {
@@ -215,7 +216,7 @@ func ReadKeys(r io.Reader) ([]kms.Key, error) {
 		seen[rec.ID] = true
 		k := FillDefaults(rec.Key())
 		if rec.State != nil {
-			k.State = kms.State(*rec.State) // an explicit "Unknown" stays unknown
+			k.State = State(*rec.State) // an explicit "Unknown" stays unknown
 		}
 		keys = append(keys, k)
 	}
@@ -223,7 +224,7 @@ func ReadKeys(r io.Reader) ([]kms.Key, error) {
 }
 
 // ReadKeysFile reads a seed file from disk.
-func ReadKeysFile(path string) ([]kms.Key, error) {
+func ReadKeysFile(path string) ([]Key, error) {
 	b, err := os.ReadFile(path)
 	if err != nil {
 		return nil, fmt.Errorf("read keys file: %w", err)
@@ -236,7 +237,7 @@ func ReadKeysFile(path string) ([]kms.Key, error) {
 }
 
 // WriteKeys writes keys as a seed file, sorted by id.
-func WriteKeys(w io.Writer, keys []kms.Key) error {
+func WriteKeys(w io.Writer, keys []Key) error {
 	records := make([]KeyRecord, len(keys))
 	for i, k := range keys {
 		records[i] = RecordOf(k)
@@ -273,11 +274,11 @@ func (e *Emulator) LoadKeysFile(path string) error {
 // and deterministic: a hash of tags, then the index, so they sort in index order and calls with
 // different tags do not collide. Aliases are "gen-<hash>-<index>"; creation dates are one
 // second apart from DefaultCreationDate.
-func GenerateKeys(n int, tags map[string]string) []kms.Key {
+func GenerateKeys(n int, tags map[string]string) []Key {
 	h := tagsHash(tags)
-	keys := make([]kms.Key, 0, max(n, 0))
+	keys := make([]Key, 0, max(n, 0))
 	for i := range max(n, 0) {
-		keys = append(keys, FillDefaults(kms.Key{
+		keys = append(keys, FillDefaults(Key{
 			ID:           fmt.Sprintf("%08x-0000-4000-8000-%012x", h, i),
 			Alias:        fmt.Sprintf("gen-%08x-%06d", h, i),
 			Description:  "generated key",
