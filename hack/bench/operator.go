@@ -12,6 +12,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -45,6 +46,7 @@ func startOperator(o options, sc scenario, kubeconfig string) (*operatorProc, er
 	}
 	metricsAddr, pprofAddr := fmt.Sprintf("127.0.0.1:%d", ports[0]), fmt.Sprintf("127.0.0.1:%d", ports[1])
 	args := []string{
+		"--kubeconfig=" + kubeconfig,
 		"--allow-insecure-endpoints",
 		"--metrics-bind-address=" + metricsAddr,
 		"--metrics-secure=false",
@@ -71,9 +73,7 @@ func startOperator(o options, sc scenario, kubeconfig string) (*operatorProc, er
 		out = io.MultiWriter(logFile, os.Stderr)
 	}
 	p.cmd = exec.Command(o.manager, args...)
-	// The binary has no --kubeconfig flag (main.go parses its own flag set, without the one
-	// controller-runtime registers), so the kubeconfig goes in $KUBECONFIG.
-	p.cmd.Env = append(append(os.Environ(), "KUBECONFIG="+kubeconfig), o.operatorEnv...)
+	p.cmd.Env = append(os.Environ(), o.operatorEnv...)
 	p.cmd.Stdout = out
 	p.cmd.Stderr = &lineWatcher{w: out, needle: `"Starting workers"`, found: p.ready}
 	// Its own process group keeps a Ctrl-C at the terminal from reaching it before the bench
@@ -87,8 +87,8 @@ func startOperator(o options, sc scenario, kubeconfig string) (*operatorProc, er
 		p.exitErr = p.cmd.Wait()
 		close(p.exited)
 	}()
-	env := strings.Join(append([]string{"KUBECONFIG=" + kubeconfig}, o.operatorEnv...), " ")
-	progress("operator started (pid %d): %s %s %s; log in %s", p.cmd.Process.Pid, env, o.manager, strings.Join(args, " "), logPath)
+	cmdline := strings.Join(slices.Concat(o.operatorEnv, []string{o.manager}, args), " ")
+	progress("operator started (pid %d): %s; log in %s", p.cmd.Process.Pid, cmdline, logPath)
 	return p, nil
 }
 

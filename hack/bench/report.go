@@ -95,7 +95,8 @@ func writeBaseline(w io.Writer, results []*result) {
 	fmt.Fprintln(w)
 }
 
-// target is one goal of the issue and whether the run met it.
+// target is one of the performance targets listed in docs/benchmarks.md, and whether the run
+// met it.
 type target struct {
 	scenario, goal, measured string
 	met                      bool

@@ -34,12 +34,13 @@ func (e *DecodeError) Retryable() bool { return e.Syntax }
 // 1e11 milliseconds is March 1973.
 const millisThreshold = 1e11
 
-// DecodeListResponse decodes a 200 body of ListKmsByTags tolerantly (see kms-api.md, "tolerant
-// decoding"): scalar fields may be strings, numbers or booleans; resource_detail may be an object
-// or an array of one object; dates may be epoch seconds or milliseconds, as numbers or numeric
-// strings, with "" meaning none; total_count may be a number or a numeric string; unknown fields
-// are ignored. A resource without key_id and resource_id, a missing or negative total_count, and
-// malformed values of known fields are errors (*DecodeError). Keys are returned in response order.
+// DecodeListResponse decodes a 200 body of ListKmsByTags tolerantly (see docs/kms-api.md,
+// "Tolerant decoding"): scalar fields may be strings, numbers or booleans; resource_detail may be
+// an object or an array of one object; dates may be epoch seconds or milliseconds, as numbers or
+// numeric strings, with "" meaning none; total_count may be a number or a numeric string; unknown
+// fields are ignored. A resource without key_id and resource_id, a missing or negative
+// total_count, and malformed values of known fields are errors (*DecodeError). Keys are returned
+// in response order.
 func DecodeListResponse(data []byte) (keys []Key, total int, err error) {
 	var resp struct {
 		Resources  []wireResource  `json:"resources"`

@@ -1,8 +1,9 @@
 // Package kms is a client for the Huawei Cloud KMS ListKmsByTags API
 // (POST /v1.0/{project_id}/kms/resource_instances/action), and the one home of its rules.
 //
-// The contract, where the vendor's page is ambiguous, is decided as follows; the emulator in
-// kmstest implements the same decisions.
+// docs/kms-api.md in this repository is the contract in full: the request, paging, limits,
+// response shapes, error codes and authentication, with the decisions taken where the vendor's
+// API page is ambiguous. In short (the emulator in pkg/kmstest implements the same decisions):
 //
 //   - Filter semantics: different tag keys are ANDed, the values of one key are ORed, and an empty
 //     values list means "has the key, any value". A resource_name match is a case-sensitive
@@ -24,5 +25,5 @@
 //     never appear in errors or logs; the three headers are redacted in debug output.
 //   - Errors: *APIError carries the HTTP status and the KMS error code and message; 429, 5xx,
 //     timeouts and resets are retried with bounded, jittered exponential backoff, honouring
-//     Retry-After; 400 and 403 are not.
+//     Retry-After; 400, 403 and other 4xx answers are not.
 package kms

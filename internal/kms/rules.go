@@ -1,8 +1,9 @@
 package kms
 
-// The limits of ListKmsByTags, from the vendor's page (see shared kms-api.md). They are defined
-// here once: the client's validation and the emulator use them directly, and a test keeps the CRD
-// schema markers of api/v1alpha1 in step with them.
+// The limits of ListKmsByTags, from the vendor's API page, read as docs/kms-api.md decides where
+// that page is ambiguous or contradicts itself. They are defined here once: the client's
+// validation and the emulator use them directly, and a test keeps the CRD schema markers of
+// api/v1alpha1 in step with them.
 const (
 	// MaxTags is the most tag keys one filter may name.
 	MaxTags = 10
