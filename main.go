@@ -8,12 +8,14 @@ import (
 	"os"
 	"runtime/debug"
 	"strings"
-	"time"
 
 	ctrl "sigs.k8s.io/controller-runtime"
 	"sigs.k8s.io/controller-runtime/pkg/client/config"
 	"sigs.k8s.io/controller-runtime/pkg/log/zap"
 
+	kmsv1alpha1 "github.com/kms-key-sync/kms-key-sync/api/v1alpha1"
+	"github.com/kms-key-sync/kms-key-sync/controllers"
+	"github.com/kms-key-sync/kms-key-sync/internal/keysource"
 	"github.com/kms-key-sync/kms-key-sync/internal/kms"
 	"github.com/kms-key-sync/kms-key-sync/internal/operator"
 )
@@ -54,11 +56,11 @@ func newFlagSet(f *flags) *flag.FlagSet {
 	fs.BoolVar(&f.LeaderElection, "leader-elect", false, "Enable leader election, so that only one replica syncs at a time.")
 	fs.BoolVar(&f.AllowInsecureEndpoints, "allow-insecure-endpoints", false, "Allow plain http:// KMS endpoints, which send credentials in clear text. For emulators and tests only.")
 	fs.IntVar(&f.MaxConcurrentReconciles, "max-concurrent-reconciles", 4, "How many selectors are synced at the same time.")
-	fs.DurationVar(&f.SyncTimeout, "sync-timeout", 2*time.Minute, "The longest one complete listing of a selector may take.")
+	fs.DurationVar(&f.SyncTimeout, "sync-timeout", controllers.DefaultSyncTimeout, "The longest a selector waits for one complete listing of its keys.")
 	fs.DurationVar(&f.KMS.RequestTimeout, "kms-request-timeout", kms.DefaultRequestTimeout, "The longest one KMS API request may take.")
 	fs.Float64Var(&f.KMSQPS, "kms-qps", 10, "The most KMS API calls per second, across all selectors; 0 means no limit.")
 	fs.IntVar(&f.KMSBurst, "kms-burst", 20, "The most KMS API calls in a burst above --kms-qps.")
-	fs.DurationVar(&f.CoalesceWindow, "coalesce-window", operator.DefaultCoalesceWindow, "How long one listing answers identical requests of other selectors; keep it well under the smallest refresh interval (10s).")
+	fs.DurationVar(&f.CoalesceWindow, "coalesce-window", keysource.DefaultCoalesceWindow, "How long one listing answers identical requests of other selectors; keep it well under the smallest refresh interval (10s).")
 	fs.Func("watch-namespaces", "Comma-separated namespaces to watch; empty watches all namespaces.", func(v string) error {
 		f.WatchNamespaces = splitList(v)
 		return nil
@@ -73,7 +75,7 @@ func (f flags) validate() error {
 	if f.KMSQPS < 0 || f.KMSBurst < 1 {
 		return fmt.Errorf("--kms-qps must not be negative and --kms-burst must be at least 1, got %g and %d", f.KMSQPS, f.KMSBurst)
 	}
-	if f.CoalesceWindow <= 0 || f.CoalesceWindow >= 10*time.Second {
+	if f.CoalesceWindow <= 0 || f.CoalesceWindow >= kmsv1alpha1.MinRefreshInterval {
 		return fmt.Errorf("--coalesce-window must be positive and under 10s, the smallest refresh interval, got %s", f.CoalesceWindow)
 	}
 	if f.MaxConcurrentReconciles < 1 {

@@ -8,15 +8,8 @@ import (
 
 	corev1 "k8s.io/api/core/v1"
 
+	kmsv1alpha1 "github.com/kms-key-sync/kms-key-sync/api/v1alpha1"
 	"github.com/kms-key-sync/kms-key-sync/internal/kms"
-)
-
-// The keys of a credentials Secret.
-const (
-	SecretAccessKey     = "accessKey"
-	SecretSecretKey     = "secretKey"
-	SecretSecurityToken = "securityToken"
-	SecretToken         = "token"
 )
 
 // credentialsFromSecret reads either an AK/SK pair (with an optional security token) or a token.
@@ -24,7 +17,7 @@ const (
 // key at fault and never include a value.
 func credentialsFromSecret(s *corev1.Secret) (kms.Credentials, error) {
 	values := map[string]string{}
-	for _, k := range []string{SecretAccessKey, SecretSecretKey, SecretSecurityToken, SecretToken} {
+	for _, k := range []string{kmsv1alpha1.SecretAccessKey, kmsv1alpha1.SecretSecretKey, kmsv1alpha1.SecretSecurityToken, kmsv1alpha1.SecretToken} {
 		raw, ok := s.Data[k]
 		if !ok {
 			continue
@@ -39,10 +32,10 @@ func credentialsFromSecret(s *corev1.Secret) (kms.Credentials, error) {
 		values[k] = v
 	}
 	c := kms.Credentials{
-		AccessKey:     values[SecretAccessKey],
-		SecretKey:     values[SecretSecretKey],
-		SecurityToken: values[SecretSecurityToken],
-		Token:         values[SecretToken],
+		AccessKey:     values[kmsv1alpha1.SecretAccessKey],
+		SecretKey:     values[kmsv1alpha1.SecretSecretKey],
+		SecurityToken: values[kmsv1alpha1.SecretSecurityToken],
+		Token:         values[kmsv1alpha1.SecretToken],
 	}
 	hasAKSK := c.AccessKey != "" || c.SecretKey != "" || c.SecurityToken != ""
 	switch {
@@ -51,11 +44,11 @@ func credentialsFromSecret(s *corev1.Secret) (kms.Credentials, error) {
 	case c.Token != "":
 		return c, nil
 	case c.AccessKey == "" && c.SecretKey == "" && c.SecurityToken == "":
-		return kms.Credentials{}, fmt.Errorf("secret holds neither %q nor %q and %q", SecretToken, SecretAccessKey, SecretSecretKey)
+		return kms.Credentials{}, fmt.Errorf("secret holds neither %q nor %q and %q", kmsv1alpha1.SecretToken, kmsv1alpha1.SecretAccessKey, kmsv1alpha1.SecretSecretKey)
 	case c.AccessKey == "":
-		return kms.Credentials{}, fmt.Errorf("secret key %q is missing", SecretAccessKey)
+		return kms.Credentials{}, fmt.Errorf("secret key %q is missing", kmsv1alpha1.SecretAccessKey)
 	case c.SecretKey == "":
-		return kms.Credentials{}, fmt.Errorf("secret key %q is missing", SecretSecretKey)
+		return kms.Credentials{}, fmt.Errorf("secret key %q is missing", kmsv1alpha1.SecretSecretKey)
 	}
 	return c, nil
 }

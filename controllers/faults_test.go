@@ -9,7 +9,6 @@ import (
 	. "github.com/onsi/ginkgo/v2"
 	. "github.com/onsi/gomega"
 	corev1 "k8s.io/api/core/v1"
-	eventsv1 "k8s.io/api/events/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
@@ -20,6 +19,7 @@ import (
 	kmsv1alpha1 "github.com/kms-key-sync/kms-key-sync/api/v1alpha1"
 	"github.com/kms-key-sync/kms-key-sync/controllers"
 	"github.com/kms-key-sync/kms-key-sync/internal/kms"
+	"github.com/kms-key-sync/kms-key-sync/internal/testkit"
 	"github.com/kms-key-sync/kms-key-sync/pkg/kmstest"
 )
 
@@ -43,9 +43,9 @@ const matrixPageSize = 10
 
 // matrixRow is one KMS-side fault.
 type matrixRow struct {
-	inject func(f *fixture)
+	inject func(f *testkit.Fixture)
 	// clear ends the fault; nil means ClearFaults.
-	clear func(f *fixture)
+	clear func(f *testkit.Fixture)
 	// reason is the Ready reason while the fault lasts; Synced when the client rides it out.
 	reason string
 	// message holds substrings of the condition message that name the cause.
@@ -56,10 +56,10 @@ type matrixRow struct {
 	attempt time.Duration
 }
 
-func matrixFault(fl kmstest.Fault) func(f *fixture) {
-	return func(f *fixture) {
+func matrixFault(fl kmstest.Fault) func(f *testkit.Fixture) {
+	return func(f *testkit.Fixture) {
 		GinkgoHelper()
-		Expect(f.kms.InjectFault(fl)).To(Succeed())
+		Expect(f.KMS.InjectFault(fl)).To(Succeed())
 	}
 }
 
@@ -70,21 +70,6 @@ func deleteSelectorAtCleanup(sel *kmsv1alpha1.KmsKeySelector) {
 	})
 }
 
-// warnings returns a function that lists the Warning events about a selector, for Eventually.
-func selectorWarnings(sel *kmsv1alpha1.KmsKeySelector) func(Gomega) []eventsv1.Event {
-	return func(g Gomega) []eventsv1.Event {
-		list := &eventsv1.EventList{}
-		g.Expect(k8sClient.List(ctx(), list, client.InNamespace(sel.Namespace))).To(Succeed())
-		var out []eventsv1.Event
-		for _, e := range list.Items {
-			if e.Regarding.Kind == "KmsKeySelector" && e.Regarding.Name == sel.Name && e.Type == corev1.EventTypeWarning {
-				out = append(out, e)
-			}
-		}
-		return out
-	}
-}
-
 // warningWith matches a Warning event with reason whose note contains text.
 func warningWith(reason, text string) OmegaMatcher {
 	return And(HaveField("Reason", reason), HaveField("Note", ContainSubstring(text)))
@@ -92,9 +77,9 @@ func warningWith(reason, text string) OmegaMatcher {
 
 // keepsConfigMap returns a function that fails unless the ConfigMap is exactly good: same data, same
 // resourceVersion (so not even rewritten with the same data).
-func (f *fixture) keepsConfigMap(good *corev1.ConfigMap) func(Gomega) {
+func keepsConfigMap(f *testkit.Fixture, good *corev1.ConfigMap) func(Gomega) {
 	return func(g Gomega) {
-		cm := f.configMap(good.Name)(g)
+		cm := f.ConfigMap(good.Name)(g)
 		g.Expect(cm.Data).To(Equal(good.Data))
 		g.Expect(cm.ResourceVersion).To(Equal(good.ResourceVersion))
 	}
@@ -103,18 +88,18 @@ func (f *fixture) keepsConfigMap(good *corev1.ConfigMap) func(Gomega) {
 // waitQuiet waits until the emulator has had no request for 300ms, so that a count starts from
 // rest: a sync that wrote the ConfigMap can be followed by another listing (see the report on
 // stale cache reads).
-func (f *fixture) waitQuiet() {
+func waitQuiet(f *testkit.Fixture) {
 	GinkgoHelper()
 	Eventually(func(g Gomega) {
-		n := f.kms.Stats().Total
-		g.Consistently(func() int64 { return f.kms.Stats().Total }, 300*time.Millisecond, 50*time.Millisecond).Should(Equal(n))
+		n := f.KMS.Stats().Total
+		g.Consistently(func() int64 { return f.KMS.Stats().Total }, 300*time.Millisecond, 50*time.Millisecond).Should(Equal(n))
 	}).Should(Succeed())
 }
 
 // kmsRequestsSince returns the emulator's records of the requests received since t.
-func (f *fixture) kmsRequestsSince(t time.Time) []kmstest.RequestRecord {
+func kmsRequestsSince(f *testkit.Fixture, t time.Time) []kmstest.RequestRecord {
 	var out []kmstest.RequestRecord
-	for _, r := range f.kms.Requests() {
+	for _, r := range f.KMS.Requests() {
 		if !r.Time.Before(t) {
 			out = append(out, r)
 		}
@@ -124,9 +109,9 @@ func (f *fixture) kmsRequestsSince(t time.Time) []kmstest.RequestRecord {
 
 // expectBackedOff asserts that the calls made since start stay within the backoff schedule,
 // and returns them.
-func expectBackedOff(f *fixture, start time.Time, before int64, perListing int, ceiling time.Duration) int64 {
+func expectBackedOff(f *testkit.Fixture, start time.Time, before int64, perListing int, ceiling time.Duration) int64 {
 	GinkgoHelper()
-	calls := f.kms.Stats().Total - before
+	calls := f.KMS.Stats().Total - before
 	window := time.Since(start)
 	attempts := controllers.MaxSyncAttempts(window, testBackoff, ceiling)
 	bound := int64(attempts * perListing)
@@ -152,24 +137,24 @@ var _ = Describe("Fault matrix", func() {
 	DescribeTable("KMS faults: the ConfigMap keeps the last good data, calls are bounded, the selector recovers",
 		func(row matrixRow) {
 			f := newFixture(kmstest.WithKeys(matrixKeys...))
-			sel := f.create(f.selector("matrix", func(s *kmsv1alpha1.KmsKeySelector) { s.Spec.PageSize = ptr.To[int32](matrixPageSize) }))
+			sel := f.Create(f.Selector("matrix", func(s *kmsv1alpha1.KmsKeySelector) { s.Spec.PageSize = ptr.To[int32](matrixPageSize) }))
 			deleteSelectorAtCleanup(sel)
-			Eventually(readyReason(sel)).Should(Equal(kmsv1alpha1.ReasonSynced))
-			good := f.configMap("matrix")(Default)
+			Eventually(f.ReadyReason(sel)).Should(Equal(kmsv1alpha1.ReasonSynced))
+			good := f.ConfigMap("matrix")(Default)
 			Expect(good.Data).To(HaveLen(len(matrixKeys) + 1))
-			f.waitQuiet()
+			waitQuiet(f)
 
 			if row.reason == kmsv1alpha1.ReasonSynced {
 				// KMS does not change: a listing that lost or doubled a key would change the ConfigMap.
-				before := f.kms.Stats()
+				before := f.KMS.Stats()
 				row.inject(f)
-				forceSync(sel)
-				waitSynced(sel)
-				Expect(readyReason(sel)(Default)).To(Equal(kmsv1alpha1.ReasonSynced))
-				Expect(f.configMap("matrix")(Default).Data).To(Equal(good.Data))
-				Expect(keysJSON(f.configMap("matrix")(Default))).To(HaveLen(len(matrixKeys)), "keys.json holds a key twice")
-				f.waitQuiet()
-				after := f.kms.Stats()
+				f.ForceSync(sel)
+				Eventually(f.Handled(sel)).Should(Succeed())
+				Expect(f.ReadyReason(sel)(Default)).To(Equal(kmsv1alpha1.ReasonSynced))
+				Expect(f.ConfigMap("matrix")(Default).Data).To(Equal(good.Data))
+				Expect(f.KeysJSON("matrix")(Default)).To(HaveLen(len(matrixKeys)), "keys.json holds a key twice")
+				waitQuiet(f)
+				after := f.KMS.Stats()
 				Expect(after.FaultsApplied-before.FaultsApplied).To(BeNumerically(">=", 1), "the fault never fired")
 				Expect(after.Total - before.Total).To(Equal(int64(row.calls)))
 				AddReportEntry("KMS calls", fmt.Sprintf("%d for the sync, fault applied %d times", after.Total-before.Total, after.FaultsApplied-before.FaultsApplied))
@@ -179,38 +164,38 @@ var _ = Describe("Fault matrix", func() {
 			// KMS changes during the fault; the ConfigMap may show it only after a complete listing.
 			disabled := matrixKeys[3]
 			disabled.State = kms.StateDisabled
-			Expect(f.kms.SetKeyState(disabled.ID, kms.StateDisabled)).To(Succeed())
-			want := statesOf(append(slices.Concat(matrixKeys[:3], matrixKeys[4:]), disabled)...)
+			Expect(f.KMS.SetKeyState(disabled.ID, kms.StateDisabled)).To(Succeed())
+			want := testkit.StatesOf(append(slices.Concat(matrixKeys[:3], matrixKeys[4:]), disabled)...)
 
-			before := f.kms.Stats()
+			before := f.KMS.Stats()
 			start := time.Now()
 			row.inject(f)
-			forceSync(sel)
+			f.ForceSync(sel)
 
-			Eventually(readyReason(sel)).Should(Equal(row.reason))
-			cond := readyCondition(sel)
+			Eventually(f.ReadyReason(sel)).Should(Equal(row.reason))
+			cond := f.ReadyCondition(sel)(Default)
 			Expect(cond.Status).To(Equal(metav1.ConditionFalse))
 			for _, m := range row.message {
 				Expect(cond.Message).To(ContainSubstring(m))
 			}
-			Eventually(selectorWarnings(sel)).Should(ContainElement(warningWith(row.reason, row.message[0])))
-			Consistently(f.keepsConfigMap(good)).Should(Succeed())
-			Expect(f.kmsRequestsSince(start)).To(ContainElement(Or(HaveField("Fault", Not(BeEmpty())), HaveField("Status", Not(Equal(http.StatusOK))))),
+			Eventually(f.Warnings(sel)).Should(ContainElement(warningWith(row.reason, row.message[0])))
+			Consistently(keepsConfigMap(f, good)).Should(Succeed())
+			Expect(kmsRequestsSince(f, start)).To(ContainElement(Or(HaveField("Fault", Not(BeEmpty())), HaveField("Status", Not(Equal(http.StatusOK))))),
 				"the fault never fired")
 			calls := expectBackedOff(f, start, before.Total, row.calls, suiteRefresh)
 			Expect(calls).To(BeNumerically(">=", 1))
 			if row.calls == 1 {
-				expectSpacedByBackoff(f.kmsRequestsSince(start), suiteRefresh)
+				expectSpacedByBackoff(kmsRequestsSince(f, start), suiteRefresh)
 			}
 
 			if row.clear != nil {
 				row.clear(f)
 			} else {
-				f.kms.ClearFaults()
+				f.KMS.ClearFaults()
 			}
-			Eventually(readyReason(sel), controllers.RecoveryTimeout(time.Since(start), testBackoff, suiteRefresh, row.attempt)).
+			Eventually(f.ReadyReason(sel), controllers.RecoveryTimeout(time.Since(start), testBackoff, suiteRefresh, row.attempt)).
 				Should(Equal(kmsv1alpha1.ReasonSynced))
-			Expect(f.states("matrix")(Default)).To(Equal(want))
+			Expect(f.States("matrix")(Default)).To(Equal(want))
 			AddReportEntry("recovered after", time.Since(start).Round(time.Millisecond).String())
 		},
 		Entry("429 without Retry-After", matrixRow{
@@ -274,8 +259,8 @@ var _ = Describe("Fault matrix", func() {
 			reason: kmsv1alpha1.ReasonKMSRequestFailed, message: []string{"listing inconsistent", "empty page at offset 0 of total_count 25"}, calls: 4, attempt: time.Second,
 		}),
 		Entry("403 KMS.0303, the token expired", matrixRow{
-			inject: func(f *fixture) { f.kms.ExpireToken(f.token) },
-			clear:  func(f *fixture) { f.kms.AddToken(f.token) },
+			inject: func(f *testkit.Fixture) { f.KMS.ExpireToken(f.Token) },
+			clear:  func(f *testkit.Fixture) { f.KMS.AddToken(f.Token) },
 			reason: kmsv1alpha1.ReasonCredentialsInvalid, message: []string{"KMS.0303", "http 403"}, calls: 1, attempt: time.Second,
 		}),
 		Entry("400 KMS.0202", matrixRow{
@@ -287,18 +272,18 @@ var _ = Describe("Fault matrix", func() {
 	It("does not call KMS again before a 429's Retry-After has passed", func() {
 		const retryAfter = 2 * time.Second
 		f := newFixture(kmstest.WithKeys(matrixKeys[:2]...))
-		sel := f.create(f.selector("retry-after"))
+		sel := f.Create(f.Selector("retry-after"))
 		deleteSelectorAtCleanup(sel)
-		Eventually(readyReason(sel)).Should(Equal(kmsv1alpha1.ReasonSynced))
-		f.waitQuiet()
+		Eventually(f.ReadyReason(sel)).Should(Equal(kmsv1alpha1.ReasonSynced))
+		waitQuiet(f)
 
 		start := time.Now()
-		Expect(f.kms.InjectFault(kmstest.Fault{Kind: kmstest.FaultThrottle, RetryAfter: int(retryAfter / time.Second)})).To(Succeed())
-		forceSync(sel)
-		Eventually(readyReason(sel)).Should(Equal(kmsv1alpha1.ReasonKMSThrottled))
+		Expect(f.KMS.InjectFault(kmstest.Fault{Kind: kmstest.FaultThrottle, RetryAfter: int(retryAfter / time.Second)})).To(Succeed())
+		f.ForceSync(sel)
+		Eventually(f.ReadyReason(sel)).Should(Equal(kmsv1alpha1.ReasonKMSThrottled))
 		// The client waits Retry-After between its own attempts; the next listing must too.
-		Eventually(func() int { return len(f.kmsRequestsSince(start)) }, 3*retryAfter).Should(BeNumerically(">=", 3))
-		records := f.kmsRequestsSince(start)
+		Eventually(func() int { return len(kmsRequestsSince(f, start)) }, 3*retryAfter).Should(BeNumerically(">=", 3))
+		records := kmsRequestsSince(f, start)
 		for i := 1; i < len(records); i++ {
 			Expect(records[i].Time.Sub(records[i-1].Time)).To(BeNumerically(">=", retryAfter),
 				"request %d came %v after a 429 that said Retry-After: %d", i+1, records[i].Time.Sub(records[i-1].Time), int(retryAfter/time.Second))
@@ -310,122 +295,122 @@ var _ = Describe("Fault matrix", func() {
 		withInterval := func(s *kmsv1alpha1.KmsKeySelector) { s.Spec.RefreshInterval = &metav1.Duration{Duration: interval} }
 		healthy := newFixture(kmstest.WithKeys(matrixKeys[:2]...))
 		broken := newFixture(kmstest.WithKeys(matrixKeys[:2]...))
-		broken.putSecret(map[string]string{"token": "not-" + broken.token})
+		broken.PutCredentials(map[string]string{"token": "not-" + broken.Token})
 
 		start := time.Now()
-		deleteSelectorAtCleanup(healthy.create(healthy.selector("healthy", withInterval)))
-		deleteSelectorAtCleanup(broken.create(broken.selector("broken", withInterval)))
+		deleteSelectorAtCleanup(healthy.Create(healthy.Selector("healthy", withInterval)))
+		deleteSelectorAtCleanup(broken.Create(broken.Selector("broken", withInterval)))
 		early := controllers.EarlyBackoffSteps(testBackoff, interval)
 		Consistently(func(g Gomega) {
-			h, b := healthy.kms.Stats().Total, broken.kms.Stats().Total
+			h, b := healthy.KMS.Stats().Total, broken.KMS.Stats().Total
 			g.Expect(b).To(BeNumerically("<=", h+int64(early)), "broken %d, healthy %d, early steps %d", b, h, early)
 			g.Expect(b).To(BeNumerically("<=", controllers.MaxSyncAttempts(time.Since(start), testBackoff, interval)))
 		}, 4*time.Second, 100*time.Millisecond).Should(Succeed())
-		h, b := healthy.kms.Stats().Total, broken.kms.Stats().Total
+		h, b := healthy.KMS.Stats().Total, broken.KMS.Stats().Total
 		Expect(b).To(BeNumerically(">", h), "the broken selector was never retried")
-		Expect(broken.kms.Stats().ByStatus[http.StatusForbidden]).To(Equal(b))
+		Expect(broken.KMS.Stats().ByStatus[http.StatusForbidden]).To(Equal(b))
 		AddReportEntry("403 vs healthy over 4s", fmt.Sprintf("broken %d calls, healthy %d, early backoff steps %d", b, h, early))
 	})
 })
 
 var _ = Describe("Kubernetes-side faults", func() {
 	// synced returns a fixture and a selector that has synced keys.
-	synced := func(name string, keys []kms.Key, mutate ...func(*kmsv1alpha1.KmsKeySelector)) (*fixture, *kmsv1alpha1.KmsKeySelector) {
+	synced := func(name string, keys []kms.Key, mutate ...func(*kmsv1alpha1.KmsKeySelector)) (*testkit.Fixture, *kmsv1alpha1.KmsKeySelector) {
 		GinkgoHelper()
 		f := newFixture(kmstest.WithKeys(keys...))
-		sel := f.create(f.selector(name, mutate...))
+		sel := f.Create(f.Selector(name, mutate...))
 		deleteSelectorAtCleanup(sel)
-		Eventually(readyReason(sel)).Should(Equal(kmsv1alpha1.ReasonSynced))
-		f.waitQuiet()
+		Eventually(f.ReadyReason(sel)).Should(Equal(kmsv1alpha1.ReasonSynced))
+		waitQuiet(f)
 		return f, sel
 	}
 
 	It("reports a deleted Secret without calling KMS, and recovers when it is back", func() {
 		f, sel := synced("secret-gone", matrixKeys[:3])
-		good := f.configMap("secret-gone")(Default)
-		Expect(k8sClient.Delete(ctx(), &corev1.Secret{ObjectMeta: metav1.ObjectMeta{Name: secretName, Namespace: f.ns}})).To(Succeed())
-		Expect(f.kms.DeleteKey(matrixKeys[0].ID)).To(BeTrue())
-		before, start := f.kms.Stats().Total, time.Now()
-		forceSync(sel)
+		good := f.ConfigMap("secret-gone")(Default)
+		Expect(k8sClient.Delete(ctx(), &corev1.Secret{ObjectMeta: metav1.ObjectMeta{Name: testkit.CredentialsSecretName, Namespace: f.Namespace}})).To(Succeed())
+		Expect(f.KMS.DeleteKey(matrixKeys[0].ID)).To(BeTrue())
+		before, start := f.KMS.Stats().Total, time.Now()
+		f.ForceSync(sel)
 
-		Eventually(readyReason(sel)).Should(Equal(kmsv1alpha1.ReasonCredentialsNotFound))
-		Expect(readyCondition(sel).Message).To(And(ContainSubstring(`secret "kms-credentials"`), ContainSubstring(f.ns)))
-		Eventually(selectorWarnings(sel)).Should(ContainElement(warningWith(kmsv1alpha1.ReasonCredentialsNotFound, `secret "kms-credentials"`)))
-		Consistently(f.keepsConfigMap(good)).Should(Succeed())
-		Expect(f.kms.Stats().Total).To(Equal(before), "KMS was called without credentials")
+		Eventually(f.ReadyReason(sel)).Should(Equal(kmsv1alpha1.ReasonCredentialsNotFound))
+		Expect(f.ReadyCondition(sel)(Default).Message).To(And(ContainSubstring(`secret "kms-credentials"`), ContainSubstring(f.Namespace)))
+		Eventually(f.Warnings(sel)).Should(ContainElement(warningWith(kmsv1alpha1.ReasonCredentialsNotFound, `secret "kms-credentials"`)))
+		Consistently(keepsConfigMap(f, good)).Should(Succeed())
+		Expect(f.KMS.Stats().Total).To(Equal(before), "KMS was called without credentials")
 
 		// Secrets are not watched: the backoff's retry finds it.
-		f.putSecret(map[string]string{"token": f.token})
-		Eventually(readyReason(sel), controllers.RecoveryTimeout(time.Since(start), testBackoff, suiteRefresh, 0)).Should(Equal(kmsv1alpha1.ReasonSynced))
-		Expect(f.states("secret-gone")(Default)).To(Equal(statesOf(matrixKeys[1:3]...)))
+		f.PutCredentials(map[string]string{"token": f.Token})
+		Eventually(f.ReadyReason(sel), controllers.RecoveryTimeout(time.Since(start), testBackoff, suiteRefresh, 0)).Should(Equal(kmsv1alpha1.ReasonSynced))
+		Expect(f.States("secret-gone")(Default)).To(Equal(testkit.StatesOf(matrixKeys[1:3]...)))
 	})
 
 	It("reads a rotated Secret at the next listing, and recovers from a revoked credential once the Secret is rotated", func() {
 		f, sel := synced("rotate", matrixKeys[:3])
-		good := f.configMap("rotate")(Default)
+		good := f.ConfigMap("rotate")(Default)
 
 		By("rotating before KMS revokes the old token: no failure at all")
-		f.kms.AddToken("rotated-1")
-		f.putSecret(map[string]string{"token": "rotated-1"})
-		f.kms.RemoveToken(f.token)
-		forceSync(sel)
-		waitSynced(sel)
-		Expect(readyReason(sel)(Default)).To(Equal(kmsv1alpha1.ReasonSynced))
-		Expect(f.kms.Requests()).To(HaveEach(HaveField("Status", http.StatusOK)))
+		f.KMS.AddToken("rotated-1")
+		f.PutCredentials(map[string]string{"token": "rotated-1"})
+		f.KMS.RemoveToken(f.Token)
+		f.ForceSync(sel)
+		Eventually(f.Handled(sel)).Should(Succeed())
+		Expect(f.ReadyReason(sel)(Default)).To(Equal(kmsv1alpha1.ReasonSynced))
+		Expect(f.KMS.Requests()).To(HaveEach(HaveField("Status", http.StatusOK)))
 
 		By("KMS revoking the token before the Secret is rotated")
-		f.kms.RemoveToken("rotated-1")
-		Expect(f.kms.DeleteKey(matrixKeys[0].ID)).To(BeTrue())
-		before, start := f.kms.Stats().Total, time.Now()
-		forceSync(sel)
-		Eventually(readyReason(sel)).Should(Equal(kmsv1alpha1.ReasonCredentialsInvalid))
-		Expect(readyCondition(sel).Message).To(And(ContainSubstring("KMS.0302"), Not(ContainSubstring("rotated-1"))))
-		Eventually(selectorWarnings(sel)).Should(ContainElement(warningWith(kmsv1alpha1.ReasonCredentialsInvalid, "KMS.0302")))
-		Consistently(f.keepsConfigMap(good)).Should(Succeed())
+		f.KMS.RemoveToken("rotated-1")
+		Expect(f.KMS.DeleteKey(matrixKeys[0].ID)).To(BeTrue())
+		before, start := f.KMS.Stats().Total, time.Now()
+		f.ForceSync(sel)
+		Eventually(f.ReadyReason(sel)).Should(Equal(kmsv1alpha1.ReasonCredentialsInvalid))
+		Expect(f.ReadyCondition(sel)(Default).Message).To(And(ContainSubstring("KMS.0302"), Not(ContainSubstring("rotated-1"))))
+		Eventually(f.Warnings(sel)).Should(ContainElement(warningWith(kmsv1alpha1.ReasonCredentialsInvalid, "KMS.0302")))
+		Consistently(keepsConfigMap(f, good)).Should(Succeed())
 		expectBackedOff(f, start, before, 1, suiteRefresh)
-		expectSpacedByBackoff(f.kmsRequestsSince(start), suiteRefresh)
+		expectSpacedByBackoff(kmsRequestsSince(f, start), suiteRefresh)
 
-		f.kms.AddToken("rotated-2")
-		f.putSecret(map[string]string{"token": "rotated-2"})
-		Eventually(readyReason(sel), controllers.RecoveryTimeout(time.Since(start), testBackoff, suiteRefresh, 0)).Should(Equal(kmsv1alpha1.ReasonSynced))
-		Expect(f.states("rotate")(Default)).To(Equal(statesOf(matrixKeys[1:3]...)))
+		f.KMS.AddToken("rotated-2")
+		f.PutCredentials(map[string]string{"token": "rotated-2"})
+		Eventually(f.ReadyReason(sel), controllers.RecoveryTimeout(time.Since(start), testBackoff, suiteRefresh, 0)).Should(Equal(kmsv1alpha1.ReasonSynced))
+		Expect(f.States("rotate")(Default)).To(Equal(testkit.StatesOf(matrixKeys[1:3]...)))
 	})
 
 	It("reports a Secret that lost a key without calling KMS, and recovers when the key is back", func() {
 		f := newFixture(kmstest.WithKeys(matrixKeys[:3]...), kmstest.WithAKSK("AKMATRIX0001", "matrix-secret-key", ""))
-		f.putSecret(map[string]string{"accessKey": "AKMATRIX0001", "secretKey": "matrix-secret-key"})
-		sel := f.create(f.selector("lost-key"))
+		f.PutCredentials(map[string]string{"accessKey": "AKMATRIX0001", "secretKey": "matrix-secret-key"})
+		sel := f.Create(f.Selector("lost-key"))
 		deleteSelectorAtCleanup(sel)
-		Eventually(readyReason(sel)).Should(Equal(kmsv1alpha1.ReasonSynced))
-		f.waitQuiet()
-		good := f.configMap("lost-key")(Default)
+		Eventually(f.ReadyReason(sel)).Should(Equal(kmsv1alpha1.ReasonSynced))
+		waitQuiet(f)
+		good := f.ConfigMap("lost-key")(Default)
 
-		f.putSecret(map[string]string{"accessKey": "AKMATRIX0001"})
-		before, start := f.kms.Stats().Total, time.Now()
-		forceSync(sel)
-		Eventually(readyReason(sel)).Should(Equal(kmsv1alpha1.ReasonCredentialsInvalid))
-		Expect(readyCondition(sel).Message).To(ContainSubstring(`"secretKey" is missing`))
-		Eventually(selectorWarnings(sel)).Should(ContainElement(warningWith(kmsv1alpha1.ReasonCredentialsInvalid, `"secretKey" is missing`)))
-		Consistently(f.keepsConfigMap(good)).Should(Succeed())
-		Expect(f.kms.Stats().Total).To(Equal(before))
+		f.PutCredentials(map[string]string{"accessKey": "AKMATRIX0001"})
+		before, start := f.KMS.Stats().Total, time.Now()
+		f.ForceSync(sel)
+		Eventually(f.ReadyReason(sel)).Should(Equal(kmsv1alpha1.ReasonCredentialsInvalid))
+		Expect(f.ReadyCondition(sel)(Default).Message).To(ContainSubstring(`"secretKey" is missing`))
+		Eventually(f.Warnings(sel)).Should(ContainElement(warningWith(kmsv1alpha1.ReasonCredentialsInvalid, `"secretKey" is missing`)))
+		Consistently(keepsConfigMap(f, good)).Should(Succeed())
+		Expect(f.KMS.Stats().Total).To(Equal(before))
 
-		f.putSecret(map[string]string{"accessKey": "AKMATRIX0001", "secretKey": "matrix-secret-key"})
-		Eventually(readyReason(sel), controllers.RecoveryTimeout(time.Since(start), testBackoff, suiteRefresh, 0)).Should(Equal(kmsv1alpha1.ReasonSynced))
+		f.PutCredentials(map[string]string{"accessKey": "AKMATRIX0001", "secretKey": "matrix-secret-key"})
+		Eventually(f.ReadyReason(sel), controllers.RecoveryTimeout(time.Since(start), testBackoff, suiteRefresh, 0)).Should(Equal(kmsv1alpha1.ReasonSynced))
 	})
 
 	It("repairs an edited or deleted ConfigMap from the last good listing while KMS is down", func() {
 		f, sel := synced("repair-outage", matrixKeys[:3])
-		good := f.configMap("repair-outage")(Default)
-		data := func(g Gomega) map[string]string { return f.configMap("repair-outage")(g).Data }
+		good := f.ConfigMap("repair-outage")(Default)
+		data := func(g Gomega) map[string]string { return f.ConfigMap("repair-outage")(g).Data }
 
-		Expect(f.kms.InjectFault(kmstest.Fault{Kind: kmstest.FaultServerError})).To(Succeed())
-		Expect(f.kms.DeleteKey(matrixKeys[0].ID)).To(BeTrue())
-		before, start := f.kms.Stats().Total, time.Now()
-		forceSync(sel)
-		Eventually(readyReason(sel)).Should(Equal(kmsv1alpha1.ReasonKMSRequestFailed))
+		Expect(f.KMS.InjectFault(kmstest.Fault{Kind: kmstest.FaultServerError})).To(Succeed())
+		Expect(f.KMS.DeleteKey(matrixKeys[0].ID)).To(BeTrue())
+		before, start := f.KMS.Stats().Total, time.Now()
+		f.ForceSync(sel)
+		Eventually(f.ReadyReason(sel)).Should(Equal(kmsv1alpha1.ReasonKMSRequestFailed))
 
 		By("an edit")
-		cm := f.configMap("repair-outage")(Default)
+		cm := f.ConfigMap("repair-outage")(Default)
 		cm.Data[matrixKeys[1].ID] = "Tampered"
 		delete(cm.Data, matrixKeys[2].ID)
 		cm.Data["extra"] = "added by someone"
@@ -436,41 +421,41 @@ var _ = Describe("Kubernetes-side faults", func() {
 		Expect(k8sClient.Delete(ctx(), cm)).To(Succeed())
 		Eventually(data).Should(Equal(good.Data))
 		Consistently(data).Should(Equal(good.Data))
-		Expect(readyReason(sel)(Default)).To(Equal(kmsv1alpha1.ReasonKMSRequestFailed))
+		Expect(f.ReadyReason(sel)(Default)).To(Equal(kmsv1alpha1.ReasonKMSRequestFailed))
 		expectBackedOff(f, start, before, 2, suiteRefresh)
 
-		f.kms.ClearFaults()
-		Eventually(readyReason(sel), controllers.RecoveryTimeout(time.Since(start), testBackoff, suiteRefresh, time.Second)).Should(Equal(kmsv1alpha1.ReasonSynced))
-		Expect(f.states("repair-outage")(Default)).To(Equal(statesOf(matrixKeys[1:3]...)))
+		f.KMS.ClearFaults()
+		Eventually(f.ReadyReason(sel), controllers.RecoveryTimeout(time.Since(start), testBackoff, suiteRefresh, time.Second)).Should(Equal(kmsv1alpha1.ReasonSynced))
+		Expect(f.States("repair-outage")(Default)).To(Equal(testkit.StatesOf(matrixKeys[1:3]...)))
 	})
 
 	It("never touches a pre-existing ConfigMap it does not own, and lists only once it is gone", func() {
 		f := newFixture(kmstest.WithKeys(matrixKeys[:3]...))
-		foreign := &corev1.ConfigMap{ObjectMeta: metav1.ObjectMeta{Name: "unowned", Namespace: f.ns}, Data: map[string]string{"owner": "someone else"}}
+		foreign := &corev1.ConfigMap{ObjectMeta: metav1.ObjectMeta{Name: "unowned", Namespace: f.Namespace}, Data: map[string]string{"owner": "someone else"}}
 		Expect(k8sClient.Create(ctx(), foreign)).To(Succeed())
 		// One labelled as the operator's, but for another selector.
-		other := &corev1.ConfigMap{ObjectMeta: metav1.ObjectMeta{Name: "other-selectors", Namespace: f.ns, Labels: map[string]string{
+		other := &corev1.ConfigMap{ObjectMeta: metav1.ObjectMeta{Name: "other-selectors", Namespace: f.Namespace, Labels: map[string]string{
 			kmsv1alpha1.ManagedByLabel: kmsv1alpha1.ManagedByValue, kmsv1alpha1.SelectorLabel: "someone-else",
 		}}, Data: map[string]string{"owner": "another selector"}}
 		Expect(k8sClient.Create(ctx(), other)).To(Succeed())
 		start := time.Now()
-		sel := f.create(f.selector("unowned"))
+		sel := f.Create(f.Selector("unowned"))
 		deleteSelectorAtCleanup(sel)
-		sel2 := f.create(f.selector("second", func(s *kmsv1alpha1.KmsKeySelector) { s.Spec.Target.ConfigMapName = "other-selectors" }))
+		sel2 := f.Create(f.Selector("second", func(s *kmsv1alpha1.KmsKeySelector) { s.Spec.Target.ConfigMapName = "other-selectors" }))
 		deleteSelectorAtCleanup(sel2)
 
 		for _, s := range []*kmsv1alpha1.KmsKeySelector{sel, sel2} {
-			Eventually(readyReason(s)).Should(Equal(kmsv1alpha1.ReasonTargetConflict))
-			Expect(readyCondition(s).Message).To(ContainSubstring("is not managed by this selector"))
-			Eventually(selectorWarnings(s)).Should(ContainElement(warningWith(kmsv1alpha1.ReasonTargetConflict, "is not managed by this selector")))
+			Eventually(f.ReadyReason(s)).Should(Equal(kmsv1alpha1.ReasonTargetConflict))
+			Expect(f.ReadyCondition(s)(Default).Message).To(ContainSubstring("is not managed by this selector"))
+			Eventually(f.Warnings(s)).Should(ContainElement(warningWith(kmsv1alpha1.ReasonTargetConflict, "is not managed by this selector")))
 		}
-		Consistently(f.keepsConfigMap(f.configMap("unowned")(Default))).Should(Succeed())
-		Expect(f.configMap("other-selectors")(Default).Data).To(Equal(other.Data))
-		Expect(f.kms.Stats().Total).To(BeZero(), "KMS was listed for a ConfigMap the selector cannot write")
+		Consistently(keepsConfigMap(f, f.ConfigMap("unowned")(Default))).Should(Succeed())
+		Expect(f.ConfigMap("other-selectors")(Default).Data).To(Equal(other.Data))
+		Expect(f.KMS.Stats().Total).To(BeZero(), "KMS was listed for a ConfigMap the selector cannot write")
 
 		Expect(k8sClient.Delete(ctx(), foreign)).To(Succeed())
-		Eventually(readyReason(sel), controllers.RecoveryTimeout(time.Since(start), testBackoff, suiteRefresh, 0)).Should(Equal(kmsv1alpha1.ReasonSynced))
-		Expect(f.states("unowned")(Default)).To(Equal(statesOf(matrixKeys[:3]...)))
+		Eventually(f.ReadyReason(sel), controllers.RecoveryTimeout(time.Since(start), testBackoff, suiteRefresh, 0)).Should(Equal(kmsv1alpha1.ReasonSynced))
+		Expect(f.States("unowned")(Default)).To(Equal(testkit.StatesOf(matrixKeys[:3]...)))
 	})
 
 	// The operator writes with server-side apply and ForceOwnership, without a resourceVersion, so
@@ -478,12 +463,12 @@ var _ = Describe("Kubernetes-side faults", func() {
 	// lock to lose. The closest real thing is another field manager taking one of its fields.
 	It("takes its fields back from another field manager, without calling KMS", func() {
 		f, sel := synced("contested", matrixKeys[:3])
-		good := f.configMap("contested")(Default)
-		calls := f.kms.Stats().Total
+		good := f.ConfigMap("contested")(Default)
+		calls := f.KMS.Stats().Total
 		contested := matrixKeys[1].ID
 
 		By("another manager applying without force gets the 409")
-		intrusion := corev1ac.ConfigMap("contested", f.ns).WithData(map[string]string{contested: "Tampered", "foreign": "x"})
+		intrusion := corev1ac.ConfigMap("contested", f.Namespace).WithData(map[string]string{contested: "Tampered", "foreign": "x"})
 		err := k8sClient.Apply(ctx(), intrusion, client.FieldOwner("intruder"))
 		Expect(apierrors.IsConflict(err)).To(BeTrue(), "want 409 Conflict, got %v", err)
 		Expect(err.Error()).To(ContainSubstring(`conflict with "kms-key-sync"`))
@@ -491,7 +476,7 @@ var _ = Describe("Kubernetes-side faults", func() {
 		By("forcing, it takes the field; the operator takes it back")
 		Expect(k8sClient.Apply(ctx(), intrusion, client.FieldOwner("intruder"), client.ForceOwnership)).To(Succeed())
 		Eventually(func(g Gomega) {
-			cm := f.configMap("contested")(g)
+			cm := f.ConfigMap("contested")(g)
 			g.Expect(cm.Data).To(Equal(good.Data))
 			for _, mf := range cm.ManagedFields {
 				if mf.Manager == "intruder" && mf.FieldsV1 != nil {
@@ -499,48 +484,48 @@ var _ = Describe("Kubernetes-side faults", func() {
 				}
 			}
 		}).Should(Succeed())
-		Expect(readyReason(sel)(Default)).To(Equal(kmsv1alpha1.ReasonSynced))
-		Expect(f.kms.Stats().Total).To(Equal(calls))
+		Expect(f.ReadyReason(sel)(Default)).To(Equal(kmsv1alpha1.ReasonSynced))
+		Expect(f.KMS.Stats().Total).To(Equal(calls))
 	})
 
 	It("writes nothing for a selector deleted while its listing is in flight, and keeps serving the others", func() {
 		f := newFixture(kmstest.WithKeys(matrixKeys[:3]...))
-		Expect(f.kms.InjectFault(kmstest.Fault{Kind: kmstest.FaultLatency, Delay: 1500 * time.Millisecond, Times: 2})).To(Succeed())
+		Expect(f.KMS.InjectFault(kmstest.Fault{Kind: kmstest.FaultLatency, Delay: 1500 * time.Millisecond, Times: 2})).To(Succeed())
 		// Different page sizes, so that the two listings are not coalesced into one.
-		doomed := f.create(f.selector("doomed-delete", func(s *kmsv1alpha1.KmsKeySelector) { s.Spec.PageSize = ptr.To[int32](100) }))
-		retained := f.create(f.selector("doomed-retain", func(s *kmsv1alpha1.KmsKeySelector) {
+		doomed := f.Create(f.Selector("doomed-delete", func(s *kmsv1alpha1.KmsKeySelector) { s.Spec.PageSize = ptr.To[int32](100) }))
+		retained := f.Create(f.Selector("doomed-retain", func(s *kmsv1alpha1.KmsKeySelector) {
 			s.Spec.PageSize = ptr.To[int32](200)
 			s.Spec.Target.DeletionPolicy = kmsv1alpha1.DeletionPolicyRetain
 		}))
-		Eventually(func() int64 { return f.kms.Stats().FaultsApplied }).Should(Equal(int64(2)), "both listings in flight")
+		Eventually(func() int64 { return f.KMS.Stats().FaultsApplied }).Should(Equal(int64(2)), "both listings in flight")
 		Expect(k8sClient.Delete(ctx(), doomed)).To(Succeed())
 		Expect(k8sClient.Delete(ctx(), retained)).To(Succeed())
-		Eventually(func() int64 { return f.kms.Stats().ByStatus[http.StatusOK] }, 5*time.Second).Should(Equal(int64(2)), "both listings answered")
+		Eventually(func() int64 { return f.KMS.Stats().ByStatus[http.StatusOK] }, 5*time.Second).Should(Equal(int64(2)), "both listings answered")
 
-		survivor := f.create(f.selector("survivor"))
+		survivor := f.Create(f.Selector("survivor"))
 		deleteSelectorAtCleanup(survivor)
-		Eventually(readyReason(survivor)).Should(Equal(kmsv1alpha1.ReasonSynced))
-		Expect(f.states("survivor")(Default)).To(Equal(statesOf(matrixKeys[:3]...)))
+		Eventually(f.ReadyReason(survivor)).Should(Equal(kmsv1alpha1.ReasonSynced))
+		Expect(f.States("survivor")(Default)).To(Equal(testkit.StatesOf(matrixKeys[:3]...)))
 
 		Consistently(func(g Gomega) {
 			for _, name := range []string{"doomed-delete", "doomed-retain"} {
-				err := k8sClient.Get(ctx(), types.NamespacedName{Namespace: f.ns, Name: name}, &corev1.ConfigMap{})
+				err := k8sClient.Get(ctx(), types.NamespacedName{Namespace: f.Namespace, Name: name}, &corev1.ConfigMap{})
 				g.Expect(err).To(Satisfy(apierrors.IsNotFound), "ConfigMap %q was written after its selector was deleted", name)
 			}
 		}).Should(Succeed())
 	})
 
 	It("lists again at once when the spec of a synced selector changes", func() {
-		f, sel := synced("respec", []kms.Key{keyA, keyB, keyC}, withTags(tag("env", "prod")))
-		Expect(f.states("respec")(Default)).To(Equal(statesOf(keyA, keyB)))
+		f, sel := synced("respec", []kms.Key{keyA, keyB, keyC}, testkit.WithTags(testkit.Tag("env", "prod")))
+		Expect(f.States("respec")(Default)).To(Equal(testkit.StatesOf(keyA, keyB)))
 		Eventually(func(g Gomega) {
-			cur := get(sel)(g)
-			cur.Spec.Tags = []kmsv1alpha1.TagSelector{tag("env", "staging")}
+			cur := f.Get(sel)(g)
+			cur.Spec.Tags = []kmsv1alpha1.TagSelector{testkit.Tag("env", "staging")}
 			g.Expect(k8sClient.Update(ctx(), cur)).To(Succeed())
 		}).Should(Succeed())
 		// The refresh interval is 5 minutes: only a listing prompted by the change gets there.
-		Eventually(f.states("respec"), 5*time.Second).Should(Equal(statesOf(keyC)),
-			"the ConfigMap still holds the keys of the old spec while the status says generation %d was observed", get(sel)(Default).Status.ObservedGeneration)
-		Expect(get(sel)(Default).Status.KeyCount).To(Equal(ptr.To[int32](1)))
+		Eventually(f.States("respec"), 5*time.Second).Should(Equal(testkit.StatesOf(keyC)),
+			"the ConfigMap still holds the keys of the old spec while the status says generation %d was observed", f.Get(sel)(Default).Status.ObservedGeneration)
+		Expect(f.Get(sel)(Default).Status.KeyCount).To(Equal(ptr.To[int32](1)))
 	})
 })

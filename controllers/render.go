@@ -7,23 +7,28 @@ import (
 	"encoding/hex"
 	"encoding/json"
 	"fmt"
+	"io"
 	"time"
 
 	"k8s.io/apimachinery/pkg/util/validation"
 
+	kmsv1alpha1 "github.com/kms-key-sync/kms-key-sync/api/v1alpha1"
 	"github.com/kms-key-sync/kms-key-sync/internal/kms"
 )
 
-// KeysJSONKey is the ConfigMap entry that holds every key as a JSON array sorted by id.
-const KeysJSONKey = "keys.json"
-
-// KeysJSONGzipKey is the binaryData entry that holds keys.json gzip-compressed, instead of
-// keys.json, when the plain form would not fit in a ConfigMap.
-const KeysJSONGzipKey = "keys.json.gz"
-
-// maxConfigMapDataBytes keeps the rendered content safely below the API server's 1 MiB limit on
-// a ConfigMap's data, leaving room for metadata and managed fields.
-const maxConfigMapDataBytes = 1000 * 1024
+const (
+	// maxConfigMapDataBytes keeps the content safely below the API server's limit of 1 MiB on a
+	// ConfigMap's data and binaryData.
+	maxConfigMapDataBytes = 1000 * 1024
+	// maxStoredBytes keeps the whole object, as etcd stores it, below etcd's default request
+	// limit of 1.5 MiB. Server-side apply's managed fields name every data entry once more, so a
+	// ConfigMap of many small entries reaches this limit long before the one on its data.
+	maxStoredBytes = 1400 * 1024
+	// Per entry, storedSize counts the entry's protobuf framing and its line in the managed
+	// fields ("f:<key>":{},) besides the key and value; per object, the metadata.
+	storedBytesPerEntry  = 16
+	storedBytesPerObject = 4096
+)
 
 // content is what a ConfigMap holds: one "<key_id>: <State>" entry per key, and every key in
 // keys.json (or, for selectors too large for that, keys.json.gz in BinaryData).
@@ -32,35 +37,60 @@ type content struct {
 	BinaryData map[string][]byte
 }
 
-// tooLargeError reports keys that do not fit in one ConfigMap even in the compact form.
-type tooLargeError struct{ keys, size int }
-
-func (e *tooLargeError) Error() string {
-	return fmt.Sprintf("%d keys need %d bytes even with keys.json compressed, more than the %d a ConfigMap can hold; narrow spec.tags or spec.matches",
-		e.keys, e.size, maxConfigMapDataBytes)
-}
-
 // renderContent renders keys, sorted by id as the client returns them. It is deterministic, so
 // the same keys give the same bytes.
 func renderContent(keys []kms.Key) (content, error) {
-	data, err := renderData(keys)
+	records := make([]keyRecord, 0, len(keys))
+	for _, k := range keys {
+		records = append(records, toRecord(k))
+	}
+	return renderRecords(records)
+}
+
+// renderRecords renders the records of keys.json: one "<key_id>: <State>" entry per key, and
+// keys.json itself, compressed into keys.json.gz when the plain form would not fit.
+func renderRecords(records []keyRecord) (content, error) {
+	data, err := renderData(records)
 	if err != nil {
-		return content{}, err
+		return content{}, failed(kmsv1alpha1.ReasonKMSRequestFailed, err)
 	}
 	c := content{Data: data}
-	if c.size() <= maxConfigMapDataBytes {
+	if c.fits() {
 		return c, nil
 	}
-	compressed, err := gzipBytes([]byte(data[KeysJSONKey]), gzip.BestCompression)
+	compressed, err := gzipBytes([]byte(data[kmsv1alpha1.KeysJSONKey]), gzip.BestCompression)
 	if err != nil {
 		return content{}, err
 	}
-	delete(data, KeysJSONKey)
-	c.BinaryData = map[string][]byte{KeysJSONGzipKey: compressed}
-	if size := c.size(); size > maxConfigMapDataBytes {
-		return content{}, &tooLargeError{keys: len(keys), size: size}
+	delete(data, kmsv1alpha1.KeysJSONKey)
+	c.BinaryData = map[string][]byte{kmsv1alpha1.KeysJSONGzipKey: compressed}
+	if !c.fits() {
+		return content{}, failedf(kmsv1alpha1.ReasonTargetTooLarge,
+			"%d keys need %d bytes of data (%d stored) even with keys.json compressed, more than a ConfigMap can hold (%d, %d stored); narrow spec.tags or spec.matches",
+			len(records), c.size(), c.storedSize(), maxConfigMapDataBytes, maxStoredBytes)
 	}
 	return c, nil
+}
+
+// rebuild renders again the content whose details (keys.json or keys.json.gz) stored holds, so
+// that a ConfigMap whose other entries were edited can be repaired without calling KMS.
+func rebuild(stored content) (content, bool) {
+	raw := []byte(stored.Data[kmsv1alpha1.KeysJSONKey])
+	if gz, ok := stored.BinaryData[kmsv1alpha1.KeysJSONGzipKey]; ok {
+		zr, err := gzip.NewReader(bytes.NewReader(gz))
+		if err != nil {
+			return content{}, false
+		}
+		if raw, err = io.ReadAll(io.LimitReader(zr, 64<<20)); err != nil {
+			return content{}, false
+		}
+	}
+	var records []keyRecord
+	if err := json.Unmarshal(raw, &records); err != nil || records == nil {
+		return content{}, false
+	}
+	c, err := renderRecords(records)
+	return c, err == nil
 }
 
 // gzipBytes compresses b; with a zero header (no name, no time) the output depends on b alone.
@@ -71,15 +101,31 @@ func gzipBytes(b []byte, level int) ([]byte, error) {
 		return nil, err
 	}
 	if _, err := zw.Write(b); err != nil {
-		return nil, fmt.Errorf("compressing %s: %w", KeysJSONKey, err)
+		return nil, fmt.Errorf("compressing: %w", err)
 	}
 	if err := zw.Close(); err != nil {
-		return nil, fmt.Errorf("compressing %s: %w", KeysJSONKey, err)
+		return nil, fmt.Errorf("compressing: %w", err)
 	}
 	return buf.Bytes(), nil
 }
 
-// size is the number of bytes the content adds to a ConfigMap.
+func (c content) fits() bool {
+	return c.size() <= maxConfigMapDataBytes && c.storedSize() <= maxStoredBytes
+}
+
+// storedSize estimates the size of the ConfigMap as etcd stores it, managed fields included.
+func (c content) storedSize() int {
+	n := storedBytesPerObject
+	for k, v := range c.Data {
+		n += 2*len(k) + len(v) + storedBytesPerEntry
+	}
+	for k, v := range c.BinaryData {
+		n += 2*len(k) + len(v) + storedBytesPerEntry
+	}
+	return n
+}
+
+// size is the number of bytes the content adds to a ConfigMap's data, as the API server counts.
 func (c content) size() int {
 	n := 0
 	for k, v := range c.Data {
@@ -105,10 +151,10 @@ func (c content) digest() string {
 
 // details is the entry that holds every key's details, in whichever form it takes.
 func (c content) details() string {
-	if gz, ok := c.BinaryData[KeysJSONGzipKey]; ok {
+	if gz, ok := c.BinaryData[kmsv1alpha1.KeysJSONGzipKey]; ok {
 		return string(gz)
 	}
-	return c.Data[KeysJSONKey]
+	return c.Data[kmsv1alpha1.KeysJSONKey]
 }
 
 // keyRecord is one element of keys.json. Field order is fixed, so the same keys give the same bytes.
@@ -123,24 +169,22 @@ type keyRecord struct {
 	CreationDate string            `json:"creationDate"`
 }
 
-// renderData turns keys, sorted by id as the client returns them, into the ConfigMap's data: one
-// "<key_id>: <State>" entry per key, and keys.json. It is deterministic: encoding/json sorts map
-// keys, and the records keep the keys' order.
-func renderData(keys []kms.Key) (map[string]string, error) {
-	data := make(map[string]string, len(keys)+1)
-	records := make([]keyRecord, 0, len(keys))
-	for _, k := range keys {
-		if errs := validation.IsConfigMapKey(k.ID); len(errs) > 0 || k.ID == KeysJSONKey {
-			return nil, fmt.Errorf("key id %q cannot be a ConfigMap key", k.ID)
+// renderData turns records, sorted by id, into the ConfigMap's data: one "<key_id>: <State>"
+// entry per key, and keys.json. It is deterministic: encoding/json sorts map keys, and the
+// records keep their order.
+func renderData(records []keyRecord) (map[string]string, error) {
+	data := make(map[string]string, len(records)+1)
+	for _, r := range records {
+		if errs := validation.IsConfigMapKey(r.ID); len(errs) > 0 || r.ID == kmsv1alpha1.KeysJSONKey || r.ID == kmsv1alpha1.KeysJSONGzipKey {
+			return nil, fmt.Errorf("key id %q cannot be a ConfigMap key", r.ID)
 		}
-		data[k.ID] = k.State.String()
-		records = append(records, toRecord(k))
+		data[r.ID] = r.State
 	}
 	encoded, err := json.Marshal(records)
 	if err != nil {
-		return nil, fmt.Errorf("encoding %s: %w", KeysJSONKey, err)
+		return nil, fmt.Errorf("encoding %s: %w", kmsv1alpha1.KeysJSONKey, err)
 	}
-	data[KeysJSONKey] = string(encoded)
+	data[kmsv1alpha1.KeysJSONKey] = string(encoded)
 	return data, nil
 }
 

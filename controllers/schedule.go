@@ -1,192 +1,116 @@
 package controllers
 
 import (
-	"bytes"
-	"compress/gzip"
-	"encoding/json"
-	"math/rand/v2"
-	"sync"
 	"time"
 
 	"k8s.io/apimachinery/pkg/api/meta"
-	"k8s.io/apimachinery/pkg/types"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
 	kmsv1alpha1 "github.com/kms-key-sync/kms-key-sync/api/v1alpha1"
 )
 
-// schedule remembers, per selector, the last good ConfigMap content (to repair the ConfigMap
-// without calling KMS), when the next listing is due, and the failures since the last success.
-// It is lost on restart; the status then tells whether a listing is due.
-type schedule struct {
-	mu        sync.Mutex
-	selectors map[types.NamespacedName]*selectorState
+// The schedule is read from the selector alone, as the API server stores it, so that a restarted
+// operator or a new leader keeps every selector's schedule and lists nothing early.
+
+// requested tells whether the user changed the spec or asked for a sync by annotation since the
+// last completed attempt.
+func requested(sel *kmsv1alpha1.KmsKeySelector) bool {
+	return sel.Status.ObservedGeneration != sel.Generation ||
+		sel.Annotations[kmsv1alpha1.ForceSyncAnnotation] != sel.Status.LastHandledForceSync
 }
 
-type selectorState struct {
-	uid types.UID
-	// packed is the last good content, gzip-compressed: a tenth of the memory, for a repair
-	// that is rare. Nil until a sync succeeded since start.
-	packed   []byte
-	nextSync time.Time
-	failures int
-	// handledGeneration and handledForceSync record what the last sync attempt answered, since
-	// the cache may not show that attempt's status yet when the next event arrives.
-	handledGeneration int64
-	handledForceSync  *string
-	// writtenVersion and writtenDigest say which resourceVersion of the ConfigMap holds which
-	// content, as this operator last wrote or read it.
-	writtenVersion, writtenDigest string
-}
-
-func (st *selectorState) written(resourceVersion, digest string) {
-	st.writtenVersion, st.writtenDigest = resourceVersion, digest
-}
-
-// wrote tells whether the ConfigMap at resourceVersion is known to hold the content of digest.
-func (st *selectorState) wrote(resourceVersion, digest string) bool {
-	return resourceVersion != "" && resourceVersion == st.writtenVersion && digest == st.writtenDigest
-}
-
-func (s *schedule) get(sel *kmsv1alpha1.KmsKeySelector) *selectorState {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	key := types.NamespacedName{Namespace: sel.Namespace, Name: sel.Name}
-	if st, ok := s.selectors[key]; ok && st.uid == sel.UID {
-		return st
+// nextListing says whether the selector must be listed now and, if not, how long until it must;
+// a zero wait with due false means never, until the spec changes.
+func nextListing(sel *kmsv1alpha1.KmsKeySelector, now time.Time) (due bool, wait time.Duration) {
+	if requested(sel) {
+		return true, 0
 	}
-	if s.selectors == nil {
-		s.selectors = map[types.NamespacedName]*selectorState{}
+	st := sel.Status
+	ready := meta.FindStatusCondition(st.Conditions, kmsv1alpha1.ConditionReady)
+	var next time.Time
+	switch {
+	case failedPermanently(sel):
+		return false, 0
+	case st.NextSyncTime != nil:
+		next = st.NextSyncTime.Time
+	case ready != nil && ready.Status == metav1.ConditionTrue && st.LastSyncTime != nil:
+		// Written before the status had nextSyncTime.
+		next = st.LastSyncTime.Add(refreshInterval(sel))
+	default:
+		return true, 0
 	}
-	st := &selectorState{uid: sel.UID}
-	// After a restart, a selector that synced recently is not listed again before its time.
-	if meta.IsStatusConditionTrue(sel.Status.Conditions, kmsv1alpha1.ConditionReady) && sel.Status.LastSyncTime != nil {
-		st.nextSync = sel.Status.LastSyncTime.Add(refreshInterval(sel))
+	if wait := next.Sub(now); wait > 0 {
+		return false, wait
 	}
-	s.selectors[key] = st
-	return st
+	return true, 0
 }
 
-func (s *schedule) forget(key types.NamespacedName) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	delete(s.selectors, key)
+// listingSince returns how recent a listing must be to answer the selector now, and whether it
+// must be made for this request alone. A scheduled refresh takes any listing made since its slot
+// began, so that the selectors of one slot share one. A spec change or a force-sync takes one
+// made since this process first saw the request: the user wants what KMS says after the change,
+// and a retry after a failed write can reuse the listing. A retry after a failed listing must not
+// go back to a listing older than the failure. A new selector takes any recent listing.
+func (r *KmsKeySelectorReconciler) listingSince(sel *kmsv1alpha1.KmsKeySelector, now time.Time) (notBefore time.Time, fresh bool) {
+	switch {
+	case sel.Status.ConsecutiveFailures > 0:
+		return time.Time{}, true
+	case sel.Status.ObservedGeneration == 0:
+		return time.Time{}, false
+	case requested(sel):
+		return r.memory.requestSeen(sel, now), true
+	case sel.Status.NextSyncTime != nil:
+		return sel.Status.NextSyncTime.Time, false
+	}
+	return time.Time{}, false
 }
 
-// due tells whether the selector must be listed now: the user asked for it, or its next sync
-// time has come.
-func (st *selectorState) due(sel *kmsv1alpha1.KmsKeySelector, now time.Time) bool {
-	return st.requested(sel) || !now.Before(st.nextSync)
-}
-
-// requested tells whether the user changed the spec or asked for a sync by annotation.
-func (st *selectorState) requested(sel *kmsv1alpha1.KmsKeySelector) bool {
-	return st.specChanged(sel) || st.forced(sel)
-}
-
-func (st *selectorState) specChanged(sel *kmsv1alpha1.KmsKeySelector) bool {
-	return sel.Status.ObservedGeneration != sel.Generation && st.handledGeneration != sel.Generation
-}
-
-func (st *selectorState) forced(sel *kmsv1alpha1.KmsKeySelector) bool {
-	want := sel.Annotations[kmsv1alpha1.ForceSyncAnnotation]
-	return want != sel.Status.LastHandledForceSync && (st.handledForceSync == nil || *st.handledForceSync != want)
-}
-
-// handled records that a sync attempt answers the selector's generation and force-sync request.
-func (st *selectorState) handled(sel *kmsv1alpha1.KmsKeySelector) {
-	want := sel.Annotations[kmsv1alpha1.ForceSyncAnnotation]
-	st.handledGeneration = sel.Generation
-	st.handledForceSync = &want
-}
-
-// wantsFresh tells whether the listing must be made now rather than reused from an identical
-// question a moment ago: a user who changed the spec or asked for a sync wants what KMS says
-// now, and a retry must not go back to a listing older than the attempt that failed. A new
-// selector can share its first listing.
-func (st *selectorState) wantsFresh(sel *kmsv1alpha1.KmsKeySelector) bool {
-	created := sel.Status.ObservedGeneration == 0
-	return (st.specChanged(sel) && !created) || st.forced(sel) || st.failures > 0
-}
-
-// succeeded schedules the next refresh. A scheduled refresh moves on to the very next slot, even
-// when it was served late, so that selectors sharing a slot stay together; a sync the user asked
-// for waits at least half an interval.
-func (st *selectorState) succeeded(c content, now time.Time, interval time.Duration, phase uint64, scheduled bool) {
-	st.packed = pack(c)
-	st.failures = 0
+// nextRefresh is the time of the refresh after a success at now. A scheduled refresh moves on to
+// the very next slot, even when it was served late, so that selectors sharing a slot stay
+// together; a sync the user asked for waits at least half an interval.
+func nextRefresh(now time.Time, interval time.Duration, phase uint64, scheduled bool) time.Time {
 	gap := interval / 2
 	if scheduled {
 		gap = time.Nanosecond
 	}
-	st.nextSync = nextSlot(now.Add(gap), interval, phase)
-}
-
-// lastGood returns the content of the last successful sync, or nil.
-func (st *selectorState) lastGood() *content {
-	if st.packed == nil {
-		return nil
-	}
-	c, err := unpack(st.packed)
-	if err != nil {
-		return nil
-	}
-	return &c
+	return nextSlot(now.Add(gap), interval, phase)
 }
 
 // nextSlot is the first time, not before earliest, whose offset within the interval is the
-// phase. Selectors that ask the same question share a phase, so their refreshes coincide and
-// one listing serves them all; different questions spread over the interval, so that a thousand
-// selectors do not fire together.
+// phase, rounded up to a whole second as the status stores it. Selectors that ask the same
+// question share a phase, so their refreshes coincide and one listing serves them all; different
+// questions spread over the interval, so that a thousand selectors do not fire together.
 func nextSlot(earliest time.Time, interval time.Duration, phase uint64) time.Time {
 	period := int64(interval)
 	offset := int64(phase % uint64(period))
 	slots := (earliest.UnixNano() - offset + period - 1) / period
-	return time.Unix(0, slots*period+offset)
+	return ceilSecond(time.Unix(0, slots*period+offset))
 }
 
-// pack compresses content for keeping; nil if that fails, which only costs a KMS call on repair.
-func pack(c content) []byte {
-	raw, err := json.Marshal(c)
-	if err != nil {
-		return nil
-	}
-	packed, err := gzipBytes(raw, gzip.BestSpeed)
-	if err != nil {
-		return nil
-	}
-	return packed
-}
-
-func unpack(packed []byte) (content, error) {
-	zr, err := gzip.NewReader(bytes.NewReader(packed))
-	if err != nil {
-		return content{}, err
-	}
-	var c content
-	err = json.NewDecoder(zr).Decode(&c)
-	return c, err
-}
-
-// failed schedules the next attempt: the backoff doubles from base, with equal jitter, and is
-// capped at the refresh interval (as is KMS's Retry-After), so a selector that keeps failing tries once an interval, like
-// a healthy one, and never more often.
-func (st *selectorState) failed(now time.Time, base, interval, retryAfter time.Duration) time.Duration {
-	st.failures++
-	// KMS's own Retry-After is honoured between syncs too, within the cap.
-	delay := max(backoff(st.failures, base, interval), min(retryAfter, interval))
-	st.nextSync = now.Add(delay)
-	return delay
-}
-
-// failedPermanently waits for a spec change, which marks the selector due by its generation.
-func (st *selectorState) failedPermanently() {
-	st.nextSync = time.Time{}.Add(1<<63 - 1)
-}
-
-func backoff(failures int, base, ceiling time.Duration) time.Duration {
+// retryDelay is the wait before retry number failures (1 for the first): the backoff doubles
+// from base, with equal jitter, and is capped at the refresh interval, so a selector that keeps
+// failing tries once an interval, like a healthy one, and never more often. KMS's Retry-After is
+// honoured within the same cap.
+func retryDelay(failures int, base, interval, retryAfter time.Duration, jitter func(time.Duration) time.Duration) time.Duration {
 	d := base
-	for i := 1; i < failures && d < 2*ceiling; i++ {
+	for i := 1; i < failures && d < 2*interval; i++ {
 		d *= 2
 	}
-	return min(d/2+time.Duration(rand.Int64N(int64(d/2)+1)), ceiling)
+	return max(min(d/2+jitter(d/2), interval), min(retryAfter, interval))
+}
+
+// ceilSecond rounds t up to a whole second: the status stores times to the second, and a time
+// rounded down would make a listing due before its time.
+func ceilSecond(t time.Time) time.Time {
+	if r := t.Truncate(time.Second); !r.Equal(t) {
+		return r.Add(time.Second)
+	}
+	return t
+}
+
+// failedPermanently tells whether the last attempt failed in a way that only a spec change, or a
+// force-sync after the operator's flags changed, can mend.
+func failedPermanently(sel *kmsv1alpha1.KmsKeySelector) bool {
+	ready := meta.FindStatusCondition(sel.Status.Conditions, kmsv1alpha1.ConditionReady)
+	return ready != nil && ready.Status == metav1.ConditionFalse && permanent(ready.Reason)
 }

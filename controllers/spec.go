@@ -7,12 +7,6 @@ import (
 	"github.com/kms-key-sync/kms-key-sync/internal/kms"
 )
 
-// Defaults that the CRD also sets; they matter for objects that bypassed defaulting.
-const (
-	defaultRefreshInterval = 5 * time.Minute
-	minRefreshInterval     = 10 * time.Second
-)
-
 // filterFromSpec is the KMS question a spec asks.
 func filterFromSpec(spec kmsv1alpha1.KmsKeySelectorSpec) kms.Filter {
 	var f kms.Filter
@@ -41,9 +35,9 @@ func deletionPolicy(spec kmsv1alpha1.KmsKeySelectorSpec) kmsv1alpha1.DeletionPol
 
 func refreshInterval(sel *kmsv1alpha1.KmsKeySelector) time.Duration {
 	if sel.Spec.RefreshInterval == nil {
-		return defaultRefreshInterval
+		return DefaultRefreshInterval
 	}
-	return max(sel.Spec.RefreshInterval.Duration, minRefreshInterval)
+	return max(sel.Spec.RefreshInterval.Duration, kmsv1alpha1.MinRefreshInterval)
 }
 
 func pageSize(spec kmsv1alpha1.KmsKeySelectorSpec) int {

@@ -20,10 +20,14 @@ import (
 // maxStatusKeys is how many keys the status lists; KeyCount always gives the full number.
 const maxStatusKeys = 100
 
-// setSynced records a successful sync of keys, sorted by id, in the status.
-func setSynced(sel *kmsv1alpha1.KmsKeySelector, keys []kms.Key, now time.Time) {
+// setSynced records a successful sync of keys, sorted by id, listed at now, and the time of the
+// next refresh.
+func setSynced(sel *kmsv1alpha1.KmsKeySelector, keys []kms.Key, now, next time.Time) {
 	st := &sel.Status
 	st.LastSyncTime = &metav1.Time{Time: now.Truncate(time.Second)}
+	st.NextSyncTime = &metav1.Time{Time: next}
+	st.ConsecutiveFailures = 0
+	st.LastHandledForceSync = sel.Annotations[kmsv1alpha1.ForceSyncAnnotation]
 	st.ConfigMapName = targetName(sel)
 	st.KeyCount = ptr.To(int32(len(keys)))
 	counts := kmsv1alpha1.StateCounts{}
@@ -90,7 +94,7 @@ func diffKeys(previousContent *content, currentContent content) keyDiff {
 	current := currentContent.Data
 	d := keyDiff{movedTo: map[string][]string{}}
 	for id, state := range current {
-		if id == KeysJSONKey {
+		if id == kmsv1alpha1.KeysJSONKey {
 			continue
 		}
 		old, ok := previous[id]
@@ -103,7 +107,7 @@ func diffKeys(previousContent *content, currentContent content) keyDiff {
 		}
 	}
 	for id := range previous {
-		if _, ok := current[id]; !ok && id != KeysJSONKey {
+		if _, ok := current[id]; !ok && id != kmsv1alpha1.KeysJSONKey {
 			d.removed++
 		}
 	}
@@ -159,18 +163,4 @@ func sortedKeys[V any](m map[string]V) []string {
 	}
 	sort.Strings(keys)
 	return keys
-}
-
-// sameEntries compares two ConfigMap maps, a nil map being equal to an empty one.
-func sameEntries[V string | []byte](a, b map[string]V) bool {
-	if len(a) != len(b) {
-		return false
-	}
-	for k, va := range a {
-		vb, ok := b[k]
-		if !ok || string(va) != string(vb) {
-			return false
-		}
-	}
-	return true
 }

@@ -1,38 +1,32 @@
 package controllers_test
 
 import (
-	"context"
-	"net"
 	"net/http"
-	"path/filepath"
 	"testing"
 	"time"
 
 	. "github.com/onsi/ginkgo/v2"
 	. "github.com/onsi/gomega"
-	"k8s.io/client-go/rest"
 	"sigs.k8s.io/controller-runtime/pkg/client"
-	"sigs.k8s.io/controller-runtime/pkg/envtest"
 	logf "sigs.k8s.io/controller-runtime/pkg/log"
 	"sigs.k8s.io/controller-runtime/pkg/log/zap"
 
 	"github.com/kms-key-sync/kms-key-sync/internal/kms"
-	"github.com/kms-key-sync/kms-key-sync/pkg/kmstest"
 	"github.com/kms-key-sync/kms-key-sync/internal/operator"
+	"github.com/kms-key-sync/kms-key-sync/internal/testkit"
 )
 
-// The suite runs the real operator (operator.New, as main does) against a real kube-apiserver
-// and etcd, and KMS emulators over real HTTPS.
+// The suite runs the real operator (operator.New, as main does) in this process, authenticated as
+// its own user with only the generated RBAC, against a real kube-apiserver and etcd, and KMS
+// emulators over real HTTPS.
 var (
-	cfg       *rest.Config
+	env *testkit.Env
+	// k8sClient is env's admin client.
 	k8sClient client.Client
-	testEnv   *envtest.Environment
 	// kmsCalls counts every KMS request the operator makes, by operation and outcome.
 	kmsCalls *kms.Counters
-	// tlsCA is the certificate every TLS emulator presents; the operator trusts it.
-	tlsCA []byte
-	// stopManager stops the operator and waits until it has stopped.
-	stopManager func()
+	// operatorManager is the operator, running.
+	operatorManager *testkit.RunningManager
 	// metricsURL is the operator's metrics endpoint.
 	metricsURL string
 )
@@ -51,26 +45,18 @@ var _ = BeforeSuite(func() {
 	SetDefaultEventuallyPollingInterval(100 * time.Millisecond)
 	SetDefaultConsistentlyDuration(1500 * time.Millisecond)
 
-	testEnv = &envtest.Environment{
-		CRDDirectoryPaths:     []string{filepath.Join("..", "config", "crd", "bases")},
-		ErrorIfCRDPathMissing: true,
-	}
 	var err error
-	cfg, err = testEnv.Start()
+	env, err = testkit.StartEnv(testkit.EnvOptions{})
 	Expect(err).NotTo(HaveOccurred())
-	k8sClient, err = client.New(cfg, client.Options{Scheme: operator.Scheme})
-	Expect(err).NotTo(HaveOccurred())
+	k8sClient = env.Client
 
-	probe := kmstest.NewTLSServer()
-	tlsCA = probe.CertificatePEM()
-	probe.Close()
-	transport, err := kms.NewTransport(tlsCA)
+	transport, err := testkit.EmulatorTransport()
 	Expect(err).NotTo(HaveOccurred())
-
 	kmsCalls = &kms.Counters{}
-	metricsAddr := freeAddress()
+	metricsAddr, err := testkit.FreeLoopbackAddress()
+	Expect(err).NotTo(HaveOccurred())
 	metricsURL = "http://" + metricsAddr + "/metrics"
-	mgr, err := operator.New(cfg, operator.Options{
+	mgr, err := operator.New(env.OperatorConfig, operator.Options{
 		MetricsAddr:             metricsAddr,
 		ProbeAddr:               "0",
 		MaxConcurrentReconciles: 4,
@@ -84,34 +70,14 @@ var _ = BeforeSuite(func() {
 		},
 	})
 	Expect(err).NotTo(HaveOccurred())
-
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan struct{})
-	go func() {
-		defer GinkgoRecover()
-		defer close(done)
-		Expect(mgr.Start(ctx)).To(Succeed())
-	}()
-	stopManager = func() {
-		cancel()
-		<-done
-	}
+	operatorManager = testkit.StartManager(mgr)
 })
 
-// freeAddress returns a loopback address with a port that was free a moment ago.
-func freeAddress() string {
-	GinkgoHelper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	Expect(err).NotTo(HaveOccurred())
-	defer l.Close()
-	return l.Addr().String()
-}
-
 var _ = AfterSuite(func() {
-	if stopManager != nil {
-		stopManager()
+	if operatorManager != nil {
+		Expect(operatorManager.Stop()).To(Succeed())
 	}
-	if testEnv != nil {
-		Expect(testEnv.Stop()).To(Succeed())
+	if env != nil {
+		Expect(env.Stop()).To(Succeed())
 	}
 })

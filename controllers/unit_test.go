@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"compress/gzip"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -16,8 +15,24 @@ import (
 	apiextensionsv1 "k8s.io/apiextensions-apiserver/pkg/apis/apiextensions/v1"
 	"sigs.k8s.io/yaml"
 
+	kmsv1alpha1 "github.com/kms-key-sync/kms-key-sync/api/v1alpha1"
 	"github.com/kms-key-sync/kms-key-sync/internal/kms"
 )
+
+func records(keys []kms.Key) []keyRecord {
+	out := make([]keyRecord, len(keys))
+	for i, k := range keys {
+		out[i] = toRecord(k)
+	}
+	return out
+}
+
+func reasonOf(err error) string {
+	if f := asFailure(err); f != nil {
+		return f.reason
+	}
+	return ""
+}
 
 func TestRenderDataIsDeterministic(t *testing.T) {
 	keys := []kms.Key{
@@ -25,23 +40,23 @@ func TestRenderDataIsDeterministic(t *testing.T) {
 			CreationDate: time.Unix(1521449277, 0)},
 		{ID: "b", State: kms.State(9)},
 	}
-	first, err := renderData(keys)
+	first, err := renderData(records(keys))
 	if err != nil {
 		t.Fatal(err)
 	}
 	for range 20 {
-		again, err := renderData(keys)
+		again, err := renderData(records(keys))
 		if err != nil {
 			t.Fatal(err)
 		}
-		if again[KeysJSONKey] != first[KeysJSONKey] {
-			t.Fatalf("keys.json differs between renderings:\n%s\n%s", first[KeysJSONKey], again[KeysJSONKey])
+		if again[kmsv1alpha1.KeysJSONKey] != first[kmsv1alpha1.KeysJSONKey] {
+			t.Fatalf("keys.json differs between renderings:\n%s\n%s", first[kmsv1alpha1.KeysJSONKey], again[kmsv1alpha1.KeysJSONKey])
 		}
 	}
 	want := `[{"id":"a","alias":"one","state":"Enabled","spec":"","usage":"","origin":"","tags":{"a":"2","m":"3","z":"1"},"creationDate":"2018-03-19T08:47:57Z"},` +
 		`{"id":"b","alias":"","state":"Unknown","spec":"","usage":"","origin":"","tags":{},"creationDate":""}]`
-	if first[KeysJSONKey] != want {
-		t.Errorf("keys.json = %s, want %s", first[KeysJSONKey], want)
+	if first[kmsv1alpha1.KeysJSONKey] != want {
+		t.Errorf("keys.json = %s, want %s", first[kmsv1alpha1.KeysJSONKey], want)
 	}
 	if first["a"] != "Enabled" || first["b"] != "Unknown" || len(first) != 3 {
 		t.Errorf("entries = %v", first)
@@ -49,8 +64,8 @@ func TestRenderDataIsDeterministic(t *testing.T) {
 }
 
 func TestRenderDataRefusesIDsThatCannotBeConfigMapKeys(t *testing.T) {
-	for _, id := range []string{"a/b", "keys.json", "", "with space"} {
-		if _, err := renderData([]kms.Key{{ID: id}}); err == nil {
+	for _, id := range []string{"a/b", "keys.json", "keys.json.gz", "", "with space"} {
+		if _, err := renderContent([]kms.Key{{ID: id}}); asFailure(err) == nil {
 			t.Errorf("renderData accepted key id %q", id)
 		}
 	}
@@ -100,22 +115,9 @@ func TestCredentialsFromSecret(t *testing.T) {
 	}
 }
 
-func TestBackoffGrowsExponentiallyUpToTheRefreshInterval(t *testing.T) {
-	base, ceiling := 5*time.Second, time.Minute
-	for failures, want := range map[int][2]time.Duration{1: {2500 * time.Millisecond, 5 * time.Second},
-		2: {5 * time.Second, 10 * time.Second}, 3: {10 * time.Second, 20 * time.Second}, 4: {20 * time.Second, 40 * time.Second},
-		5: {40 * time.Second, time.Minute}, 6: {time.Minute, time.Minute}, 40: {time.Minute, time.Minute}} {
-		for range 50 {
-			if d := backoff(failures, base, ceiling); d < want[0] || d > want[1] {
-				t.Fatalf("backoff(%d) = %v, want within [%v, %v]", failures, d, want[0], want[1])
-			}
-		}
-	}
-}
-
 func TestDiffKeys(t *testing.T) {
-	prev := &content{Data: map[string]string{"a": "Enabled", "b": "Enabled", "c": "Enabled", KeysJSONKey: "[1]"}}
-	cur := content{Data: map[string]string{"a": "Enabled", "b": "Disabled", "d": "PendingDeletion", KeysJSONKey: "[2]"}}
+	prev := &content{Data: map[string]string{"a": "Enabled", "b": "Enabled", "c": "Enabled", kmsv1alpha1.KeysJSONKey: "[1]"}}
+	cur := content{Data: map[string]string{"a": "Enabled", "b": "Disabled", "d": "PendingDeletion", kmsv1alpha1.KeysJSONKey: "[2]"}}
 	d := diffKeys(prev, cur)
 	if d.added != 1 || d.removed != 1 || d.changed != 1 || !d.detailsChanged {
 		t.Fatalf("diff = %+v", d)
@@ -181,8 +183,8 @@ func TestNextSlotAlignsIdenticalQuestionsAndSpreadsOthers(t *testing.T) {
 			if slot.Before(now.Add(interval/2)) || !slot.Before(now.Add(interval*3/2)) {
 				t.Errorf("nextSlot(%v, phase %d) = %v, want within [now+%v, now+%v)", now, phase, slot, interval/2, interval*3/2)
 			}
-			if got, want := slot.UnixNano()%int64(interval), int64(phase%uint64(interval)); got != want {
-				t.Errorf("slot offset = %d, want the phase %d", got, want)
+			if got, want := slot.UnixNano()%int64(interval), int64(phase%uint64(interval)); got != ceilSecond(time.Unix(0, want)).UnixNano()%int64(interval) {
+				t.Errorf("slot offset = %d, want the phase %d rounded up to a second", got, want)
 			}
 		}
 	}
@@ -190,10 +192,12 @@ func TestNextSlotAlignsIdenticalQuestionsAndSpreadsOthers(t *testing.T) {
 	a := nextSlot(time.Unix(1_700_000_000, 0), interval, 42)
 	b := nextSlot(time.Unix(1_700_000_040, 0), interval, 42)
 	// A scheduled refresh served late still moves on to the next slot, with the others.
-	st := &selectorState{}
-	st.succeeded(content{}, a.Add(interval-time.Second), interval, 42, true)
-	if want := a.Add(interval); !st.nextSync.Equal(want) {
-		t.Errorf("late refresh scheduled at %v, want the next slot %v", st.nextSync, want)
+	if got, want := nextRefresh(a.Add(interval-time.Second), interval, 42, true), a.Add(interval); !got.Equal(want) {
+		t.Errorf("late refresh scheduled at %v, want the next slot %v", got, want)
+	}
+	// A sync the user asked for waits at least half an interval.
+	if got := nextRefresh(a, interval, 42, false); got.Sub(a) < interval/2 {
+		t.Errorf("requested sync at %v scheduled its refresh at %v, less than half an interval later", a, got)
 	}
 	if !a.Equal(b) {
 		t.Errorf("same phase gave %v and %v", a, b)
@@ -212,7 +216,7 @@ func manyKeys(n int) []kms.Key {
 
 func TestRenderContentCompressesRatherThanDropsKeys(t *testing.T) {
 	small, err := renderContent(manyKeys(100))
-	if err != nil || len(small.BinaryData) != 0 || small.Data[KeysJSONKey] == "" {
+	if err != nil || len(small.BinaryData) != 0 || small.Data[kmsv1alpha1.KeysJSONKey] == "" {
 		t.Fatalf("100 keys: err=%v, binary entries %d; want plain keys.json", err, len(small.BinaryData))
 	}
 
@@ -221,13 +225,13 @@ func TestRenderContentCompressesRatherThanDropsKeys(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, plain := c.Data[KeysJSONKey]; plain || len(c.BinaryData[KeysJSONGzipKey]) == 0 {
+	if _, plain := c.Data[kmsv1alpha1.KeysJSONKey]; plain || len(c.BinaryData[kmsv1alpha1.KeysJSONGzipKey]) == 0 {
 		t.Fatal("10,000 keys: want keys.json.gz instead of keys.json")
 	}
-	if len(c.Data) != len(keys) || c.size() > maxConfigMapDataBytes {
+	if len(c.Data) != len(keys) || c.size() > maxConfigMapDataBytes || c.storedSize() > maxStoredBytes {
 		t.Fatalf("10,000 keys: %d entries, %d bytes", len(c.Data), c.size())
 	}
-	zr, err := gzip.NewReader(bytes.NewReader(c.BinaryData[KeysJSONGzipKey]))
+	zr, err := gzip.NewReader(bytes.NewReader(c.BinaryData[kmsv1alpha1.KeysJSONGzipKey]))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -236,13 +240,18 @@ func TestRenderContentCompressesRatherThanDropsKeys(t *testing.T) {
 		t.Fatalf("keys.json.gz decodes to %d records, err %v", len(records), err)
 	}
 	again, _ := renderContent(keys)
-	if !bytes.Equal(again.BinaryData[KeysJSONGzipKey], c.BinaryData[KeysJSONGzipKey]) {
+	if !bytes.Equal(again.BinaryData[kmsv1alpha1.KeysJSONGzipKey], c.BinaryData[kmsv1alpha1.KeysJSONGzipKey]) {
 		t.Error("compressed output differs between renderings")
 	}
-	t.Logf("10,000 keys: %d bytes with keys.json.gz (%d compressed)", c.size(), len(c.BinaryData[KeysJSONGzipKey]))
+	t.Logf("10,000 keys: %d bytes with keys.json.gz (%d compressed)", c.size(), len(c.BinaryData[kmsv1alpha1.KeysJSONGzipKey]))
 
-	var tooLarge *tooLargeError
-	if _, err := renderContent(manyKeys(30_000)); !errors.As(err, &tooLarge) {
-		t.Fatalf("30,000 keys: err = %v, want a tooLargeError", err)
+	if _, err := renderContent(manyKeys(30_000)); reasonOf(err) != kmsv1alpha1.ReasonTargetTooLarge {
+		t.Fatalf("30,000 keys: err = %v, want TargetTooLarge", err)
 	}
+}
+
+// ContentFits tells whether content of data and binaryData passes the size check that the
+// operator makes before writing a ConfigMap; for the envtest suite.
+func ContentFits(data map[string]string, binaryData map[string][]byte) bool {
+	return content{Data: data, BinaryData: binaryData}.fits()
 }

@@ -72,7 +72,7 @@ func selectorObject(ns, name string, edits ...specEdit) *unstructured.Unstructur
 
 var _ = Describe("KmsKeySelector schema", func() {
 	var ns string
-	BeforeEach(func() { ns = newFixture().ns })
+	BeforeEach(func() { ns = newFixture().Namespace })
 
 	long := strings.Repeat
 

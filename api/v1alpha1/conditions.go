@@ -1,5 +1,7 @@
 package v1alpha1
 
+import "time"
+
 // ConditionReady is the one condition a KmsKeySelector reports.
 const ConditionReady = "Ready"
 
@@ -37,4 +39,33 @@ const (
 	ManagedByLabel = "app.kubernetes.io/managed-by"
 	// ManagedByValue is the value of ManagedByLabel.
 	ManagedByValue = "kms-key-sync"
+	// ContentDigestAnnotation on a ConfigMap is the SHA-256 of the data and binaryData the
+	// operator wrote. With the selector's status it lets a restarted operator tell, without
+	// calling KMS, whether the ConfigMap still holds what was synced.
+	ContentDigestAnnotation = "kms.keysync.dev/content-digest"
 )
+
+// The ConfigMap entries other than the "<key_id>: <State>" ones.
+const (
+	// KeysJSONKey is the data entry that holds every key as a JSON array sorted by id.
+	KeysJSONKey = "keys.json"
+	// KeysJSONGzipKey is the binaryData entry that holds keys.json gzip-compressed, instead of
+	// keys.json, when the plain form would not fit in a ConfigMap.
+	KeysJSONGzipKey = "keys.json.gz"
+)
+
+// The keys of a credentials Secret: either SecretAccessKey and SecretSecretKey (with an optional
+// SecretSecurityToken), or SecretToken.
+const (
+	SecretAccessKey     = "accessKey"
+	SecretSecretKey     = "secretKey"
+	SecretSecurityToken = "securityToken"
+	SecretToken         = "token"
+)
+
+// MinRefreshInterval is the shortest spec.refreshInterval; the CRD enforces it.
+const MinRefreshInterval = 10 * time.Second
+
+// MaxNameLength is the longest selector name: the name is the value of SelectorLabel, and label
+// values have at most 63 characters. The CRD enforces it.
+const MaxNameLength = 63

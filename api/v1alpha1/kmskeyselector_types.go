@@ -29,7 +29,9 @@ type KmsKeySelectorSpec struct {
 	Matches []MatchSelector `json:"matches,omitempty"`
 
 	// RefreshInterval is how often the keys are listed again, as a Go duration such as "5m".
-	// Each selector's schedule is jittered so that many selectors do not fire together.
+	// Each selector refreshes at a fixed offset within the interval, derived from its question:
+	// selectors asking the same question refresh together and share one listing, and different
+	// questions are spread over the interval.
 	// +optional
 	// +kubebuilder:default="5m"
 	// +kubebuilder:validation:Type=string
@@ -171,7 +173,8 @@ type KmsKeySelectorStatus struct {
 	// +listMapKey=type
 	Conditions []metav1.Condition `json:"conditions,omitempty"`
 
-	// ObservedGeneration is the generation the status was computed for.
+	// ObservedGeneration is the generation that the last completed sync attempt answered; the
+	// Ready condition tells whether it succeeded.
 	// +optional
 	ObservedGeneration int64 `json:"observedGeneration,omitempty"`
 
@@ -179,12 +182,24 @@ type KmsKeySelectorStatus struct {
 	// +optional
 	LastSyncTime *metav1.Time `json:"lastSyncTime,omitempty"`
 
+	// NextSyncTime is when the keys are listed next: the next refresh, or the next retry after a
+	// failure. A spec change or a force-sync comes sooner. Unset while a failure waits for a
+	// spec change.
+	// +optional
+	NextSyncTime *metav1.Time `json:"nextSyncTime,omitempty"`
+
+	// ConsecutiveFailures counts the sync attempts that failed since the last success; the
+	// delay before the next retry doubles with each.
+	// +optional
+	// +kubebuilder:validation:Minimum=0
+	ConsecutiveFailures int32 `json:"consecutiveFailures,omitempty"`
+
 	// ConfigMapName is the ConfigMap the keys are written to.
 	// +optional
 	ConfigMapName string `json:"configMapName,omitempty"`
 
 	// LastHandledForceSync is the value of the kms.keysync.dev/force-sync annotation that the
-	// last sync handled.
+	// last completed sync attempt answered; the Ready condition tells whether it succeeded.
 	// +optional
 	LastHandledForceSync string `json:"lastHandledForceSync,omitempty"`
 
@@ -241,7 +256,9 @@ type KeyStatus struct {
 // +kubebuilder:printcolumn:name="Reason",type=string,JSONPath=`.status.conditions[?(@.type=="Ready")].reason`
 // +kubebuilder:printcolumn:name="Keys",type=integer,JSONPath=`.status.keyCount`
 // +kubebuilder:printcolumn:name="Last Sync",type=date,JSONPath=`.status.lastSyncTime`
+// +kubebuilder:printcolumn:name="Next Sync",type=date,JSONPath=`.status.nextSyncTime`,priority=1
 // +kubebuilder:printcolumn:name="Age",type=date,JSONPath=`.metadata.creationTimestamp`
+// +kubebuilder:validation:XValidation:rule="size(self.metadata.name) <= 63",message="metadata.name must be at most 63 characters: it is the value of the kms.keysync.dev/selector label on the ConfigMap"
 type KmsKeySelector struct {
 	metav1.TypeMeta `json:",inline"`
 

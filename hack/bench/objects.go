@@ -12,7 +12,6 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	kmsv1alpha1 "github.com/kms-key-sync/kms-key-sync/api/v1alpha1"
-	"github.com/kms-key-sync/kms-key-sync/controllers"
 	"github.com/kms-key-sync/kms-key-sync/pkg/kmstest"
 )
 
@@ -32,7 +31,7 @@ func seed(ctx context.Context, cl *cluster, sc scenario) error {
 		}
 		secret := &corev1.Secret{
 			ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: secretName},
-			StringData: map[string]string{controllers.SecretToken: benchToken},
+			StringData: map[string]string{kmsv1alpha1.SecretToken: benchToken},
 		}
 		if err := cl.client.Create(ctx, secret); err != nil {
 			return fmt.Errorf("creating secret %s/%s: %w", ns, secretName, err)

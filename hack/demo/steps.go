@@ -26,7 +26,6 @@ import (
 	"sigs.k8s.io/yaml"
 
 	kmsv1alpha1 "github.com/kms-key-sync/kms-key-sync/api/v1alpha1"
-	"github.com/kms-key-sync/kms-key-sync/controllers"
 	"github.com/kms-key-sync/kms-key-sync/internal/kms"
 	"github.com/kms-key-sync/kms-key-sync/internal/operator"
 )
@@ -85,7 +84,7 @@ func (d *demo) applySamples(ctx context.Context, s samples) (*kmsv1alpha1.KmsKey
 
 	secret := s.secret.DeepCopy()
 	secret.Namespace = namespace
-	secret.Data, secret.StringData = nil, map[string]string{controllers.SecretToken: demoToken}
+	secret.Data, secret.StringData = nil, map[string]string{kmsv1alpha1.SecretToken: demoToken}
 	if err := d.client.Create(ctx, secret); err != nil {
 		return nil, time.Time{}, fmt.Errorf("creating secret %s: %w", secret.Name, err)
 	}
@@ -143,7 +142,7 @@ func (d *demo) waitSynced(ctx context.Context, sel *kmsv1alpha1.KmsKeySelector, 
 	}
 	fmt.Fprintf(d.out, "\n      $ kubectl get configmap %s -n %s -o yaml   # data only\n", cm.Name, namespace)
 	for _, k := range slices.Sorted(maps.Keys(cm.Data)) {
-		if k != controllers.KeysJSONKey {
+		if k != kmsv1alpha1.KeysJSONKey {
 			d.printf("%s: %s", k, cm.Data[k])
 			continue
 		}
@@ -259,13 +258,13 @@ func (d *demo) disableKey(ctx context.Context, sel *kmsv1alpha1.KmsKeySelector, 
 	d.printf("- %s: %s", id, data[id])
 	d.printf("+ %s: %s", id, cm.Data[id])
 	var records []map[string]any
-	if err := json.Unmarshal([]byte(cm.Data[controllers.KeysJSONKey]), &records); err != nil {
-		return "", nil, fmt.Errorf("%s is not JSON: %w", controllers.KeysJSONKey, err)
+	if err := json.Unmarshal([]byte(cm.Data[kmsv1alpha1.KeysJSONKey]), &records); err != nil {
+		return "", nil, fmt.Errorf("%s is not JSON: %w", kmsv1alpha1.KeysJSONKey, err)
 	}
 	for _, r := range records {
 		if r["id"] == id {
 			b, _ := json.Marshal(r)
-			d.printf("  %s entry: %s", controllers.KeysJSONKey, b)
+			d.printf("  %s entry: %s", kmsv1alpha1.KeysJSONKey, b)
 		}
 	}
 	c := sel.Status.StateCounts

@@ -47,6 +47,8 @@ type childConfig struct {
 	LogLevel int
 	// MetricsFile receives the metrics registry, in the text format, when the operator stops.
 	MetricsFile string
+	// MetricsAddr serves the metrics over plain HTTP while the operator runs; "" serves none.
+	MetricsAddr string
 	// RequestTimeout bounds each KMS request.
 	RequestTimeout time.Duration
 }
@@ -75,8 +77,12 @@ func runChild(raw string) int {
 		return 2
 	}
 	restCfg := &rest.Config{Host: c.Host, TLSClientConfig: rest.TLSClientConfig{CAData: c.CAData, CertData: c.CertData, KeyData: c.KeyData}}
+	metricsAddr := c.MetricsAddr
+	if metricsAddr == "" {
+		metricsAddr = "0"
+	}
 	mgr, err := operator.New(restCfg, operator.Options{
-		MetricsAddr:             "0",
+		MetricsAddr:             metricsAddr,
 		ProbeAddr:               "0",
 		LeaderElection:          c.LeaderElection,
 		LeaderElectionNamespace: c.LeaderElectionNamespace,

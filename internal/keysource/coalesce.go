@@ -8,33 +8,52 @@ import (
 	"sync"
 	"time"
 
-	"golang.org/x/sync/singleflight"
-
 	"github.com/kms-key-sync/kms-key-sync/internal/kms"
 )
+
+// DefaultCoalesceWindow is the default TTL of Coalescing.
+const DefaultCoalesceWindow = 5 * time.Second
 
 // Lister is what Coalescing stands in front of.
 type Lister interface {
 	ListKeys(ctx context.Context, req Request) ([]kms.Key, error)
 }
 
-// Coalescing answers identical requests with one listing: requests in flight share it
-// (singleflight), and a successful listing is reused for TTL, which must be well under the
-// smallest refresh interval, or by any request for the slot it was made for (NotBefore). Two requests are identical when their endpoint, project,
-// credentials, page size and filter are; the credentials are part of the key, so no request is
-// ever answered with data listed under other credentials. Failures are never cached.
+// Coalescing answers identical requests with one listing: requests in flight share it, and a
+// successful listing is reused for TTL, which must be well under the smallest refresh interval,
+// or by any request for the slot it was made for (NotBefore). Two requests are identical when
+// their endpoint, project, credentials, page size and filter are; the credentials are part of
+// the key, so no request is ever answered with data listed under other credentials. Failures are
+// never cached.
+//
+// A shared listing belongs to no single caller: it runs until it ends or every caller waiting
+// for it has given up, each caller waits only as long as its own context allows, and it retries
+// as often as the most patient of its callers asks.
 //
 // The returned slices are shared between callers and must not be modified.
 type Coalescing struct {
 	Next Lister
-	TTL  time.Duration
+	// TTL is how long a listing answers identical requests; zero means DefaultCoalesceWindow.
+	TTL time.Duration
 	// OnCoalesced is called for every request answered without a listing of its own.
 	OnCoalesced func()
 
-	group singleflight.Group
-	mu    sync.Mutex
-	cache map[string]cached
-	now   func() time.Time
+	mu      sync.Mutex
+	flights map[string]*flight
+	cache   map[string]cached
+	now     func() time.Time
+}
+
+// flight is one listing in progress and the callers waiting for it.
+type flight struct {
+	done   chan struct{}
+	keys   []kms.Key
+	err    error
+	cancel context.CancelFunc
+	// waiters and attempts are guarded by Coalescing.mu. attempts is the most any waiter allows,
+	// 0 standing for the client's default, which no explicit override exceeds.
+	waiters  int
+	attempts int
 }
 
 type cached struct {
@@ -51,48 +70,97 @@ const groupWindow = time.Minute
 
 var _ Lister = (*Coalescing)(nil)
 
-// ListKeys returns a listing fresher than TTL for req, or lists. A Fresh request never takes a
-// cached listing, but may share one in flight.
+// ListKeys returns a listing fresher than TTL for req, or one made since req.NotBefore, or lists.
+// A Fresh request takes only a listing made since req.NotBefore, but may share one in flight.
 func (c *Coalescing) ListKeys(ctx context.Context, req Request) ([]kms.Key, error) {
 	id := identity(req)
-	if keys, ok := c.lookup(id, req.NotBefore); ok && !req.Fresh {
+	c.mu.Lock()
+	if keys, ok := c.lookup(id, req.NotBefore, req.Fresh); ok {
+		c.mu.Unlock()
 		c.coalesced()
 		return keys, nil
 	}
-	led := false
-	ch := c.group.DoChan(id, func() (any, error) {
-		led = true
-		keys, err := c.Next.ListKeys(ctx, req)
-		if err == nil {
-			c.store(id, keys)
-		}
-		return keys, err
-	})
+	f, joined := c.flights[id]
+	if joined {
+		f.waiters++
+		f.attempts = morePatient(f.attempts, req.MaxAttempts)
+	} else {
+		f = c.start(ctx, id, req)
+	}
+	c.mu.Unlock()
+	if joined {
+		c.coalesced()
+	}
+
 	select {
-	case res := <-ch:
-		if !led {
-			c.coalesced()
-		}
-		if res.Err != nil {
-			return nil, res.Err
-		}
-		return res.Val.([]kms.Key), nil
+	case <-f.done:
+		return f.keys, f.err
 	case <-ctx.Done():
+		c.mu.Lock()
+		if f.waiters--; f.waiters == 0 {
+			// Nobody wants it any more; a later caller starts afresh rather than join a
+			// cancelled listing.
+			f.cancel()
+			c.forgetFlight(id, f)
+		}
+		c.mu.Unlock()
 		return nil, ctx.Err()
 	}
 }
 
-// lookup returns a listing younger than TTL, or one made since notBefore within groupWindow.
-func (c *Coalescing) lookup(id string, notBefore time.Time) ([]kms.Key, bool) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
+// start begins a listing for req that outlives the caller's context; c.mu is held.
+func (c *Coalescing) start(ctx context.Context, id string, req Request) *flight {
+	listCtx, cancel := context.WithCancel(context.WithoutCancel(ctx))
+	f := &flight{done: make(chan struct{}), cancel: cancel, waiters: 1, attempts: req.MaxAttempts}
+	if c.flights == nil {
+		c.flights = map[string]*flight{}
+	}
+	c.flights[id] = f
+	req.attemptLimit = func() int {
+		c.mu.Lock()
+		defer c.mu.Unlock()
+		return f.attempts
+	}
+	go func() {
+		defer cancel()
+		keys, err := c.Next.ListKeys(listCtx, req)
+		c.mu.Lock()
+		c.forgetFlight(id, f)
+		if err == nil {
+			c.store(id, keys)
+		}
+		f.keys, f.err = keys, err
+		c.mu.Unlock()
+		close(f.done)
+	}()
+	return f
+}
+
+// forgetFlight removes f unless another flight has taken its place; c.mu is held.
+func (c *Coalescing) forgetFlight(id string, f *flight) {
+	if c.flights[id] == f {
+		delete(c.flights, id)
+	}
+}
+
+// morePatient returns the larger attempt limit, 0 (the client's default) being the largest.
+func morePatient(a, b int) int {
+	if a == 0 || b == 0 {
+		return 0
+	}
+	return max(a, b)
+}
+
+// lookup returns a listing made since notBefore within groupWindow or, unless fresh, one younger
+// than TTL; c.mu is held.
+func (c *Coalescing) lookup(id string, notBefore time.Time, fresh bool) ([]kms.Key, bool) {
 	e, ok := c.cache[id]
 	if !ok {
 		return nil, false
 	}
 	age := c.clock().Sub(e.at)
-	sameSlot := !notBefore.IsZero() && !e.at.Before(notBefore) && age < groupWindow
-	if age >= c.TTL && !sameSlot {
+	since := !notBefore.IsZero() && !e.at.Before(notBefore) && age < groupWindow
+	if !since && (fresh || age >= c.ttl()) {
 		return nil, false
 	}
 	e.shared = true
@@ -100,9 +168,8 @@ func (c *Coalescing) lookup(id string, notBefore time.Time) ([]kms.Key, bool) {
 	return e.keys, true
 }
 
+// store keeps a successful listing; c.mu is held.
 func (c *Coalescing) store(id string, keys []kms.Key) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
 	now := c.clock()
 	if c.cache == nil {
 		c.cache = map[string]cached{}
@@ -110,11 +177,18 @@ func (c *Coalescing) store(id string, keys []kms.Key) {
 	// Expired entries are dropped here: a listing nobody shared lives for TTL, so the cache
 	// holds the unshared queries of one TTL at most.
 	for k, e := range c.cache {
-		if age := now.Sub(e.at); age >= groupWindow || (age >= c.TTL && !e.shared) {
+		if age := now.Sub(e.at); age >= groupWindow || (age >= c.ttl() && !e.shared) {
 			delete(c.cache, k)
 		}
 	}
 	c.cache[id] = cached{keys: keys, at: now}
+}
+
+func (c *Coalescing) ttl() time.Duration {
+	if c.TTL > 0 {
+		return c.TTL
+	}
+	return DefaultCoalesceWindow
 }
 
 func (c *Coalescing) coalesced() {
@@ -133,8 +207,8 @@ func (c *Coalescing) clock() time.Time {
 // identity is a digest of everything that determines a listing's answer. The credentials are
 // hashed into it, never kept in clear.
 func identity(req Request) string {
-	c := req.Credentials
-	canonical, _ := json.Marshal([]any{req.query(), c.AccessKey, c.SecretKey, c.SecurityToken, c.Token})
+	cr := req.Credentials
+	canonical, _ := json.Marshal([]any{req.query(), cr.AccessKey, cr.SecretKey, cr.SecurityToken, cr.Token})
 	sum := sha256.Sum256(canonical)
 	return hex.EncodeToString(sum[:])
 }

@@ -218,3 +218,152 @@ func TestCoalescingServesLateMembersOfASlot(t *testing.T) {
 		t.Fatalf("listings = %d, want 3", got)
 	}
 }
+
+// waitForWaiters blocks until the flight for req has n waiters.
+func waitForWaiters(t *testing.T, c *Coalescing, req Request, n int) {
+	t.Helper()
+	deadline := time.Now().Add(5 * time.Second)
+	for time.Now().Before(deadline) {
+		c.mu.Lock()
+		f := c.flights[identity(req)]
+		got := 0
+		if f != nil {
+			got = f.waiters
+		}
+		c.mu.Unlock()
+		if got == n {
+			return
+		}
+		time.Sleep(time.Millisecond)
+	}
+	t.Fatalf("the flight never had %d waiters", n)
+}
+
+func TestSharedListingOutlivesTheCallerThatStartedIt(t *testing.T) {
+	next := &gatedLister{release: make(chan struct{}), started: make(chan struct{})}
+	c := &Coalescing{Next: next, TTL: time.Minute}
+	leaderCtx, cancelLeader := context.WithCancel(context.Background())
+	leader := make(chan error, 1)
+	go func() { _, err := c.ListKeys(leaderCtx, request("t")); leader <- err }()
+	<-next.started
+	follower := make(chan error, 1)
+	go func() { _, err := c.ListKeys(context.Background(), request("t")); follower <- err }()
+	waitForWaiters(t, c, request("t"), 2)
+
+	cancelLeader() // the leader's sync timeout expires
+	if err := <-leader; !errors.Is(err, context.Canceled) {
+		t.Fatalf("leader: err = %v, want its own context's error", err)
+	}
+	close(next.release)
+	if err := <-follower; err != nil {
+		t.Fatalf("the follower failed with the leader's context: %v", err)
+	}
+	if got := next.calls.Load(); got != 1 {
+		t.Errorf("listings = %d, want 1", got)
+	}
+}
+
+func TestSharedListingStopsWhenEveryCallerHasGivenUp(t *testing.T) {
+	next := &gatedLister{release: make(chan struct{}), started: make(chan struct{})}
+	c := &Coalescing{Next: next, TTL: time.Minute}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { _, err := c.ListKeys(ctx, request("t")); done <- err }()
+	<-next.started
+	cancel()
+	if err := <-done; !errors.Is(err, context.Canceled) {
+		t.Fatalf("err = %v, want the caller's context error", err)
+	}
+	// The abandoned listing was cancelled, so a new caller starts a listing of its own rather
+	// than joining one that can only fail.
+	close(next.release)
+	if _, err := c.ListKeys(context.Background(), request("t")); err != nil {
+		t.Fatalf("a caller after the abandoned listing failed: %v", err)
+	}
+	if got := next.calls.Load(); got != 2 {
+		t.Errorf("listings = %d, want 2", got)
+	}
+}
+
+// gate holds each listing until release is closed, then lists with next.
+type gate struct {
+	next      Lister
+	release   chan struct{}
+	started   chan struct{}
+	startOnce sync.Once
+}
+
+func (g *gate) ListKeys(ctx context.Context, req Request) ([]kms.Key, error) {
+	g.startOnce.Do(func() { close(g.started) })
+	<-g.release
+	return g.next.ListKeys(ctx, req)
+}
+
+func TestSharedListingRetriesAsOftenAsItsMostPatientCaller(t *testing.T) {
+	for _, patientJoins := range []bool{false, true} {
+		srv := kmstest.NewServer(kmstest.WithToken("t"), kmstest.WithKeys(kmstest.GenerateKeys(3, nil)...))
+		if err := srv.InjectFault(kmstest.Fault{Kind: kmstest.FaultServerError, Status: 503, Times: 1}); err != nil {
+			t.Fatal(err)
+		}
+		direct := NewDirect(kms.Config{Retry: kms.RetryPolicy{BaseDelay: time.Millisecond, MaxDelay: time.Millisecond}}, 0, 1)
+		g := &gate{next: direct, release: make(chan struct{}), started: make(chan struct{})}
+		c := &Coalescing{Next: g, TTL: time.Minute}
+		req := request("t")
+		req.Endpoint, req.ProjectID, req.Filter = srv.URL, kmstest.DefaultProjectID, kms.Filter{}
+
+		failing := req
+		failing.MaxAttempts = 1 // a selector in backoff makes one attempt per listing
+		first := make(chan error, 1)
+		go func() { _, err := c.ListKeys(context.Background(), failing); first <- err }()
+		<-g.started
+		second := make(chan error, 1)
+		if patientJoins {
+			go func() { _, err := c.ListKeys(context.Background(), req); second <- err }()
+			waitForWaiters(t, c, req, 2)
+		}
+		close(g.release)
+		err := <-first
+		switch {
+		case patientJoins && err != nil:
+			t.Errorf("with a patient caller joined, the shared listing gave up after one attempt: %v", err)
+		case patientJoins:
+			if err := <-second; err != nil {
+				t.Errorf("the patient caller failed: %v", err)
+			}
+		case err == nil:
+			t.Error("alone, the single-attempt listing retried")
+		}
+		wantCalls := map[bool]int64{false: 1, true: 2}[patientJoins]
+		if got := srv.Stats().Total; got != wantCalls {
+			t.Errorf("patient caller joined=%v: KMS calls = %d, want %d", patientJoins, got, wantCalls)
+		}
+		srv.Close()
+	}
+}
+
+func TestFreshRequestTakesOnlyAListingMadeSinceItsTime(t *testing.T) {
+	next := &gatedLister{release: make(chan struct{})}
+	close(next.release)
+	now := time.Unix(1000, 0)
+	c := &Coalescing{Next: next, TTL: 5 * time.Second, now: func() time.Time { return now }}
+	list := func(notBefore time.Time, fresh bool) {
+		t.Helper()
+		req := request("t")
+		req.NotBefore, req.Fresh = notBefore, fresh
+		if _, err := c.ListKeys(context.Background(), req); err != nil {
+			t.Fatal(err)
+		}
+	}
+	list(time.Time{}, false) // listed at 1000s
+	now = now.Add(time.Second)
+	seen := now
+	list(seen, true) // a force-sync seen at 1001s: the listing of 1000s is recent, but older
+	if got := next.calls.Load(); got != 2 {
+		t.Fatalf("listings = %d, want 2: a force-sync took a listing older than itself", got)
+	}
+	now = now.Add(30 * time.Second)
+	list(seen, true) // its retry, past the TTL, takes the listing made for it
+	if got := next.calls.Load(); got != 2 {
+		t.Fatalf("listings = %d, want 2: the retry listed again", got)
+	}
+}

@@ -27,14 +27,19 @@ type Request struct {
 	// PageSize is the limit of each ListKmsByTags call, 1 to kms.MaxPageSize.
 	PageSize int
 	Filter   kms.Filter
-	// NotBefore lets a scheduled refresh take a listing made at or after the time it was due,
-	// even past the coalescing TTL: the selectors of one slot then share one listing however
-	// late the last of them is served.
+	// NotBefore lets a request take a listing made at or after that time, even past the
+	// coalescing TTL: the selectors of one slot then share one listing however late the last of
+	// them is served, and a retry of a spec change reuses the listing made for it.
 	NotBefore time.Time
 	// MaxAttempts overrides the client's retry policy for each request when positive.
 	MaxAttempts int
-	// Fresh asks for a listing made now, not one reused from a moment ago: for force-syncs and
-	// spec changes, where the user expects what KMS says at this moment.
+	// attemptLimit, set by Coalescing, gives the MaxAttempts of a shared listing as it stands
+	// now, since a more patient caller may join it while it runs.
+	attemptLimit func() int
+	// Fresh refuses a listing that is merely recent: only one made since NotBefore answers it, or
+	// with NotBefore zero a new one. For spec changes and force-syncs, where the user expects what
+	// KMS says after the change, and for retries, which a listing older than the failure must not
+	// answer.
 	Fresh bool
 }
 
@@ -84,9 +89,11 @@ func (d *Direct) ListKeys(ctx context.Context, req Request) ([]kms.Key, error) {
 	cfg.ProjectID = req.ProjectID
 	cfg.Credentials = req.Credentials
 	cfg.PageSize = req.PageSize
-	if req.MaxAttempts > 0 {
-		cfg.Retry.MaxAttempts = req.MaxAttempts
+	limit := req.attemptLimit
+	if limit == nil {
+		limit = func() int { return req.MaxAttempts }
 	}
+	cfg.Retry.Limit = limit
 	c, err := kms.New(cfg)
 	if err != nil {
 		return nil, err

@@ -174,7 +174,7 @@ func (c *Client) withRetry(ctx context.Context, op string, try func() error) err
 		if err == nil || ctx.Err() != nil || !IsRetryable(err) {
 			return err
 		}
-		if attempt >= p.MaxAttempts {
+		if attempt >= p.maxAttempts() {
 			return fmt.Errorf("kms %s: giving up after %s: %w", op, plural(attempt, "attempt"), err)
 		}
 		d := c.retryDelay(attempt, err)

@@ -68,6 +68,19 @@ type RetryPolicy struct {
 	BaseDelay     time.Duration
 	MaxDelay      time.Duration
 	MaxRetryAfter time.Duration
+	// Limit, when set, is asked before each retry; a positive answer overrides MaxAttempts. A
+	// listing shared by several callers grows with it as patient as the most patient of them.
+	Limit func() int
+}
+
+// maxAttempts is the number of attempts allowed now.
+func (p RetryPolicy) maxAttempts() int {
+	if p.Limit != nil {
+		if n := p.Limit(); n > 0 {
+			return n
+		}
+	}
+	return p.MaxAttempts
 }
 
 var regionPattern = regexp.MustCompile(`^[a-z0-9]+(-[a-z0-9]+)*$`)

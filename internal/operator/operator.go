@@ -50,16 +50,17 @@ type Options struct {
 	// takes over at once instead of after the lease expires. Only safe when the process exits
 	// as soon as the manager has stopped, as main does.
 	LeaderElectionReleaseOnCancel bool
-	AllowInsecureEndpoints        bool
-	MaxConcurrentReconciles       int
-	SyncTimeout                   time.Duration
-	// Backoff is the first retry delay after a failed sync; zero means the reconciler's default.
-	Backoff time.Duration
+	// AllowInsecureEndpoints, MaxConcurrentReconciles, SyncTimeout and Backoff are the
+	// reconciler's; see controllers.Options. Zero means the default.
+	AllowInsecureEndpoints  bool
+	MaxConcurrentReconciles int
+	SyncTimeout             time.Duration
+	Backoff                 time.Duration
 	// WatchNamespaces restricts the operator to these namespaces; empty means all.
 	WatchNamespaces []string
 	// CoalesceWindow is how long a successful listing answers identical requests of other
-	// selectors; zero means DefaultCoalesceWindow. Keep it well under the smallest refresh
-	// interval (10s).
+	// selectors; zero means keysource.DefaultCoalesceWindow. Keep it well under the smallest
+	// refresh interval.
 	CoalesceWindow time.Duration
 	// KMSQPS and KMSBurst limit the KMS calls of the whole operator; zero QPS means no limit.
 	KMSQPS   float64
@@ -85,15 +86,18 @@ func New(cfg *rest.Config, o Options) (ctrl.Manager, error) {
 		return nil, fmt.Errorf("creating manager: %w", err)
 	}
 	reconciler := &controllers.KmsKeySelectorReconciler{
-		Client:                 mgr.GetClient(),
-		APIReader:              mgr.GetAPIReader(),
-		Recorder:               mgr.GetEventRecorder("kms-key-sync"),
-		AllowInsecureEndpoints: o.AllowInsecureEndpoints,
-		SyncTimeout:            o.SyncTimeout,
-		Backoff:                o.Backoff,
-		Keys:                   newKeySource(o),
+		Client:    mgr.GetClient(),
+		APIReader: mgr.GetAPIReader(),
+		Recorder:  mgr.GetEventRecorder("kms-key-sync"),
+		Keys:      newKeySource(o),
+		Options: controllers.Options{
+			AllowInsecureEndpoints:  o.AllowInsecureEndpoints,
+			SyncTimeout:             o.SyncTimeout,
+			Backoff:                 o.Backoff,
+			MaxConcurrentReconciles: o.MaxConcurrentReconciles,
+		},
 	}
-	if err := reconciler.SetupWithManager(mgr, max(o.MaxConcurrentReconciles, 1)); err != nil {
+	if err := reconciler.SetupWithManager(mgr); err != nil {
 		return nil, fmt.Errorf("setting up controller: %w", err)
 	}
 	if o.ProbeAddr != "" && o.ProbeAddr != "0" {
@@ -107,21 +111,14 @@ func New(cfg *rest.Config, o Options) (ctrl.Manager, error) {
 	return mgr, nil
 }
 
-// DefaultCoalesceWindow is the default of Options.CoalesceWindow.
-const DefaultCoalesceWindow = 5 * time.Second
-
 // newKeySource stands coalescing, then the rate limit, in front of the KMS client, and records
 // every KMS request in the Prometheus metrics.
 func newKeySource(o Options) *keysource.Coalescing {
 	base := o.KMS
 	base.Observer = metrics.KMSObserver{Next: o.KMS.Observer}
-	window := o.CoalesceWindow
-	if window <= 0 {
-		window = DefaultCoalesceWindow
-	}
 	return &keysource.Coalescing{
 		Next:        keysource.NewDirect(base, o.KMSQPS, o.KMSBurst),
-		TTL:         window,
+		TTL:         o.CoalesceWindow,
 		OnCoalesced: metrics.CoalescedRequests.Inc,
 	}
 }

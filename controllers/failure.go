@@ -1,0 +1,66 @@
+package controllers
+
+import (
+	"errors"
+	"fmt"
+	"time"
+
+	kmsv1alpha1 "github.com/kms-key-sync/kms-key-sync/api/v1alpha1"
+	"github.com/kms-key-sync/kms-key-sync/internal/kms"
+)
+
+// failure is a sync failure that the status reports: Ready turns False with reason and the
+// error as its message, and the selector is retried with backoff. Any other error from a sync
+// is transient (the API server was unavailable, say): it goes back to the workqueue, and the
+// status keeps saying what it said.
+type failure struct {
+	reason string
+	err    error
+}
+
+func (f *failure) Error() string { return f.err.Error() }
+func (f *failure) Unwrap() error { return f.err }
+
+func failed(reason string, err error) error { return &failure{reason: reason, err: err} }
+
+func failedf(reason, format string, args ...any) error {
+	return &failure{reason: reason, err: fmt.Errorf(format, args...)}
+}
+
+// asFailure returns the failure err carries, or nil for a transient error.
+func asFailure(err error) *failure {
+	var f *failure
+	if errors.As(err, &f) {
+		return f
+	}
+	return nil
+}
+
+// permanent tells whether retrying cannot help until the spec, or the operator's flags, change.
+func permanent(reason string) bool {
+	return reason == kmsv1alpha1.ReasonInvalidSpec || reason == kmsv1alpha1.ReasonInsecureEndpoint
+}
+
+// kmsFailure classifies an error of a KMS listing.
+func kmsFailure(err error) error {
+	var invalid *kms.ValidationError
+	reason := kmsv1alpha1.ReasonKMSRequestFailed
+	switch {
+	case kms.IsAuthFailure(err):
+		reason = kmsv1alpha1.ReasonCredentialsInvalid
+	case kms.IsThrottled(err):
+		reason = kmsv1alpha1.ReasonKMSThrottled
+	case errors.As(err, &invalid):
+		reason = kmsv1alpha1.ReasonInvalidSpec
+	}
+	return failed(reason, fmt.Errorf("listing KMS keys: %w", err))
+}
+
+// retryAfter is how long KMS asked callers to wait, or zero.
+func retryAfter(err error) time.Duration {
+	var apiErr *kms.APIError
+	if errors.As(err, &apiErr) {
+		return apiErr.RetryAfter
+	}
+	return 0
+}

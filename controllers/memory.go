@@ -1,0 +1,128 @@
+package controllers
+
+import (
+	"bytes"
+	"compress/gzip"
+	"encoding/json"
+	"sync"
+	"time"
+
+	"k8s.io/apimachinery/pkg/types"
+
+	kmsv1alpha1 "github.com/kms-key-sync/kms-key-sync/api/v1alpha1"
+)
+
+// memory caches, per selector, what spares calls but decides nothing: the last good content, to
+// repair an edited or deleted ConfigMap without calling KMS, and the resourceVersion of the
+// ConfigMap known to hold it, to skip reading the ConfigMap. Losing it, as a restart does, costs
+// one GET of each ConfigMap, never a KMS call or a change.
+type memory struct {
+	mu        sync.Mutex
+	selectors map[types.NamespacedName]*remembered
+	requests  map[types.NamespacedName]request
+}
+
+// request is a spec change or force-sync, and when this process first saw it.
+type request struct {
+	uid        types.UID
+	generation int64
+	forceSync  string
+	seen       time.Time
+}
+
+type remembered struct {
+	uid types.UID
+	// packed is the content gzip-compressed: a tenth of the memory, for a repair that is rare.
+	packed          []byte
+	digest          string
+	resourceVersion string
+}
+
+func (m *memory) entry(sel *kmsv1alpha1.KmsKeySelector) *remembered {
+	e, ok := m.selectors[types.NamespacedName{Namespace: sel.Namespace, Name: sel.Name}]
+	if !ok || e.uid != sel.UID {
+		return nil
+	}
+	return e
+}
+
+// remember records that the selector's ConfigMap at resourceVersion holds c.
+func (m *memory) remember(sel *kmsv1alpha1.KmsKeySelector, resourceVersion string, c content) {
+	packed := pack(c)
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if m.selectors == nil {
+		m.selectors = map[types.NamespacedName]*remembered{}
+	}
+	m.selectors[types.NamespacedName{Namespace: sel.Namespace, Name: sel.Name}] = &remembered{
+		uid: sel.UID, packed: packed, digest: c.digest(), resourceVersion: resourceVersion,
+	}
+}
+
+// holds tells whether the ConfigMap at resourceVersion is known to hold the content of digest.
+func (m *memory) holds(sel *kmsv1alpha1.KmsKeySelector, resourceVersion, digest string) bool {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	e := m.entry(sel)
+	return e != nil && resourceVersion != "" && e.resourceVersion == resourceVersion && e.digest == digest
+}
+
+// lastGood returns the content of the selector's last successful sync.
+func (m *memory) lastGood(sel *kmsv1alpha1.KmsKeySelector) (content, bool) {
+	m.mu.Lock()
+	e := m.entry(sel)
+	m.mu.Unlock()
+	if e == nil || e.packed == nil {
+		return content{}, false
+	}
+	c, err := unpack(e.packed)
+	return c, err == nil
+}
+
+// requestSeen returns when this process first saw the selector's current generation and
+// force-sync value: any listing made since answers the request, so a retry after a failed write
+// need not list again.
+func (m *memory) requestSeen(sel *kmsv1alpha1.KmsKeySelector, now time.Time) time.Time {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	key := types.NamespacedName{Namespace: sel.Namespace, Name: sel.Name}
+	cur := request{uid: sel.UID, generation: sel.Generation, forceSync: sel.Annotations[kmsv1alpha1.ForceSyncAnnotation], seen: now}
+	if prev, ok := m.requests[key]; ok && prev.uid == cur.uid && prev.generation == cur.generation && prev.forceSync == cur.forceSync {
+		return prev.seen
+	}
+	if m.requests == nil {
+		m.requests = map[types.NamespacedName]request{}
+	}
+	m.requests[key] = cur
+	return now
+}
+
+func (m *memory) forget(key types.NamespacedName) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	delete(m.selectors, key)
+	delete(m.requests, key)
+}
+
+// pack compresses content for keeping; nil if that fails, which only costs a KMS call on repair.
+func pack(c content) []byte {
+	raw, err := json.Marshal(c)
+	if err != nil {
+		return nil
+	}
+	packed, err := gzipBytes(raw, gzip.BestSpeed)
+	if err != nil {
+		return nil
+	}
+	return packed
+}
+
+func unpack(packed []byte) (content, error) {
+	zr, err := gzip.NewReader(bytes.NewReader(packed))
+	if err != nil {
+		return content{}, err
+	}
+	var c content
+	err = json.NewDecoder(zr).Decode(&c)
+	return c, err
+}
