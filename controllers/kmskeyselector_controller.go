@@ -75,6 +75,7 @@ func (r *KmsKeySelectorReconciler) Reconcile(ctx context.Context, req ctrl.Reque
 		return ctrl.Result{}, nil
 	}
 
+	r.memory.catchUp(sel)
 	before := sel.Status.DeepCopy()
 	defer func() {
 		if equality.Semantic.DeepEqual(before, &sel.Status) {
@@ -82,9 +83,14 @@ func (r *KmsKeySelectorReconciler) Reconcile(ctx context.Context, req ctrl.Reque
 		}
 		// A status that is not written is recomputed by the next attempt: the schedule and what
 		// was handled are read from it, so the attempt is made again.
-		if patchErr := r.patchStatus(ctx, sel, before); patchErr != nil && ctx.Err() == nil {
-			err = errors.Join(err, patchErr)
+		over := sel.ResourceVersion
+		if patchErr := r.patchStatus(ctx, sel, before); patchErr != nil {
+			if ctx.Err() == nil {
+				err = errors.Join(err, patchErr)
+			}
+			return
 		}
+		r.memory.statusWritten(sel, over)
 	}()
 	return r.reconcileNormal(ctx, sel)
 }
@@ -102,9 +108,11 @@ func (r *KmsKeySelectorReconciler) reconcileNormal(ctx context.Context, sel *kms
 		return r.result(ctx, sel, now, err)
 	}
 	if due, wait := nextListing(sel, now); !due {
-		err := r.keepTarget(ctx, sel, target)
-		if !errors.Is(err, errNothingToRepairFrom) {
-			return ctrl.Result{RequeueAfter: wait}, err
+		switch err := r.keepTarget(ctx, sel, target); {
+		case err == nil:
+			return ctrl.Result{RequeueAfter: wait}, nil
+		case !errors.Is(err, errNothingToRepairFrom):
+			return ctrl.Result{}, err
 		}
 		log.FromContext(ctx).Info("Listing early to repair the ConfigMap", "configMap", targetName(sel))
 	}

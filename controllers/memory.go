@@ -20,6 +20,15 @@ type memory struct {
 	mu        sync.Mutex
 	selectors map[types.NamespacedName]*remembered
 	requests  map[types.NamespacedName]request
+	statuses  map[types.NamespacedName]writtenStatus
+}
+
+// writtenStatus is a status this process wrote, and the resourceVersion of the selector it was
+// written over: a cache that still shows that version has not seen the write yet.
+type writtenStatus struct {
+	uid    types.UID
+	over   string
+	status *kmsv1alpha1.KmsKeySelectorStatus
 }
 
 // request is a spec change or force-sync, and when this process first saw it.
@@ -97,11 +106,37 @@ func (m *memory) requestSeen(sel *kmsv1alpha1.KmsKeySelector, now time.Time) tim
 	return now
 }
 
+// statusWritten records that the status of sel, now as the API server stores it, was written
+// over the selector's resourceVersion over.
+func (m *memory) statusWritten(sel *kmsv1alpha1.KmsKeySelector, over string) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if m.statuses == nil {
+		m.statuses = map[types.NamespacedName]writtenStatus{}
+	}
+	m.statuses[types.NamespacedName{Namespace: sel.Namespace, Name: sel.Name}] = writtenStatus{
+		uid: sel.UID, over: over, status: sel.Status.DeepCopy(),
+	}
+}
+
+// catchUp gives sel, read from the cache, the status this process last wrote when the cache
+// has not seen that write yet: the next reconcile often starts before the watch delivers it,
+// and would otherwise answer a request that was already answered.
+func (m *memory) catchUp(sel *kmsv1alpha1.KmsKeySelector) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	w, ok := m.statuses[types.NamespacedName{Namespace: sel.Namespace, Name: sel.Name}]
+	if ok && w.uid == sel.UID && w.over == sel.ResourceVersion {
+		sel.Status = *w.status.DeepCopy()
+	}
+}
+
 func (m *memory) forget(key types.NamespacedName) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	delete(m.selectors, key)
 	delete(m.requests, key)
+	delete(m.statuses, key)
 }
 
 // pack compresses content for keeping; nil if that fails, which only costs a KMS call on repair.

@@ -13,6 +13,7 @@ import (
 
 	corev1 "k8s.io/api/core/v1"
 	apiextensionsv1 "k8s.io/apiextensions-apiserver/pkg/apis/apiextensions/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"sigs.k8s.io/yaml"
 
 	kmsv1alpha1 "github.com/kms-key-sync/kms-key-sync/api/v1alpha1"
@@ -254,4 +255,78 @@ func TestRenderContentCompressesRatherThanDropsKeys(t *testing.T) {
 // operator makes before writing a ConfigMap; for the envtest suite.
 func ContentFits(data map[string]string, binaryData map[string][]byte) bool {
 	return content{Data: data, BinaryData: binaryData}.fits()
+}
+
+func TestMemoryCatchesUpOnlyACacheThatHasNotSeenTheWrite(t *testing.T) {
+	var m memory
+	sel := &kmsv1alpha1.KmsKeySelector{}
+	sel.Namespace, sel.Name, sel.UID, sel.ResourceVersion = "ns", "sel", "uid-1", "11"
+	sel.Status.ObservedGeneration = 2
+	m.statusWritten(sel, "10")
+
+	stale := sel.DeepCopy()
+	stale.ResourceVersion, stale.Status = "10", kmsv1alpha1.KmsKeySelectorStatus{ObservedGeneration: 1}
+	m.catchUp(stale)
+	if stale.Status.ObservedGeneration != 2 {
+		t.Errorf("a cache still at the version written over kept its old status")
+	}
+	for name, other := range map[string]func(*kmsv1alpha1.KmsKeySelector){
+		"a later version":      func(s *kmsv1alpha1.KmsKeySelector) { s.ResourceVersion = "12" },
+		"a recreated selector": func(s *kmsv1alpha1.KmsKeySelector) { s.ResourceVersion, s.UID = "10", "uid-2" },
+		"the version it wrote": func(s *kmsv1alpha1.KmsKeySelector) { s.ResourceVersion = "11" },
+	} {
+		cur := sel.DeepCopy()
+		cur.Status = kmsv1alpha1.KmsKeySelectorStatus{ObservedGeneration: 7}
+		other(cur)
+		m.catchUp(cur)
+		if cur.Status.ObservedGeneration != 7 {
+			t.Errorf("%s: the cached status was replaced", name)
+		}
+	}
+}
+
+func TestNextListingReadsTheScheduleFromTheStatus(t *testing.T) {
+	now := time.Unix(1_700_000_000, 0)
+	at := func(d time.Duration) *metav1.Time { return &metav1.Time{Time: now.Add(d)} }
+	ready := func(status metav1.ConditionStatus, reason string) []metav1.Condition {
+		return []metav1.Condition{{Type: kmsv1alpha1.ConditionReady, Status: status, Reason: reason}}
+	}
+	cases := []struct {
+		name   string
+		mutate func(*kmsv1alpha1.KmsKeySelector)
+		due    bool
+		wait   time.Duration
+	}{
+		{"never synced", func(s *kmsv1alpha1.KmsKeySelector) { s.Status = kmsv1alpha1.KmsKeySelectorStatus{} }, true, 0},
+		{"synced, refresh ahead", func(*kmsv1alpha1.KmsKeySelector) {}, false, 40 * time.Minute},
+		{"refresh time come", func(s *kmsv1alpha1.KmsKeySelector) { s.Status.NextSyncTime = at(-time.Second) }, true, 0},
+		{"spec changed", func(s *kmsv1alpha1.KmsKeySelector) { s.Generation = 3 }, true, 0},
+		{"force-sync asked", func(s *kmsv1alpha1.KmsKeySelector) {
+			s.Annotations = map[string]string{kmsv1alpha1.ForceSyncAnnotation: "now"}
+		}, true, 0},
+		{"retry ahead", func(s *kmsv1alpha1.KmsKeySelector) {
+			s.Status.Conditions = ready(metav1.ConditionFalse, kmsv1alpha1.ReasonKMSRequestFailed)
+			s.Status.NextSyncTime = at(5 * time.Second)
+		}, false, 5 * time.Second},
+		{"failed for good", func(s *kmsv1alpha1.KmsKeySelector) {
+			s.Status.Conditions = ready(metav1.ConditionFalse, kmsv1alpha1.ReasonInvalidSpec)
+			s.Status.NextSyncTime = nil
+		}, false, 0},
+		{"written before nextSyncTime existed", func(s *kmsv1alpha1.KmsKeySelector) {
+			s.Status.NextSyncTime, s.Status.LastSyncTime = nil, at(-20*time.Minute)
+		}, false, 10 * time.Minute},
+	}
+	for _, tc := range cases {
+		sel := &kmsv1alpha1.KmsKeySelector{}
+		sel.Generation = 2
+		sel.Spec.RefreshInterval = &metav1.Duration{Duration: 30 * time.Minute}
+		sel.Status = kmsv1alpha1.KmsKeySelectorStatus{
+			ObservedGeneration: 2, Conditions: ready(metav1.ConditionTrue, kmsv1alpha1.ReasonSynced),
+			LastSyncTime: at(-time.Minute), NextSyncTime: at(40 * time.Minute),
+		}
+		tc.mutate(sel)
+		if due, wait := nextListing(sel, now); due != tc.due || wait != tc.wait {
+			t.Errorf("%s: nextListing = %v, %v; want %v, %v", tc.name, due, wait, tc.due, tc.wait)
+		}
+	}
 }
