@@ -58,7 +58,7 @@ func configMapMetadata() *metav1.PartialObjectMetadata {
 
 // keepTarget makes sure, between listings, that the ConfigMap still holds what was last synced,
 // and repairs it when someone edited or deleted it: from memory, or else from its own keys.json
-// when that still gives the synced digest. It returns errNothingToRepairFrom when only a listing
+// when that still gives what was synced. It returns errNothingToRepairFrom when only a listing
 // can give the content. A selector that never synced, or whose last attempt failed for good, has
 // nothing to keep.
 func (r *KmsKeySelectorReconciler) keepTarget(ctx context.Context, sel *kmsv1alpha1.KmsKeySelector, target *metav1.PartialObjectMetadata) error {
@@ -83,7 +83,9 @@ func (r *KmsKeySelectorReconciler) keepTarget(ctx context.Context, sel *kmsv1alp
 	good, ok := r.memory.lastGood(sel)
 	if !ok && stored != nil {
 		good, ok = rebuild(*stored)
-		ok = ok && good.digest() == synced
+		// What keys.json gives must be what was synced: the digest says so, or, on a ConfigMap
+		// written before the digest annotation existed, the ConfigMap itself, whole.
+		ok = ok && (good.digest() == synced || (synced == "" && good.digest() == stored.digest()))
 	}
 	if !ok {
 		return errNothingToRepairFrom
