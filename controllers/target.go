@@ -82,16 +82,21 @@ func (r *KmsKeySelectorReconciler) keepTarget(ctx context.Context, sel *kmsv1alp
 	}
 	good, ok := r.memory.lastGood(sel)
 	if !ok && stored != nil {
-		good, ok = rebuild(*stored)
-		// What keys.json gives must be what was synced: the digest says so, or, on a ConfigMap
-		// written before the digest annotation existed, the ConfigMap itself, whole.
-		ok = ok && (good.digest() == synced || (synced == "" && good.digest() == stored.digest()))
+		good, ok = rebuildSynced(*stored, synced)
 	}
 	if !ok {
 		return errNothingToRepairFrom
 	}
 	_, err := r.writeTarget(ctx, sel, target, good)
 	return err
+}
+
+// rebuildSynced renders again what stored's keys.json holds, if that is what was synced: the
+// digest says so or, on a ConfigMap written before the digest annotation existed, the
+// ConfigMap itself, whole.
+func rebuildSynced(stored content, synced string) (content, bool) {
+	good, ok := rebuild(stored)
+	return good, ok && (good.digest() == synced || (synced == "" && good.digest() == stored.digest()))
 }
 
 // storedContent reads the ConfigMap's data uncached, and remembers it when it is intact, so that

@@ -5,6 +5,7 @@ import (
 	"compress/gzip"
 	"encoding/json"
 	"fmt"
+	"maps"
 	"os"
 	"path/filepath"
 	"strings"
@@ -327,6 +328,39 @@ func TestNextListingReadsTheScheduleFromTheStatus(t *testing.T) {
 		tc.mutate(sel)
 		if due, wait := nextListing(sel, now); due != tc.due || wait != tc.wait {
 			t.Errorf("%s: nextListing = %v, %v; want %v, %v", tc.name, due, wait, tc.due, tc.wait)
+		}
+	}
+}
+
+func TestRebuildSyncedRepairsOnlyWhatKeysJSONProves(t *testing.T) {
+	synced, err := renderContent(manyKeys(3))
+	if err != nil {
+		t.Fatal(err)
+	}
+	edited := func(edit func(c *content)) content {
+		c := content{Data: maps.Clone(synced.Data)}
+		edit(&c)
+		return c
+	}
+	id := manyKeys(1)[0].ID
+	entryEdited := edited(func(c *content) { c.Data[id] = "Disabled" })
+	detailsEdited := edited(func(c *content) {
+		c.Data[kmsv1alpha1.KeysJSONKey] = strings.Replace(c.Data[kmsv1alpha1.KeysJSONKey], "Enabled", "Disabled", 1)
+	})
+	for _, tc := range []struct {
+		name   string
+		stored content
+		digest string
+		ok     bool
+	}{
+		{"an edited entry, keys.json intact", entryEdited, synced.digest(), true},
+		{"keys.json edited", detailsEdited, synced.digest(), false},
+		{"written before the digest, intact", synced, "", true},
+		{"written before the digest, edited", entryEdited, "", false},
+	} {
+		got, ok := rebuildSynced(tc.stored, tc.digest)
+		if ok != tc.ok || (ok && got.digest() != synced.digest()) {
+			t.Errorf("%s: rebuildSynced = %v (digest match %v), want %v", tc.name, ok, got.digest() == synced.digest(), tc.ok)
 		}
 	}
 }
