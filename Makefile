@@ -46,7 +46,7 @@ envtest: ## Build the envtest control plane into bin/k8s (once; about 5 minutes)
 	@hack/setup-envtest.sh >/dev/null
 
 .PHONY: test
-test: manifests generate fmt vet envtest helm kustomize ## Run all tests against a real API server and the KMS emulator.
+test: manifests generate fmt vet envtest helm kustomize build ## Run all tests against a real API server and the KMS emulator (the deploy tests run bin/manager).
 	KUBEBUILDER_ASSETS="$$(hack/setup-envtest.sh)" go test ./... -coverprofile cover.out
 	$(MAKE) fuzz FUZZTIME=$(TEST_FUZZTIME)
 

@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"fmt"
+	"net/http"
 	"sync/atomic"
 	"time"
 
@@ -12,6 +13,7 @@ import (
 	"k8s.io/apimachinery/pkg/types"
 
 	"github.com/kms-key-sync/kms-key-sync/internal/kms"
+	"github.com/kms-key-sync/kms-key-sync/internal/testkit"
 	"github.com/kms-key-sync/kms-key-sync/pkg/kmstest"
 )
 
@@ -36,6 +38,11 @@ func runNaive(ctx context.Context, cl *cluster, emu *emulator, sc scenario, work
 	if err != nil {
 		return r, err
 	}
+	// One transport for every run, as one CronJob process would reuse its connections.
+	transport, err := testkit.EmulatorTransport()
+	if err != nil {
+		return r, err
+	}
 	emu.ResetStats()
 	start := time.Now()
 	refs := sc.selectorRefs()
@@ -44,7 +51,7 @@ func runNaive(ctx context.Context, cl *cluster, emu *emulator, sc scenario, work
 	g.SetLimit(workers)
 	for _, ref := range refs {
 		g.Go(func() error {
-			if err := naiveSync(gctx, cl, emu.URL, ref); err != nil {
+			if err := naiveSync(gctx, cl, emu.URL, transport, ref); err != nil {
 				return fmt.Errorf("%s: %w", ref.key, err)
 			}
 			done.Add(1)
@@ -66,12 +73,13 @@ func runNaive(ctx context.Context, cl *cluster, emu *emulator, sc scenario, work
 	return r, nil
 }
 
-func naiveSync(ctx context.Context, cl *cluster, endpoint string, ref selectorRef) error {
+func naiveSync(ctx context.Context, cl *cluster, endpoint string, transport http.RoundTripper, ref selectorRef) error {
 	c, err := kms.New(kms.Config{
 		Endpoint:    endpoint,
 		ProjectID:   kmstest.DefaultProjectID,
 		Credentials: kms.Credentials{Token: benchToken},
 		PageSize:    naivePageSize,
+		Transport:   transport,
 	})
 	if err != nil {
 		return err

@@ -11,72 +11,57 @@ import (
 	"strings"
 	"time"
 
-	"github.com/prometheus/common/expfmt"
-	"github.com/prometheus/common/model"
 	"k8s.io/client-go/rest"
 	"sigs.k8s.io/controller-runtime/pkg/client"
-	"sigs.k8s.io/controller-runtime/pkg/envtest"
 
-	"github.com/kms-key-sync/kms-key-sync/internal/operator"
+	"github.com/kms-key-sync/kms-key-sync/internal/testkit"
 )
 
-// cluster is an envtest control plane with the CRD installed, an admin client for the bench and
-// a kubeconfig for the operator.
+// cluster is an envtest control plane (testkit.Env: the CRD installed, the operator's user bound
+// to the generated RBAC), an admin client for the bench, and files for the operator: its
+// kubeconfig, as its own user, and the CA of the KMS emulator.
 type cluster struct {
-	env        *envtest.Environment
-	cfg        *rest.Config // admin
+	env        *testkit.Env
 	client     client.Client
 	http       *http.Client // admin, for the API server's /metrics
-	dir        string       // temporary files: the operator's kubeconfig
+	dir        string       // temporary files
 	kubeconfig string
+	kmsCA      string
 }
 
 func startCluster(root string) (*cluster, error) {
 	progress("starting the control plane (envtest: etcd and kube-apiserver)")
 	started := time.Now()
-	c := &cluster{env: &envtest.Environment{
-		CRDDirectoryPaths:        []string{filepath.Join(root, "config", "crd", "bases")},
-		ErrorIfCRDPathMissing:    true,
-		Scheme:                   operator.Scheme,
-		ControlPlaneStartTimeout: time.Minute,
-	}}
-	cfg, err := c.env.Start()
+	env, err := testkit.StartEnv(testkit.EnvOptions{Root: root, StartTimeout: time.Minute})
 	if err != nil {
-		// Start can fail half-way with processes running; Stop stops whatever did start.
-		_ = c.env.Stop()
-		return nil, fmt.Errorf("starting the control plane: %w", err)
+		return nil, err
 	}
-	c.cfg = cfg
+	c := &cluster{env: env, client: env.Client}
 	if err := c.init(); err != nil {
 		return nil, errors.Join(err, c.stop())
 	}
-	progress("control plane up at %s in %s", cfg.Host, since(started))
+	progress("control plane up at %s in %s", env.Config.Host, since(started))
 	return c, nil
 }
 
 func (c *cluster) init() error {
 	var err error
-	if c.client, err = client.New(c.cfg, client.Options{Scheme: operator.Scheme}); err != nil {
-		return fmt.Errorf("creating a client: %w", err)
-	}
-	if c.http, err = rest.HTTPClientFor(c.cfg); err != nil {
+	if c.http, err = rest.HTTPClientFor(c.env.Config); err != nil {
 		return fmt.Errorf("creating an HTTP client: %w", err)
 	}
 	if c.dir, err = os.MkdirTemp("", "kms-key-sync-bench-"); err != nil {
 		return err
 	}
-	// The operator authenticates as a user of its own; system:masters spares the bench the RBAC,
-	// which the deploy tests cover.
-	user, err := c.env.AddUser(envtest.User{Name: "kms-key-sync-operator", Groups: []string{"system:masters"}}, nil)
+	kubeconfig, err := c.env.OperatorKubeconfig()
 	if err != nil {
-		return fmt.Errorf("adding the operator's user: %w", err)
-	}
-	kubeconfig, err := user.KubeConfig()
-	if err != nil {
-		return fmt.Errorf("writing the operator's kubeconfig: %w", err)
+		return err
 	}
 	c.kubeconfig = filepath.Join(c.dir, "operator.kubeconfig")
-	return os.WriteFile(c.kubeconfig, kubeconfig, 0o600)
+	if err := os.WriteFile(c.kubeconfig, kubeconfig, 0o600); err != nil {
+		return err
+	}
+	c.kmsCA = filepath.Join(c.dir, "kms-ca.pem")
+	return os.WriteFile(c.kmsCA, testkit.EmulatorCA(), 0o600)
 }
 
 func (c *cluster) stop() error {
@@ -95,38 +80,27 @@ var writeVerbs = map[string]bool{"POST": true, "PUT": true, "PATCH": true, "APPL
 
 // apiWrites reads apiserver_request_total from the API server's own /metrics.
 func (c *cluster) apiWrites(ctx context.Context) (writeCounts, error) {
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, strings.TrimSuffix(c.cfg.Host, "/")+"/metrics", nil)
+	m, err := testkit.ScrapeMetrics(ctx, c.http, c.url("/metrics"))
 	if err != nil {
-		return nil, err
-	}
-	resp, err := c.http.Do(req)
-	if err != nil {
-		return nil, fmt.Errorf("scraping the API server's metrics: %w", err)
-	}
-	defer resp.Body.Close()
-	if resp.StatusCode != http.StatusOK {
-		return nil, fmt.Errorf("scraping the API server's metrics: %s", resp.Status)
-	}
-	parser := expfmt.NewTextParser(model.UTF8Validation)
-	families, err := parser.TextToMetricFamilies(resp.Body)
-	if err != nil {
-		return nil, fmt.Errorf("parsing the API server's metrics: %w", err)
+		return nil, fmt.Errorf("reading the API server's metrics: %w", err)
 	}
 	out := writeCounts{}
-	if f, ok := families["apiserver_request_total"]; ok {
-		for _, m := range f.GetMetric() {
-			l := labelMap(m.GetLabel())
-			if !writeVerbs[l["verb"]] {
-				continue
-			}
-			resource := l["resource"]
-			if l["subresource"] != "" {
-				resource += "/" + l["subresource"]
-			}
-			out[resource] += m.GetCounter().GetValue()
+	for _, s := range m.Series("apiserver_request_total", nil) {
+		if !writeVerbs[s.Labels["verb"]] {
+			continue
 		}
+		resource := s.Labels["resource"]
+		if s.Labels["subresource"] != "" {
+			resource += "/" + s.Labels["subresource"]
+		}
+		out[resource] += s.Value
 	}
 	return out, nil
+}
+
+// url is the API server's URL of path.
+func (c *cluster) url(path string) string {
+	return strings.TrimSuffix(c.env.Config.Host, "/") + path
 }
 
 // sub returns the writes made since before.
@@ -170,7 +144,7 @@ func (w writeCounts) String() string {
 func (c *cluster) cpuProfile(ctx context.Context, path string, d time.Duration) <-chan error {
 	done := make(chan error, 1)
 	go func() {
-		url := fmt.Sprintf("%s/debug/pprof/profile?seconds=%d", strings.TrimSuffix(c.cfg.Host, "/"), int(d.Seconds()))
+		url := c.url(fmt.Sprintf("/debug/pprof/profile?seconds=%d", int(d.Seconds())))
 		done <- saveProfile(ctx, c.http, url, path, "kube-apiserver CPU")
 	}()
 	return done

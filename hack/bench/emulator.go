@@ -11,10 +11,11 @@ import (
 	"time"
 
 	"github.com/kms-key-sync/kms-key-sync/internal/kms"
+	"github.com/kms-key-sync/kms-key-sync/internal/testkit"
 	"github.com/kms-key-sync/kms-key-sync/pkg/kmstest"
 )
 
-// emulator is the KMS emulator, served in this process, plus a log of when each API request
+// emulator is the KMS emulator, served over TLS in this process, plus a log of when each API request
 // arrived and which filter it asked for. Its Stats count the calls since the last ResetStats; the
 // log, kept for the whole scenario, tells which first sync or refresh cycle a call belongs to.
 type emulator struct {
@@ -41,7 +42,7 @@ func startEmulator(sc scenario) (*emulator, error) {
 			return nil, err
 		}
 	}
-	e.ts = httptest.NewServer(e.logRequests(e.Handler()))
+	e.ts = testkit.ServeTLS(e.logRequests(e.Handler()))
 	e.URL = e.ts.URL
 	progress("KMS emulator at %s with %d keys", e.URL, e.KeyCount())
 	return e, nil

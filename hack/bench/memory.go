@@ -47,12 +47,12 @@ func (p *operatorProc) sampleMemory(ctx context.Context, interval time.Duration)
 }
 
 func (s *memorySampler) sample(ctx context.Context, p *operatorProc) {
-	families, err := p.metrics(ctx, "go_memstats_heap_inuse_bytes", "go_memstats_heap_alloc_bytes")
+	m, err := p.metrics(ctx, "go_memstats_heap_inuse_bytes", "go_memstats_heap_alloc_bytes")
 	if err != nil {
 		return // the operator is stopping, or busy; the next sample will tell
 	}
-	inuse := uint64(sum(families["go_memstats_heap_inuse_bytes"]))
-	alloc := uint64(sum(families["go_memstats_heap_alloc_bytes"]))
+	inuse := uint64(m.Sum("go_memstats_heap_inuse_bytes", nil))
+	alloc := uint64(m.Sum("go_memstats_heap_alloc_bytes", nil))
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	s.m.peakHeapInuse = max(s.m.peakHeapInuse, inuse)

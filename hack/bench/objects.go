@@ -12,7 +12,7 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	kmsv1alpha1 "github.com/kms-key-sync/kms-key-sync/api/v1alpha1"
-	"github.com/kms-key-sync/kms-key-sync/pkg/kmstest"
+	"github.com/kms-key-sync/kms-key-sync/internal/testkit"
 )
 
 // createWorkers is how many objects the bench creates at the same time.
@@ -26,15 +26,11 @@ const clutterBytes = 4096
 // ConfigMaps and Secrets.
 func seed(ctx context.Context, cl *cluster, sc scenario) error {
 	for _, ns := range sc.namespaceNames() {
-		if err := cl.client.Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: ns}}); err != nil {
+		if err := cl.client.Create(ctx, testkit.Namespace(ns)); err != nil {
 			return fmt.Errorf("creating namespace %s: %w", ns, err)
 		}
-		secret := &corev1.Secret{
-			ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: secretName},
-			StringData: map[string]string{kmsv1alpha1.SecretToken: benchToken},
-		}
-		if err := cl.client.Create(ctx, secret); err != nil {
-			return fmt.Errorf("creating secret %s/%s: %w", ns, secretName, err)
+		if err := cl.client.Create(ctx, testkit.TokenSecret(ns, testkit.CredentialsSecretName, benchToken)); err != nil {
+			return fmt.Errorf("creating secret %s/%s: %w", ns, testkit.CredentialsSecretName, err)
 		}
 	}
 	if sc.clutter == 0 {
@@ -63,20 +59,11 @@ func createSelectors(ctx context.Context, cl *cluster, sc scenario, endpoint str
 	refs := sc.selectorRefs()
 	return parallel(ctx, len(refs), func(ctx context.Context, i int) error {
 		ref := refs[i]
-		sel := &kmsv1alpha1.KmsKeySelector{
-			ObjectMeta: metav1.ObjectMeta{Namespace: ref.key.Namespace, Name: ref.key.Name},
-			Spec: kmsv1alpha1.KmsKeySelectorSpec{
-				Provider: kmsv1alpha1.ProviderSpec{
-					Endpoint:             endpoint,
-					ProjectID:            kmstest.DefaultProjectID,
-					CredentialsSecretRef: kmsv1alpha1.SecretReference{Name: secretName},
-				},
-				RefreshInterval: &metav1.Duration{Duration: refresh},
-			},
-		}
+		var tags []kmsv1alpha1.TagSelector
 		for _, t := range ref.filter.Tags {
-			sel.Spec.Tags = append(sel.Spec.Tags, kmsv1alpha1.TagSelector{Key: t.Key, Values: t.Values})
+			tags = append(tags, testkit.Tag(t.Key, t.Values...))
 		}
+		sel := testkit.Selector(ref.key.Namespace, ref.key.Name, endpoint, testkit.WithTags(tags...), testkit.WithRefreshInterval(refresh))
 		if err := cl.client.Create(ctx, sel); err != nil {
 			return fmt.Errorf("creating selector %s: %w", ref.key, err)
 		}

@@ -6,9 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"net"
 	"net/http"
-	"net/url"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -19,9 +17,7 @@ import (
 	"syscall"
 	"time"
 
-	dto "github.com/prometheus/client_model/go"
-	"github.com/prometheus/common/expfmt"
-	"github.com/prometheus/common/model"
+	"github.com/kms-key-sync/kms-key-sync/internal/testkit"
 )
 
 // operatorProc is the operator binary running as a child process, so that its memory is its own.
@@ -37,17 +33,17 @@ type operatorProc struct {
 	stopErr    error
 }
 
-// startOperator runs the operator against the kubeconfig, its metrics and pprof on free local
-// ports, and its log in o.outDir.
-func startOperator(o options, sc scenario, kubeconfig string) (*operatorProc, error) {
-	ports, err := freePorts(2)
+// startOperator runs the operator as its own user of the cluster, trusting the KMS emulator, with
+// its metrics and pprof on free local ports, and its log in o.outDir.
+func startOperator(o options, sc scenario, cl *cluster) (*operatorProc, error) {
+	addrs, err := testkit.FreeLoopbackAddresses(2)
 	if err != nil {
 		return nil, err
 	}
-	metricsAddr, pprofAddr := fmt.Sprintf("127.0.0.1:%d", ports[0]), fmt.Sprintf("127.0.0.1:%d", ports[1])
+	metricsAddr, pprofAddr := addrs[0], addrs[1]
 	args := []string{
-		"--kubeconfig=" + kubeconfig,
-		"--allow-insecure-endpoints",
+		"--kubeconfig=" + cl.kubeconfig,
+		"--kms-ca-file=" + cl.kmsCA,
 		"--metrics-bind-address=" + metricsAddr,
 		"--metrics-secure=false",
 		"--health-probe-bind-address=0",
@@ -150,44 +146,21 @@ func procStatus(pid int, field string) (uint64, error) {
 
 // metrics scrapes the named metrics from the operator's metrics endpoint. Asking for a few names
 // keeps the scrape cheap: the operator exports some series per selector.
-func (p *operatorProc) metrics(ctx context.Context, names ...string) (map[string]*dto.MetricFamily, error) {
-	q := url.Values{"name[]": names}
-	body, err := httpGet(ctx, http.DefaultClient, p.metricsURL+"?"+q.Encode())
+func (p *operatorProc) metrics(ctx context.Context, names ...string) (testkit.Metrics, error) {
+	m, err := testkit.ScrapeMetrics(ctx, nil, p.metricsURL, names...)
 	if err != nil {
-		return nil, fmt.Errorf("scraping the operator's metrics: %w", err)
+		return nil, fmt.Errorf("reading the operator's metrics: %w", err)
 	}
-	parser := expfmt.NewTextParser(model.UTF8Validation)
-	return parser.TextToMetricFamilies(bytes.NewReader(body))
+	return m, nil
 }
 
 // counter returns the sum of a metric's series (a counter or a gauge).
 func (p *operatorProc) counter(ctx context.Context, name string) (float64, error) {
-	families, err := p.metrics(ctx, name)
+	m, err := p.metrics(ctx, name)
 	if err != nil {
 		return 0, err
 	}
-	return sum(families[name]), nil
-}
-
-func sum(f *dto.MetricFamily) float64 {
-	total := 0.0
-	for _, m := range f.GetMetric() {
-		switch {
-		case m.Counter != nil:
-			total += m.GetCounter().GetValue()
-		case m.Gauge != nil:
-			total += m.GetGauge().GetValue()
-		}
-	}
-	return total
-}
-
-func labelMap(pairs []*dto.LabelPair) map[string]string {
-	out := make(map[string]string, len(pairs))
-	for _, p := range pairs {
-		out[p.GetName()] = p.GetValue()
-	}
-	return out
+	return m.Sum(name, nil), nil
 }
 
 // cpuProfile takes a CPU profile of length d into path, in the background.
@@ -235,26 +208,6 @@ func httpGet(ctx context.Context, c *http.Client, u string) ([]byte, error) {
 		return nil, fmt.Errorf("GET %s: %s: %s", u, resp.Status, bytes.TrimSpace(body))
 	}
 	return body, nil
-}
-
-// freePorts returns n local TCP ports that were free a moment ago.
-func freePorts(n int) ([]int, error) {
-	var ports []int
-	var listeners []net.Listener
-	defer func() {
-		for _, l := range listeners {
-			l.Close()
-		}
-	}()
-	for range n {
-		l, err := net.Listen("tcp", "127.0.0.1:0")
-		if err != nil {
-			return nil, err
-		}
-		listeners = append(listeners, l)
-		ports = append(ports, l.Addr().(*net.TCPAddr).Port)
-	}
-	return ports, nil
 }
 
 // lineWatcher passes writes through and closes found the first time needle appears.

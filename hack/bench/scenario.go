@@ -51,7 +51,6 @@ func scenarioNames() string {
 
 const (
 	benchToken  = "kms-key-sync-bench-token"
-	secretName  = "kms-credentials"
 	tagKey      = "app"
 	stepTimeout = 2 * time.Minute
 )
@@ -114,13 +113,13 @@ func runScenario(ctx context.Context, o options, sc scenario) (res *result, err 
 	if err := seed(ctx, cl, sc); err != nil {
 		return res, err
 	}
-	tr, err := startTracker(ctx, cl.cfg, sc)
+	tr, err := startTracker(ctx, cl.env.Config, sc)
 	if err != nil {
 		return res, err
 	}
 	stack.push("selector watch", tr.stop)
 
-	op, err := startOperator(o, sc, cl.kubeconfig)
+	op, err := startOperator(o, sc, cl)
 	if err != nil {
 		return res, err
 	}

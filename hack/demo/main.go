@@ -1,12 +1,14 @@
 // Command demo runs kms-key-sync end to end with nothing but Go: a local control plane (envtest's
-// etcd and kube-apiserver), the KMS emulator and the operator, all in this one process. It
-// applies config/samples/, shows the ConfigMap the operator writes, disables a key in the
-// emulator and shows the operator catch up.
+// etcd and kube-apiserver), the KMS emulator over HTTPS and the operator, all in this one process,
+// the operator as a user of its own bound to the generated RBAC. It applies config/samples/, shows
+// the ConfigMap the operator writes, disables a key in the emulator and shows the operator catch
+// up.
 //
 //	make demo      # run the demo and clean up
 //	make demo-up   # the same, then keep everything running for kubectl until Ctrl-C
 //
-// The Makefile builds the control plane binaries and passes them in KUBEBUILDER_ASSETS.
+// The Makefile builds the control plane binaries and passes them in KUBEBUILDER_ASSETS; without
+// it, the demo takes them from bin/k8s.
 package main
 
 import (
@@ -24,15 +26,13 @@ import (
 
 	"go.uber.org/zap/zapcore"
 	corev1 "k8s.io/api/core/v1"
-	"k8s.io/client-go/rest"
 	ctrl "sigs.k8s.io/controller-runtime"
 	"sigs.k8s.io/controller-runtime/pkg/client"
-	"sigs.k8s.io/controller-runtime/pkg/envtest"
 	"sigs.k8s.io/controller-runtime/pkg/log/zap"
 
 	kmsv1alpha1 "github.com/kms-key-sync/kms-key-sync/api/v1alpha1"
-	"github.com/kms-key-sync/kms-key-sync/internal/kms"
 	"github.com/kms-key-sync/kms-key-sync/internal/operator"
+	"github.com/kms-key-sync/kms-key-sync/internal/testkit"
 	"github.com/kms-key-sync/kms-key-sync/pkg/kmstest"
 )
 
@@ -48,6 +48,7 @@ type options struct {
 	root        string // the repository root, which holds config/ and hack/
 	keepRunning bool   // after the steps, serve kubectl until interrupted
 	kubeconfig  string // where keepRunning writes the kubeconfig, relative to root
+	kmsCA       string // where keepRunning writes the emulator's CA, relative to root
 	verbose     bool
 }
 
@@ -64,15 +65,14 @@ type demo struct {
 	o        options
 	out      io.Writer
 	fail     context.CancelCauseFunc // ends the steps early, when the operator stops on its own
-	env      *envtest.Environment
-	cfg      *rest.Config
-	client   client.Client
+	env      *testkit.Env
+	client   client.Client // the administrator's
 	kms      *kmstest.Server
 	cleanups []func() error
 }
 
 func main() {
-	o := options{root: ".", kubeconfig: filepath.Join("bin", "demo.kubeconfig")}
+	o := options{root: ".", kubeconfig: filepath.Join("bin", "demo.kubeconfig"), kmsCA: filepath.Join("bin", "demo-kms-ca.pem")}
 	flag.BoolVar(&o.keepRunning, "keep-running", false, "keep the control plane, emulator and operator running for kubectl until Ctrl-C")
 	flag.BoolVar(&o.verbose, "v", false, "show the operator's and the emulator's logs")
 	flag.Parse()
@@ -149,50 +149,40 @@ func (d *demo) printf(format string, args ...any) {
 	fmt.Fprintf(d.out, "      "+format+"\n", args...)
 }
 
-// startControlPlane starts etcd and kube-apiserver and installs the CRD (step 1).
+// startControlPlane starts etcd and kube-apiserver, installs the CRD and binds the operator's
+// user to the generated RBAC (step 1).
 func (d *demo) startControlPlane(ctx context.Context) error {
-	assets := os.Getenv("KUBEBUILDER_ASSETS")
-	if assets == "" {
-		return errors.New("KUBEBUILDER_ASSETS is not set: run `make demo`, or set it to the directory hack/setup-envtest.sh prints")
-	}
-	d.step(1, "Starting a local control plane (envtest: etcd and kube-apiserver from %s)", assets)
+	d.step(1, "Starting a local control plane (envtest: etcd and kube-apiserver)")
 	started := time.Now()
-	d.env = &envtest.Environment{
-		CRDDirectoryPaths:     []string{filepath.Join(d.o.root, "config", "crd", "bases")},
-		ErrorIfCRDPathMissing: true,
-		Scheme:                operator.Scheme,
+	env, err := testkit.StartEnv(testkit.EnvOptions{Root: d.o.root})
+	if err != nil {
+		return err
 	}
+	d.env, d.client = env, env.Client
 	d.cleanups = append(d.cleanups, func() error {
 		d.printf("control plane stopped")
 		return d.env.Stop()
 	})
-	cfg, err := d.env.Start()
-	if err != nil {
-		return fmt.Errorf("starting the control plane: %w", err)
-	}
 	if err := context.Cause(ctx); err != nil {
 		return err
 	}
-	d.cfg = cfg
-	if d.client, err = client.New(cfg, client.Options{Scheme: operator.Scheme}); err != nil {
-		return fmt.Errorf("creating a client: %w", err)
-	}
-	d.printf("API server at %s, up in %s", cfg.Host, time.Since(started).Round(100*time.Millisecond))
-	for _, crd := range d.env.CRDs {
+	d.printf("API server at %s, up in %s", env.Config.Host, time.Since(started).Round(100*time.Millisecond))
+	for _, crd := range env.Environment.CRDs {
 		d.printf("installed CRD %s", crd.Name)
 	}
+	d.printf("user %s bound to %s only", env.OperatorUser, testkit.ManagerRoleFile)
 	return nil
 }
 
-// startEmulator serves the sample keys to callers presenting the demo token (step 2).
+// startEmulator serves the sample keys over HTTPS to callers presenting the demo token (step 2).
 func (d *demo) startEmulator(projectID string) error {
 	keysFile := filepath.Join(d.o.root, "hack", "kms-emulator", "sample-keys.json")
 	d.step(2, "Starting the KMS emulator with the keys of %s", keysFile)
-	opts := []kmstest.Option{kmstest.WithProjectID(projectID), kmstest.WithToken(demoToken)}
+	opts := []kmstest.Option{kmstest.WithProjectID(projectID)}
 	if d.o.verbose {
 		opts = append(opts, kmstest.WithLogger(slog.New(slog.NewTextHandler(os.Stderr, nil))))
 	}
-	d.kms = kmstest.NewServer(opts...)
+	d.kms = testkit.NewEmulator(demoToken, opts...)
 	d.cleanups = append(d.cleanups, func() error {
 		d.kms.Close()
 		d.printf("KMS emulator stopped")
@@ -205,17 +195,18 @@ func (d *demo) startEmulator(projectID string) error {
 	return nil
 }
 
-// startOperator runs the operator as main.go does, through operator.New (step 3).
+// startOperator runs the operator as main.go does, through operator.New, as its own user
+// (step 3).
 func (d *demo) startOperator(ctx context.Context) error {
-	d.step(3, "Starting the operator (operator.New, allowing the emulator's plain http:// endpoint)")
-	mgr, err := operator.New(d.cfg, operator.Options{
-		AllowInsecureEndpoints:  true,
-		MetricsAddr:             "0",
-		ProbeAddr:               "0",
-		MaxConcurrentReconciles: 2,
-		SyncTimeout:             20 * time.Second,
-		KMS:                     kms.Config{RequestTimeout: 5 * time.Second},
-	})
+	d.step(3, "Starting the operator (operator.New, as %s, trusting the emulator's certificate)", d.env.OperatorUser)
+	o, err := testkit.OperatorOptions("0")
+	if err != nil {
+		return err
+	}
+	o.MaxConcurrentReconciles = 2
+	o.SyncTimeout = 20 * time.Second
+	o.KMS.RequestTimeout = 5 * time.Second
+	mgr, err := operator.New(d.env.OperatorConfig, o)
 	if err != nil {
 		return err
 	}
@@ -226,18 +217,15 @@ func (d *demo) startOperator(ctx context.Context) error {
 			return fmt.Errorf("preparing the operator's cache: %w", err)
 		}
 	}
-	opCtx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
+	running := testkit.StartManager(mgr)
 	go func() {
-		err := mgr.Start(opCtx)
-		if err != nil {
+		<-running.Done()
+		if err := running.Err(); err != nil {
 			d.fail(fmt.Errorf("the operator stopped: %w", err))
 		}
-		done <- err
 	}()
 	d.cleanups = append(d.cleanups, func() error {
-		cancel()
-		err := <-done
+		err := running.Stop()
 		d.printf("operator stopped")
 		return err
 	})

@@ -16,18 +16,17 @@ import (
 
 	corev1 "k8s.io/api/core/v1"
 	eventsv1 "k8s.io/api/events/v1"
-	"k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/runtime/serializer"
 	"k8s.io/client-go/rest"
 	"k8s.io/utils/ptr"
 	"sigs.k8s.io/controller-runtime/pkg/client"
-	"sigs.k8s.io/controller-runtime/pkg/envtest"
 	"sigs.k8s.io/yaml"
 
 	kmsv1alpha1 "github.com/kms-key-sync/kms-key-sync/api/v1alpha1"
 	"github.com/kms-key-sync/kms-key-sync/internal/kms"
 	"github.com/kms-key-sync/kms-key-sync/internal/operator"
+	"github.com/kms-key-sync/kms-key-sync/internal/testkit"
 )
 
 type samples struct {
@@ -77,7 +76,7 @@ func loadSamples(dir string) (samples, error) {
 // at the emulator (step 4). It returns the selector and when it was applied.
 func (d *demo) applySamples(ctx context.Context, s samples) (*kmsv1alpha1.KmsKeySelector, time.Time, error) {
 	d.step(4, "Applying config/samples/ to namespace %q", namespace)
-	if err := d.client.Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: namespace}}); err != nil {
+	if err := d.client.Create(ctx, testkit.Namespace(namespace)); err != nil {
 		return nil, time.Time{}, fmt.Errorf("creating namespace %s: %w", namespace, err)
 	}
 	d.printf("namespace/%s created", namespace)
@@ -127,7 +126,7 @@ func (d *demo) waitSynced(ctx context.Context, sel *kmsv1alpha1.KmsKeySelector, 
 		if err := d.client.Get(ctx, client.ObjectKeyFromObject(sel), sel); err != nil {
 			return false, err
 		}
-		c := meta.FindStatusCondition(sel.Status.Conditions, kmsv1alpha1.ConditionReady)
+		c := testkit.ReadyCondition(sel)
 		return c != nil && c.Status == metav1.ConditionTrue && c.ObservedGeneration == sel.Generation, nil
 	})
 	if err != nil {
@@ -164,7 +163,7 @@ func (d *demo) readyCondition(ctx context.Context, sel *kmsv1alpha1.KmsKeySelect
 	if err := d.client.Get(ctx, client.ObjectKeyFromObject(sel), cur); err != nil {
 		return err.Error()
 	}
-	c := meta.FindStatusCondition(cur.Status.Conditions, kmsv1alpha1.ConditionReady)
+	c := testkit.ReadyCondition(cur)
 	if c == nil {
 		return "no Ready condition yet"
 	}
@@ -174,11 +173,11 @@ func (d *demo) readyCondition(ctx context.Context, sel *kmsv1alpha1.KmsKeySelect
 // printTable prints a list as kubectl get does: the API server renders it as a Table whose
 // columns, for a custom resource, are NAME and the CRD's additionalPrinterColumns.
 func (d *demo) printTable(ctx context.Context, path string) error {
-	hc, err := rest.HTTPClientFor(d.cfg)
+	hc, err := rest.HTTPClientFor(d.env.Config)
 	if err != nil {
 		return err
 	}
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, strings.TrimSuffix(d.cfg.Host, "/")+path, nil)
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, strings.TrimSuffix(d.env.Config.Host, "/")+path, nil)
 	if err != nil {
 		return err
 	}
@@ -228,17 +227,15 @@ func (d *demo) disableKey(ctx context.Context, sel *kmsv1alpha1.KmsKeySelector, 
 	if err := d.kms.SetKeyState(id, kms.StateDisabled); err != nil {
 		return "", nil, err
 	}
-	value := time.Now().UTC().Format(time.RFC3339Nano)
-	patch := client.MergeFrom(sel.DeepCopy())
-	metav1.SetMetaDataAnnotation(&sel.ObjectMeta, kmsv1alpha1.ForceSyncAnnotation, value)
 	start := time.Now()
-	if err := d.client.Patch(ctx, sel, patch); err != nil {
-		return "", nil, fmt.Errorf("annotating the selector: %w", err)
+	value, err := testkit.ForceSync(ctx, d.client, sel)
+	if err != nil {
+		return "", nil, err
 	}
 	d.printf("$ kubectl annotate kks %s -n %s --overwrite %s=%s", sel.Name, namespace, kmsv1alpha1.ForceSyncAnnotation, value)
 
 	cm := &corev1.ConfigMap{}
-	err := poll(ctx, "the ConfigMap to show "+id+" as Disabled", func(ctx context.Context) (bool, error) {
+	err = poll(ctx, "the ConfigMap to show "+id+" as Disabled", func(ctx context.Context) (bool, error) {
 		err := d.client.Get(ctx, client.ObjectKey{Namespace: namespace, Name: sel.Spec.Target.ConfigMapName}, cm)
 		return err == nil && cm.Data[id] == kms.StateDisabled.String(), err
 	})
@@ -257,9 +254,9 @@ func (d *demo) disableKey(ctx context.Context, sel *kmsv1alpha1.KmsKeySelector, 
 	d.printf("ConfigMap updated %s after the annotation:", took.Round(time.Millisecond))
 	d.printf("- %s: %s", id, data[id])
 	d.printf("+ %s: %s", id, cm.Data[id])
-	var records []map[string]any
-	if err := json.Unmarshal([]byte(cm.Data[kmsv1alpha1.KeysJSONKey]), &records); err != nil {
-		return "", nil, fmt.Errorf("%s is not JSON: %w", kmsv1alpha1.KeysJSONKey, err)
+	records, err := testkit.KeysJSON(cm)
+	if err != nil {
+		return "", nil, err
 	}
 	for _, r := range records {
 		if r["id"] == id {
@@ -281,9 +278,7 @@ func (d *demo) printEvents(ctx context.Context, sel *kmsv1alpha1.KmsKeySelector,
 		if err := d.client.List(ctx, list, client.InNamespace(namespace)); err != nil {
 			return false, err
 		}
-		mine = slices.DeleteFunc(list.Items, func(e eventsv1.Event) bool {
-			return e.Regarding.Kind != "KmsKeySelector" || e.Regarding.Name != sel.Name
-		})
+		mine = testkit.EventsAbout(list.Items, sel)
 		return slices.ContainsFunc(mine, func(e eventsv1.Event) bool {
 			return e.Reason == "KeyDisabled" && strings.Contains(e.Note, id)
 		}), nil
@@ -303,30 +298,17 @@ func (d *demo) printEvents(ctx context.Context, sel *kmsv1alpha1.KmsKeySelector,
 	return reasons, tw.Flush()
 }
 
-// serveUntilInterrupted writes a kubeconfig and keeps everything running until Ctrl-C.
+// serveUntilInterrupted writes an administrator's kubeconfig and the emulator's CA, and keeps
+// everything running until Ctrl-C.
 func (d *demo) serveUntilInterrupted(interrupted, failed context.Context, sel *kmsv1alpha1.KmsKeySelector, data map[string]string) error {
-	user, err := d.env.AddUser(envtest.User{Name: "demo-user", Groups: []string{"system:masters"}}, nil)
-	if err != nil {
-		return fmt.Errorf("adding a kubectl user: %w", err)
-	}
-	kubeconfig, err := user.KubeConfig()
-	if err != nil {
-		return err
-	}
-	path, err := filepath.Abs(filepath.Join(d.o.root, d.o.kubeconfig))
-	if err == nil {
-		err = os.MkdirAll(filepath.Dir(path), 0o755)
-	}
-	if err == nil {
-		err = os.WriteFile(path, kubeconfig, 0o600)
-	}
+	path, err := d.writeFile(d.o.kubeconfig, d.env.AdminKubeconfig())
 	if err != nil {
 		return fmt.Errorf("writing the kubeconfig: %w", err)
 	}
-	d.cleanups = append(d.cleanups, func() error {
-		d.printf("removed %s", path)
-		return os.Remove(path)
-	})
+	caPath, err := d.writeFile(d.o.kmsCA, d.kms.CertificatePEM())
+	if err != nil {
+		return fmt.Errorf("writing the emulator's CA: %w", err)
+	}
 	other := firstEnabled(data)
 	if other == "" {
 		other = "<key id>"
@@ -336,7 +318,7 @@ func (d *demo) serveUntilInterrupted(interrupted, failed context.Context, sel *k
 	fmt.Fprintf(d.out, "  kubectl get kks -n %s\n  kubectl get configmap %s -n %s -o yaml\n\n", namespace, sel.Spec.Target.ConfigMapName, namespace)
 	fmt.Fprintf(d.out, "KMS emulator: %s (token %s)\n", d.kms.URL, demoToken)
 	fmt.Fprintf(d.out, "Admin API:    %s/admin/keys (unauthenticated). Disable another key and resync:\n\n", d.kms.URL)
-	fmt.Fprintf(d.out, "  curl -s -X PATCH %s/admin/keys/%s -d '{\"state\": \"Disabled\"}'\n", d.kms.URL, other)
+	fmt.Fprintf(d.out, "  curl -s --cacert %s -X PATCH %s/admin/keys/%s -d '{\"state\": \"Disabled\"}'\n", caPath, d.kms.URL, other)
 	fmt.Fprintf(d.out, "  kubectl annotate kks %s -n %s --overwrite %s=\"$(date +%%s)\"\n\n", sel.Name, namespace, kmsv1alpha1.ForceSyncAnnotation)
 	fmt.Fprintf(d.out, "Press Ctrl-C to stop and clean up.\n")
 	<-failed.Done() // Ctrl-C, or the operator stopped on its own
@@ -344,6 +326,26 @@ func (d *demo) serveUntilInterrupted(interrupted, failed context.Context, sel *k
 		return nil
 	}
 	return context.Cause(failed)
+}
+
+// writeFile writes data to name, relative to the root, until the demo cleans up, and returns its
+// absolute path.
+func (d *demo) writeFile(name string, data []byte) (string, error) {
+	path, err := filepath.Abs(filepath.Join(d.o.root, name))
+	if err == nil {
+		err = os.MkdirAll(filepath.Dir(path), 0o755)
+	}
+	if err == nil {
+		err = os.WriteFile(path, data, 0o600)
+	}
+	if err != nil {
+		return "", err
+	}
+	d.cleanups = append(d.cleanups, func() error {
+		d.printf("removed %s", path)
+		return os.Remove(path)
+	})
+	return path, nil
 }
 
 // firstEnabled returns the first key id, in order, whose ConfigMap entry is Enabled, or "".

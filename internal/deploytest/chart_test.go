@@ -13,6 +13,8 @@ import (
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	"k8s.io/apimachinery/pkg/util/intstr"
 	"sigs.k8s.io/yaml"
+
+	"github.com/kms-key-sync/kms-key-sync/internal/testkit"
 )
 
 const valuesAll = "internal/deploytest/testdata/values-all.yaml"
@@ -104,14 +106,7 @@ var _ = Describe("The Helm chart", func() {
 				"--max-concurrent-reconciles=4",
 				"--zap-log-level=info",
 			))
-			Expect(c.Resources.Requests).To(Equal(corev1.ResourceList{
-				corev1.ResourceCPU: resource.MustParse("10m"), corev1.ResourceMemory: resource.MustParse("64Mi"),
-			}))
-			Expect(c.Resources.Limits).To(Equal(corev1.ResourceList{
-				corev1.ResourceCPU: resource.MustParse("500m"), corev1.ResourceMemory: resource.MustParse("256Mi"),
-			}))
-			Expect(probePort(c, c.LivenessProbe)).To(BeEquivalentTo(8081))
-			Expect(probePort(c, c.ReadinessProbe)).To(BeEquivalentTo(8081))
+			expectDefaultResourcesAndProbes(c)
 			Expect(d.Spec.Template.Spec.ServiceAccountName).To(Equal("kms-key-sync-controller-manager"))
 			ms.get("ServiceAccount", "kms-key-sync-controller-manager")
 
@@ -133,10 +128,9 @@ var _ = Describe("The Helm chart", func() {
 		})
 
 		It("grants the manager exactly the rules of the generated config/rbac/role.yaml", func() {
-			generated := readRole("config/rbac/role.yaml")
 			chart := ms.get("ClusterRole", "kms-key-sync-manager-role")
-			Expect(permissions(rulesOf(chart))).To(Equal(permissions(rulesOf(generated))))
-			Expect(permissions(rulesOf(generated))).NotTo(BeEmpty())
+			Expect(testkit.Permissions(rulesOf(chart))).To(Equal(testkit.Permissions(managerRole())))
+			Expect(testkit.Permissions(managerRole())).NotTo(BeEmpty())
 		})
 
 		It("has no wildcard rules and grants only get on secrets", func() {
@@ -150,7 +144,7 @@ var _ = Describe("The Helm chart", func() {
 			for _, kind := range []string{"Role", "ClusterRole"} {
 				for _, k := range kms.ofKind(kind) {
 					h := ms.get(kind, k.GetName())
-					Expect(permissions(rulesOf(h))).To(Equal(permissions(rulesOf(k))), "%s %s", kind, k.GetName())
+					Expect(testkit.Permissions(rulesOf(h))).To(Equal(testkit.Permissions(rulesOf(k))), "%s %s", kind, k.GetName())
 					Expect(aggregationLabels(h)).To(Equal(aggregationLabels(k)), "%s %s", kind, k.GetName())
 				}
 			}

@@ -18,12 +18,13 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	rbacv1 "k8s.io/api/rbac/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
-	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/api/resource"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	"k8s.io/apimachinery/pkg/runtime"
 	utilyaml "k8s.io/apimachinery/pkg/util/yaml"
 	"sigs.k8s.io/controller-runtime/pkg/client"
-	"sigs.k8s.io/yaml"
+
+	"github.com/kms-key-sync/kms-key-sync/internal/testkit"
 )
 
 // The install commands docs/install.md documents; the tests run exactly these (see install_test.go).
@@ -164,44 +165,12 @@ func rulesOf(u *unstructured.Unstructured) []rbacv1.PolicyRule {
 	return r.Rules
 }
 
-// permissions flattens rules into sorted tuples, one per permission, so that rules granting the
-// same permissions compare equal however they are grouped or ordered.
-func permissions(rules []rbacv1.PolicyRule) []string {
-	set := map[string]bool{}
-	for _, r := range rules {
-		names := r.ResourceNames
-		if len(names) == 0 {
-			names = []string{""}
-		}
-		for _, v := range r.Verbs {
-			for _, u := range r.NonResourceURLs {
-				set[fmt.Sprintf("url=%s verb=%s", u, v)] = true
-			}
-			for _, g := range r.APIGroups {
-				for _, res := range r.Resources {
-					for _, n := range names {
-						set[fmt.Sprintf("group=%s resource=%s name=%s verb=%s", g, res, n, v)] = true
-					}
-				}
-			}
-		}
-	}
-	out := make([]string, 0, len(set))
-	for p := range set {
-		out = append(out, p)
-	}
-	sort.Strings(out)
-	return out
-}
-
-// readRole reads a Role or ClusterRole from a file of the repository.
-func readRole(path string) *unstructured.Unstructured {
+// managerRole returns the rules of the generated config/rbac/role.yaml.
+func managerRole() []rbacv1.PolicyRule {
 	GinkgoHelper()
-	data, err := os.ReadFile(filepath.Join(root, path))
+	role, err := testkit.ReadRole(filepath.Join(root, testkit.ManagerRoleFile))
 	Expect(err).NotTo(HaveOccurred())
-	u := &unstructured.Unstructured{}
-	Expect(yaml.Unmarshal(data, &u.Object)).To(Succeed())
-	return u
+	return role.Rules
 }
 
 // dryRunApply creates the namespaces the objects live in for real, then server-side applies
@@ -232,7 +201,7 @@ func dryRunApply(ms manifests) {
 // ensureNamespace creates a namespace unless it exists.
 func ensureNamespace(name string) {
 	GinkgoHelper()
-	err := k8sClient.Create(context.Background(), &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: name}})
+	err := k8sClient.Create(context.Background(), testkit.Namespace(name))
 	if !apierrors.IsAlreadyExists(err) {
 		Expect(err).NotTo(HaveOccurred())
 	}
@@ -296,6 +265,20 @@ func expectHardened(d *appsv1.Deployment) {
 	Expect(c.Resources.Limits).NotTo(BeEmpty())
 	Expect(pod.TerminationGracePeriodSeconds).NotTo(BeNil())
 	Expect(pod.ServiceAccountName).NotTo(BeEmpty())
+}
+
+// expectDefaultResourcesAndProbes checks the resources and the probe port that the chart's
+// default values and config/manager give the manager alike.
+func expectDefaultResourcesAndProbes(c corev1.Container) {
+	GinkgoHelper()
+	Expect(c.Resources.Requests).To(Equal(corev1.ResourceList{
+		corev1.ResourceCPU: resource.MustParse("10m"), corev1.ResourceMemory: resource.MustParse("64Mi"),
+	}))
+	Expect(c.Resources.Limits).To(Equal(corev1.ResourceList{
+		corev1.ResourceCPU: resource.MustParse("500m"), corev1.ResourceMemory: resource.MustParse("256Mi"),
+	}))
+	Expect(probePort(c, c.LivenessProbe)).To(BeEquivalentTo(8081))
+	Expect(probePort(c, c.ReadinessProbe)).To(BeEquivalentTo(8081))
 }
 
 // probePort resolves a probe's port (a number or a container port's name) to a number.

@@ -1,11 +1,12 @@
 package deploytest
 
 import (
+	"debug/buildinfo"
+	"debug/elf"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"regexp"
-	"runtime"
 	"strings"
 
 	. "github.com/onsi/ginkgo/v2"
@@ -160,24 +161,39 @@ var _ = Describe("The Dockerfile", func() {
 	})
 })
 
-var _ = Describe("The manager image", Ordered, func() {
-	const (
-		version = "v9.9.9-test"
-		commit  = "abc1234"
-	)
+var _ = Describe("The manager binary that make build writes", Ordered, func() {
 	var manager string
 
 	BeforeAll(func() {
-		// Build with the Dockerfile's own command, as `docker build --build-arg VERSION=...
-		// --build-arg COMMIT=...` (make docker-build) would, into a temporary directory.
-		manager = filepath.Join(GinkgoT().TempDir(), "manager")
-		build := regexp.MustCompile(`-o manager(\s|$)`).ReplaceAllString(dockerBuildCommand(), "-o "+manager+"$1")
-		cmd := exec.Command("sh", "-c", build)
-		cmd.Dir = root
-		cmd.Env = append(os.Environ(), "VERSION="+version, "COMMIT="+commit, "TARGETOS="+runtime.GOOS, "TARGETARCH="+runtime.GOARCH)
-		out, err := cmd.CombinedOutput()
-		Expect(err).NotTo(HaveOccurred(), "%s\n%s", build, out)
-		Expect(manager).To(BeAnExistingFile())
+		manager = filepath.Join(root, "bin", "manager")
+		Expect(manager).To(BeAnExistingFile(), "run `make build` (make test builds it first)")
+	})
+
+	It("was built with the Makefile's flags: -trimpath, CGO_ENABLED=0 and LDFLAGS", func() {
+		info, err := buildinfo.ReadFile(manager)
+		Expect(err).NotTo(HaveOccurred())
+		settings := map[string]string{}
+		for _, s := range info.Settings {
+			settings[s.Key] = s.Value
+		}
+		Expect(settings).To(HaveKeyWithValue("-trimpath", "true"))
+		Expect(settings).To(HaveKeyWithValue("CGO_ENABLED", "0"))
+		Expect(makefileVar("LDFLAGS")).To(HavePrefix("-s -w "))
+		// -s leaves out the symbol table and -w the DWARF data.
+		bin, err := elf.Open(manager)
+		Expect(err).NotTo(HaveOccurred())
+		_, symbolsErr := bin.Symbols()
+		debugInfo := bin.Section(".debug_info")
+		Expect(bin.Close()).To(Succeed())
+		Expect(symbolsErr).To(MatchError(elf.ErrNoSymbols))
+		Expect(debugInfo).To(BeNil())
+
+		// -X stamps the version and the commit that the Makefile reads from git, and the binary
+		// logs them at start. Files edited since the build may have dirtied the version.
+		version, commit := startupVersion(manager)
+		stale := "bin/manager was built from another commit: run `make build`"
+		Expect(commit).To(Equal(makefileShell("COMMIT")), stale)
+		Expect(strings.TrimSuffix(version, "-dirty")).To(Equal(strings.TrimSuffix(makefileShell("VERSION"), "-dirty")), stale)
 	})
 
 	It("prints its flags with --help and exits 0", func() {
@@ -209,15 +225,31 @@ var _ = Describe("The manager image", Ordered, func() {
 		_, _, err := command(manager, "--no-such-flag", "--help")
 		Expect(err).To(HaveOccurred(), "the check above must be able to fail")
 	})
-
-	It("logs the version and commit it was built with", func() {
-		// No cluster to talk to: the manager logs its version, then fails to load a kubeconfig.
-		home := GinkgoT().TempDir()
-		cmd := exec.Command(manager)
-		cmd.Env = []string{"HOME=" + home, "KUBECONFIG=" + filepath.Join(home, "missing")}
-		out, err := cmd.CombinedOutput()
-		Expect(err).To(HaveOccurred(), "%s", out)
-		Expect(string(out)).To(ContainSubstring(`"version":"` + version + `"`))
-		Expect(string(out)).To(ContainSubstring(`"commit":"` + commit + `"`))
-	})
 })
+
+// makefileShell runs the command of a Makefile variable whose default is `$(shell command)`, as
+// make would, and returns its output.
+func makefileShell(name string) string {
+	GinkgoHelper()
+	command, ok := strings.CutPrefix(makefileVar(name), "$(shell ")
+	Expect(ok).To(BeTrue(), "the Makefile's %s is no $(shell ...)", name)
+	return strings.TrimSpace(mustRun("sh", "-c", strings.TrimSuffix(command, ")")))
+}
+
+// startupVersion runs the manager without a cluster to talk to: it logs its version and commit,
+// then fails to load a kubeconfig. It returns the version and the commit.
+func startupVersion(manager string) (string, string) {
+	GinkgoHelper()
+	home := GinkgoT().TempDir()
+	cmd := exec.Command(manager)
+	cmd.Env = []string{"HOME=" + home, "KUBECONFIG=" + filepath.Join(home, "missing")}
+	out, err := cmd.CombinedOutput()
+	Expect(err).To(HaveOccurred(), "%s", out)
+	var found []string
+	for _, key := range []string{"version", "commit"} {
+		m := regexp.MustCompile(`"` + key + `":"([^"]*)"`).FindSubmatch(out)
+		Expect(m).NotTo(BeNil(), "no %s in:\n%s", key, out)
+		found = append(found, string(m[1]))
+	}
+	return found[0], found[1]
+}

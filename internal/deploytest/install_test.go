@@ -64,7 +64,7 @@ var _ = Describe("Installing with the documented commands", func() {
 		Expect(corev1.AddToScheme(scheme)).To(Succeed())
 		Expect(rbacv1.AddToScheme(scheme)).To(Succeed())
 		Expect(apiextensionsv1.AddToScheme(scheme)).To(Succeed())
-		c, err := client.New(cfg, client.Options{Scheme: scheme})
+		c, err := client.New(env.Config, client.Options{Scheme: scheme})
 		Expect(err).NotTo(HaveOccurred())
 		deployment := client.ObjectKey{Namespace: releaseNamespace, Name: "kms-key-sync-controller-manager"}
 

@@ -10,10 +10,11 @@ import (
 	. "github.com/onsi/gomega"
 	corev1 "k8s.io/api/core/v1"
 	rbacv1 "k8s.io/api/rbac/v1"
-	"k8s.io/apimachinery/pkg/api/resource"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	"k8s.io/apimachinery/pkg/util/intstr"
 	"sigs.k8s.io/yaml"
+
+	"github.com/kms-key-sync/kms-key-sync/internal/testkit"
 )
 
 // operatorMetrics are the metrics the operator exposes; the alerts may use only these.
@@ -100,14 +101,7 @@ var _ = Describe("The kustomize configuration", func() {
 			Expect(c.Args).To(ConsistOf("--leader-elect", "--health-probe-bind-address=:8081", "--metrics-bind-address=:8443"))
 			// build-installer with the default IMG leaves config/manager/kustomization.yaml as it is.
 			Expect(c.Image).To(Equal(makefileVar("IMG")))
-			Expect(c.Resources.Requests).To(Equal(corev1.ResourceList{
-				corev1.ResourceCPU: resource.MustParse("10m"), corev1.ResourceMemory: resource.MustParse("64Mi"),
-			}))
-			Expect(c.Resources.Limits).To(Equal(corev1.ResourceList{
-				corev1.ResourceCPU: resource.MustParse("500m"), corev1.ResourceMemory: resource.MustParse("256Mi"),
-			}))
-			Expect(probePort(c, c.LivenessProbe)).To(BeEquivalentTo(8081))
-			Expect(probePort(c, c.ReadinessProbe)).To(BeEquivalentTo(8081))
+			expectDefaultResourcesAndProbes(c)
 
 			svc := &corev1.Service{}
 			convert(ms.get("Service", "kms-key-sync-controller-manager-metrics-service"), svc)
@@ -129,13 +123,12 @@ var _ = Describe("The kustomize configuration", func() {
 				Expect(rb.Subjects).To(Equal([]rbacv1.Subject{{Kind: "ServiceAccount", Name: sa.GetName(), Namespace: releaseNamespace}}))
 				ms.get(rb.RoleRef.Kind, rb.RoleRef.Name)
 			}
-			generated := readRole("config/rbac/role.yaml")
-			Expect(permissions(rulesOf(ms.get("ClusterRole", "kms-key-sync-manager-role")))).To(Equal(permissions(rulesOf(generated))))
-			Expect(permissions(rulesOf(ms.get("ClusterRole", "kms-key-sync-metrics-auth-role")))).To(Equal([]string{
+			Expect(testkit.Permissions(rulesOf(ms.get("ClusterRole", "kms-key-sync-manager-role")))).To(Equal(testkit.Permissions(managerRole())))
+			Expect(testkit.Permissions(rulesOf(ms.get("ClusterRole", "kms-key-sync-metrics-auth-role")))).To(Equal([]string{
 				"group=authentication.k8s.io resource=tokenreviews name= verb=create",
 				"group=authorization.k8s.io resource=subjectaccessreviews name= verb=create",
 			}))
-			Expect(permissions(rulesOf(ms.get("ClusterRole", "kms-key-sync-metrics-reader")))).To(Equal([]string{"url=/metrics verb=get"}))
+			Expect(testkit.Permissions(rulesOf(ms.get("ClusterRole", "kms-key-sync-metrics-reader")))).To(Equal([]string{"url=/metrics verb=get"}))
 			Expect(ms.get("ClusterRole", "kms-key-sync-kmskeyselector-viewer-role").GetLabels()).To(HaveKeyWithValue("rbac.authorization.k8s.io/aggregate-to-view", "true"))
 			Expect(ms.get("ClusterRole", "kms-key-sync-kmskeyselector-editor-role").GetLabels()).To(HaveKeyWithValue("rbac.authorization.k8s.io/aggregate-to-edit", "true"))
 		})

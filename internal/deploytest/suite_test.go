@@ -7,11 +7,11 @@ import (
 
 	. "github.com/onsi/ginkgo/v2"
 	. "github.com/onsi/gomega"
-	"k8s.io/client-go/rest"
 	"sigs.k8s.io/controller-runtime/pkg/client"
-	"sigs.k8s.io/controller-runtime/pkg/envtest"
 	logf "sigs.k8s.io/controller-runtime/pkg/log"
 	"sigs.k8s.io/controller-runtime/pkg/log/zap"
+
+	"github.com/kms-key-sync/kms-key-sync/internal/testkit"
 )
 
 // The suite renders the install artefacts with the pinned tools in bin/ and has a real
@@ -21,9 +21,9 @@ var (
 	root string
 	// helmBin and kustomizeBin are the tools `make helm kustomize` installs.
 	helmBin, kustomizeBin string
-	testEnv               *envtest.Environment
-	cfg                   *rest.Config
-	k8sClient             client.Client
+	env                   *testkit.Env
+	// k8sClient is env's admin client.
+	k8sClient client.Client
 	// kubeconfig is a file with admin credentials for the envtest API server, for helm.
 	kubeconfig string
 )
@@ -37,10 +37,8 @@ var _ = BeforeSuite(func() {
 	logf.SetLogger(zap.New(zap.WriteTo(GinkgoWriter), zap.UseDevMode(true)))
 
 	var err error
-	root, err = filepath.Abs(filepath.Join("..", ".."))
+	root, err = testkit.RepoRoot()
 	Expect(err).NotTo(HaveOccurred())
-	Expect(filepath.Join(root, "go.mod")).To(BeAnExistingFile())
-
 	helmBin = filepath.Join(root, "bin", "helm")
 	kustomizeBin = filepath.Join(root, "bin", "kustomize")
 	for _, bin := range []string{helmBin, kustomizeBin} {
@@ -55,26 +53,20 @@ var _ = BeforeSuite(func() {
 		GinkgoT().Setenv(v, filepath.Join(helmHome, v))
 	}
 
-	testEnv = &envtest.Environment{
-		// The Prometheus Operator's CRDs, so that ServiceMonitor and PrometheusRule are known.
-		CRDDirectoryPaths:     []string{filepath.Join("testdata", "crds")},
-		ErrorIfCRDPathMissing: true,
-	}
-	cfg, err = testEnv.Start()
-	Expect(err).NotTo(HaveOccurred(), "starting envtest: is KUBEBUILDER_ASSETS set (make test sets it)?")
-	k8sClient, err = client.New(cfg, client.Options{})
+	env, err = testkit.StartEnv(testkit.EnvOptions{
+		Root: root,
+		// Helm and kustomize install the operator's CRDs themselves, as the tests check. The
+		// Prometheus Operator's CRDs make ServiceMonitor and PrometheusRule known.
+		CRDDirectories: []string{filepath.Join("internal", "deploytest", "testdata", "crds")},
+	})
 	Expect(err).NotTo(HaveOccurred())
-
-	admin, err := testEnv.AddUser(envtest.User{Name: "deploytest-admin", Groups: []string{"system:masters"}}, nil)
-	Expect(err).NotTo(HaveOccurred())
-	kc, err := admin.KubeConfig()
-	Expect(err).NotTo(HaveOccurred())
+	k8sClient = env.Client
 	kubeconfig = filepath.Join(GinkgoT().TempDir(), "kubeconfig")
-	Expect(os.WriteFile(kubeconfig, kc, 0o600)).To(Succeed())
+	Expect(os.WriteFile(kubeconfig, env.AdminKubeconfig(), 0o600)).To(Succeed())
 })
 
 var _ = AfterSuite(func() {
-	if testEnv != nil {
-		Expect(testEnv.Stop()).To(Succeed())
+	if env != nil {
+		Expect(env.Stop()).To(Succeed())
 	}
 })

@@ -9,10 +9,10 @@ import (
 	. "github.com/onsi/gomega"
 	coordinationv1 "k8s.io/api/coordination/v1"
 	"k8s.io/apimachinery/pkg/types"
-	"k8s.io/utils/ptr"
 
 	kmsv1alpha1 "github.com/kms-key-sync/kms-key-sync/api/v1alpha1"
 	"github.com/kms-key-sync/kms-key-sync/internal/kms"
+	"github.com/kms-key-sync/kms-key-sync/internal/testkit"
 	"github.com/kms-key-sync/kms-key-sync/pkg/kmstest"
 )
 
@@ -28,8 +28,7 @@ var _ = Describe("High availability", func() {
 		keys := kmstest.GenerateKeys(4, map[string]string{"ha": "yes"})
 		staging := kmstest.GenerateKeys(2, map[string]string{"ha": "staging"})
 		f := newFixture(kmstest.WithKeys(append(keys, staging...)...))
-		c := f.child()
-		c.LeaderElection, c.LeaderElectionNamespace = true, f.ns
+		c := electingChildOf(f)
 		a, b := startOperator("a", c), startOperator("b", c)
 
 		var leader, standby *operatorProcess
@@ -43,23 +42,20 @@ var _ = Describe("High availability", func() {
 			return leader != nil
 		}).Should(BeTrue())
 		lease := &coordinationv1.Lease{}
-		Expect(k8sClient.Get(bg(), types.NamespacedName{Namespace: f.ns, Name: "kms-key-sync.keysync.dev"}, lease)).To(Succeed())
+		Expect(k8sClient.Get(bg(), types.NamespacedName{Namespace: f.Namespace, Name: "kms-key-sync.keysync.dev"}, lease)).To(Succeed())
 		holder := *lease.Spec.HolderIdentity
 
 		withTag := func(v string) func(*kmsv1alpha1.KmsKeySelector) {
-			return func(s *kmsv1alpha1.KmsKeySelector) {
-				s.Spec.Tags = []kmsv1alpha1.TagSelector{{Key: "ha", Values: []string{v}}}
-			}
+			return testkit.WithTags(testkit.Tag("ha", v))
 		}
-		forced := f.create(f.selector("forced", withTag("yes")))
+		forced := f.Create(f.Selector("forced", withTag("yes")))
 		// Another page size, so that the two listings are not coalesced: the standby listing
 		// too would show as more than two calls.
-		respec := f.create(f.selector("respec", withTag("yes"), func(s *kmsv1alpha1.KmsKeySelector) { s.Spec.PageSize = ptr.To[int32](500) }))
+		respec := f.Create(f.Selector("respec", withTag("yes"), testkit.WithPageSize(500)))
 		for _, s := range []*kmsv1alpha1.KmsKeySelector{forced, respec} {
-			deleteAtCleanup(s)
-			Eventually(readyReason(s)).Should(Equal(kmsv1alpha1.ReasonSynced))
+			Eventually(f.ReadyReason(s)).Should(Equal(kmsv1alpha1.ReasonSynced))
 		}
-		Expect(f.kms.Stats().ByAction[kmstest.ActionFilter]).To(Equal(int64(2)), "the standby listed too")
+		Expect(f.FilterCalls()).To(Equal(int64(2)), "the standby listed too")
 		Expect(standby.electedAt()).To(BeZero())
 
 		By("stopping the leader")
@@ -67,17 +63,16 @@ var _ = Describe("High availability", func() {
 		Expect(leader.stop(syscall.SIGTERM)).To(BeTrue())
 
 		By("changing KMS and the selectors while nobody leads")
-		Expect(f.kms.SetKeyState(keys[0].ID, kms.StateDisabled)).To(Succeed())
+		Expect(f.KMS.SetKeyState(keys[0].ID, kms.StateDisabled)).To(Succeed())
 		extra := kmstest.GenerateKeys(1, map[string]string{"ha": "yes", "new": "yes"})
-		Expect(f.kms.PutKeys(extra...)).To(Succeed())
-		value := forceSync(forced)
+		Expect(f.KMS.PutKeys(extra...)).To(Succeed())
+		f.ForceSync(forced)
 		Eventually(func(g Gomega) {
-			cur := get(g, respec)
-			cur.Spec.Tags = []kmsv1alpha1.TagSelector{{Key: "ha", Values: []string{"staging"}}}
+			cur := f.Get(respec)(g)
+			withTag("staging")(cur)
 			g.Expect(k8sClient.Update(bg(), cur)).To(Succeed())
 		}).Should(Succeed())
-		late := f.create(f.selector("late", withTag("yes")))
-		deleteAtCleanup(late)
+		f.Create(f.Selector("late", withTag("yes")))
 
 		By("waiting for the standby to take over")
 		Eventually(standby.electedAt, defaultLeaseDuration+2*defaultRetryPeriod+10*time.Second).ShouldNot(BeZero())
@@ -85,14 +80,14 @@ var _ = Describe("High availability", func() {
 
 		disabled := keys[0]
 		disabled.State = kms.StateDisabled
-		want := statesOf(append(append([]kms.Key{disabled}, keys[1:]...), extra...)...)
-		Eventually(handled(forced, value)).Should(Succeed())
-		Eventually(f.states("forced")).Should(Equal(want))
-		Eventually(f.states("respec")).Should(Equal(statesOf(staging...)))
-		Eventually(f.states("late")).Should(Equal(want))
+		want := testkit.StatesOf(append(append([]kms.Key{disabled}, keys[1:]...), extra...)...)
+		Eventually(synced(f, forced)).Should(Succeed())
+		Eventually(f.States("forced")).Should(Equal(want))
+		Eventually(f.States("respec")).Should(Equal(testkit.StatesOf(staging...)))
+		Eventually(f.States("late")).Should(Equal(want))
 		synced := time.Since(stoppedAt)
 
-		Expect(k8sClient.Get(bg(), types.NamespacedName{Namespace: f.ns, Name: "kms-key-sync.keysync.dev"}, lease)).To(Succeed())
+		Expect(k8sClient.Get(bg(), types.NamespacedName{Namespace: f.Namespace, Name: "kms-key-sync.keysync.dev"}, lease)).To(Succeed())
 		Expect(*lease.Spec.HolderIdentity).NotTo(Equal(holder))
 
 		report := fmt.Sprintf("leader stopped (SIGTERM: context cancelled, lease released as main.go does); standby elected after %v, all changes made in between synced after %v (lease %v, retry period %v)",

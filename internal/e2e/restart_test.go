@@ -9,7 +9,6 @@ import (
 	. "github.com/onsi/ginkgo/v2"
 	. "github.com/onsi/gomega"
 	corev1 "k8s.io/api/core/v1"
-	eventsv1 "k8s.io/api/events/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/watch"
 	"k8s.io/utils/ptr"
@@ -17,6 +16,7 @@ import (
 
 	kmsv1alpha1 "github.com/kms-key-sync/kms-key-sync/api/v1alpha1"
 	"github.com/kms-key-sync/kms-key-sync/internal/kms"
+	"github.com/kms-key-sync/kms-key-sync/internal/testkit"
 	"github.com/kms-key-sync/kms-key-sync/pkg/kmstest"
 )
 
@@ -71,49 +71,45 @@ var _ = Describe("An operator restarted in the middle of a listing", func() {
 		func(sig syscall.Signal, graceful bool) {
 			keys := kmstest.GenerateKeys(25, map[string]string{"restart": "yes"})
 			f := newFixture(kmstest.WithKeys(keys...))
-			first := startOperator("first", f.child())
-			sel := f.create(f.selector("restart", func(s *kmsv1alpha1.KmsKeySelector) { s.Spec.PageSize = ptr.To[int32](10) }))
-			deleteAtCleanup(sel)
-			Eventually(readyReason(sel)).Should(Equal(kmsv1alpha1.ReasonSynced))
-			cm := &corev1.ConfigMap{}
-			Expect(k8sClient.Get(bg(), client.ObjectKey{Namespace: f.ns, Name: "restart"}, cm)).To(Succeed())
-			before := cm.Data
-			Expect(entries(before)).To(Equal(statesOf(keys...)))
-			history := watchConfigMaps(f.ns, "restart", cm.ResourceVersion)
+			first := startOperator("first", childOf(f))
+			sel := f.Create(f.Selector("restart", testkit.WithPageSize(10)))
+			Eventually(f.ReadyReason(sel)).Should(Equal(kmsv1alpha1.ReasonSynced))
+			cm := f.ConfigMap("restart")(Default)
+			before := testkit.KeyStates(cm.Data)
+			Expect(before).To(Equal(testkit.StatesOf(keys...)))
+			history := watchConfigMaps(f.Namespace, "restart", cm.ResourceVersion)
 
 			By("changing KMS, then holding the second page of the next listing")
 			added := kmstest.GenerateKeys(5, map[string]string{"restart": "later"})
-			Expect(f.kms.PutKeys(added...)).To(Succeed())
+			Expect(f.KMS.PutKeys(added...)).To(Succeed())
 			for _, k := range keys[:2] {
-				Expect(f.kms.SetKeyState(k.ID, kms.StateDisabled)).To(Succeed())
+				Expect(f.KMS.SetKeyState(k.ID, kms.StateDisabled)).To(Succeed())
 			}
-			now := f.kms.Keys()
+			now := f.KMS.Keys()
 			Expect(now).To(HaveLen(30))
-			Expect(f.kms.InjectFault(kmstest.Fault{Kind: kmstest.FaultLatency, Action: kmstest.ActionFilter, Skip: 1, Times: 1, Delay: 4 * time.Second})).To(Succeed())
-			value := forceSync(sel)
-			Eventually(func() int64 { return f.kms.Stats().FaultsApplied }).Should(Equal(int64(1)), "the second page is in flight")
+			Expect(f.KMS.InjectFault(kmstest.Fault{Kind: kmstest.FaultLatency, Action: kmstest.ActionFilter, Skip: 1, Times: 1, Delay: 4 * time.Second})).To(Succeed())
+			f.ForceSync(sel)
+			Eventually(func() int64 { return f.KMS.Stats().FaultsApplied }).Should(Equal(int64(1)), "the second page is in flight")
 
 			By("stopping the operator while the listing is in flight")
 			Expect(first.stop(sig)).To(Equal(graceful))
-			Expect(f.states("restart")(Default)).To(Equal(entries(before)))
+			Expect(f.States("restart")(Default)).To(Equal(before))
 			// Being stopped is not a KMS failure: no Warning, no failed condition.
-			Expect(readyReason(sel)(Default)).To(Equal(kmsv1alpha1.ReasonSynced))
-			events := &eventsv1.EventList{}
-			Expect(k8sClient.List(bg(), events, client.InNamespace(f.ns))).To(Succeed())
-			Expect(events.Items).NotTo(ContainElement(HaveField("Note", ContainSubstring("context canceled"))),
+			Expect(f.ReadyReason(sel)(Default)).To(Equal(kmsv1alpha1.ReasonSynced))
+			Expect(f.Events(sel)(Default)).NotTo(ContainElement(HaveField("Note", ContainSubstring("context canceled"))),
 				"the stopped operator reported its own shutdown as a failed sync")
 
 			By("starting a new operator")
-			second := startOperator("second", f.child())
-			Eventually(handled(sel, value)).Should(Succeed())
-			Expect(f.states("restart")(Default)).To(Equal(statesOf(now...)))
-			Expect(get(Default, sel).Status.KeyCount).To(Equal(ptr.To[int32](30)))
+			second := startOperator("second", childOf(f))
+			Eventually(synced(f, sel)).Should(Succeed())
+			Expect(f.States("restart")(Default)).To(Equal(testkit.StatesOf(now...)))
+			Expect(f.Get(sel)(Default).Status.KeyCount).To(Equal(ptr.To[int32](30)))
 
 			Eventually(func() []map[string]string { return history.seen() }).ShouldNot(BeEmpty())
 			history.stop()
 			for i, v := range history.seen() {
 				Expect(v).NotTo(BeNil(), "version %d: the ConfigMap was deleted", i)
-				Expect(entries(v)).To(Or(Equal(entries(before)), Equal(statesOf(now...))),
+				Expect(testkit.KeyStates(v)).To(Or(Equal(before), Equal(testkit.StatesOf(now...))),
 					"version %d of the ConfigMap is neither the old nor the new complete listing", i)
 			}
 			Expect(history.seen()[len(history.seen())-1]).To(HaveLen(31))

@@ -7,23 +7,22 @@ import (
 	"encoding/json"
 	"fmt"
 	"net/http"
-	"os"
-	"path/filepath"
 	"regexp"
 	"strings"
-	"syscall"
 	"time"
 
 	. "github.com/onsi/ginkgo/v2"
 	. "github.com/onsi/gomega"
 	"go.uber.org/zap/zapcore"
 	eventsv1 "k8s.io/api/events/v1"
+	"k8s.io/klog/v2"
 	"sigs.k8s.io/controller-runtime/pkg/client"
-	"sigs.k8s.io/controller-runtime/pkg/log/zap"
+	logf "sigs.k8s.io/controller-runtime/pkg/log"
 
 	kmsv1alpha1 "github.com/kms-key-sync/kms-key-sync/api/v1alpha1"
 	"github.com/kms-key-sync/kms-key-sync/internal/keysource"
 	"github.com/kms-key-sync/kms-key-sync/internal/kms"
+	"github.com/kms-key-sync/kms-key-sync/internal/testkit"
 	"github.com/kms-key-sync/kms-key-sync/pkg/kmstest"
 )
 
@@ -113,17 +112,29 @@ var _ = Describe("Secrets", func() {
 		// Two emulators: one takes the token, one the AK/SK pair, so that each can echo back what
 		// its callers sent (a token; a security token) without echoing another caller's secrets.
 		f := newFixture(kmstest.WithKeys(keys...), kmstest.WithToken(canaryToken))
-		aksk := kmstest.NewTLSServer(kmstest.WithKeys(keys...), kmstest.WithAKSK(canaryAK, canarySK, canarySTS))
+		aksk := testkit.NewEmulator("", kmstest.WithKeys(keys...), kmstest.WithAKSK(canaryAK, canarySK, canarySTS))
 		DeferCleanup(aksk.Close)
-		f.putSecret("by-token", map[string]string{"token": canaryToken + "\n"})
-		f.putSecret("by-aksk", map[string]string{"accessKey": canaryAK, "secretKey": canarySK, "securityToken": canarySTS})
-		f.putSecret("wrong-sk", map[string]string{"accessKey": canaryAK, "secretKey": canaryWrongSK, "securityToken": canarySTS})
-		f.putSecret("both", map[string]string{"token": canaryToken, "accessKey": canaryAK, "secretKey": canarySK})
+		f.PutSecret("by-token", map[string]string{"token": canaryToken + "\n"})
+		f.PutSecret("by-aksk", map[string]string{"accessKey": canaryAK, "secretKey": canarySK, "securityToken": canarySTS})
+		f.PutSecret("wrong-sk", map[string]string{"accessKey": canaryAK, "secretKey": canaryWrongSK, "securityToken": canarySTS})
+		f.PutSecret("both", map[string]string{"token": canaryToken, "accessKey": canaryAK, "secretKey": canarySK})
 
-		c := f.child()
-		c.LogLevel = -10
-		c.MetricsFile = filepath.Join(GinkgoT().TempDir(), "metrics.txt")
-		op := startOperator("canary", c)
+		// The operator runs in this process with loggers of its own at V(10). Whatever else the
+		// process logs meanwhile (controller-runtime's global logger, klog) goes to processLog,
+		// also at V(10): together, all that an operator process would write to its log.
+		processLogLevel.SetLevel(zapcore.Level(-10))
+		DeferCleanup(func() { processLogLevel.SetLevel(zapcore.DebugLevel) })
+		processFrom := processLog.Len()
+		logf.Log.V(10).Info("Leak test started: controller-runtime's logger at V(10)")
+		klog.InfoS("Leak test started: klog")
+		operatorLog := &testkit.Buffer{}
+		logger := testkit.JSONLogger(operatorLog, 10)
+		metricsAddr, err := testkit.FreeLoopbackAddress()
+		Expect(err).NotTo(HaveOccurred())
+		o, err := operatorOptions(metricsAddr, f.Namespace)
+		Expect(err).NotTo(HaveOccurred())
+		o.Logger, o.KMS.Logger = logger, logger.WithName("kms")
+		op := runOperator(o)
 
 		using := func(secret string, endpoint string) func(*kmsv1alpha1.KmsKeySelector) {
 			return func(s *kmsv1alpha1.KmsKeySelector) {
@@ -131,29 +142,26 @@ var _ = Describe("Secrets", func() {
 				s.Spec.Provider.Endpoint = endpoint
 			}
 		}
-		byToken := f.create(f.selector("by-token", using("by-token", f.kms.URL)))
-		byAKSK := f.create(f.selector("by-aksk", using("by-aksk", aksk.URL)))
-		wrongSK := f.create(f.selector("wrong-sk", using("wrong-sk", aksk.URL)))
-		both := f.create(f.selector("both", using("both", f.kms.URL)))
-		for _, s := range []*kmsv1alpha1.KmsKeySelector{byToken, byAKSK, wrongSK, both} {
-			deleteAtCleanup(s)
-		}
+		byToken := f.Create(f.Selector("by-token", using("by-token", f.KMS.URL)))
+		byAKSK := f.Create(f.Selector("by-aksk", using("by-aksk", aksk.URL)))
+		wrongSK := f.Create(f.Selector("wrong-sk", using("wrong-sk", aksk.URL)))
+		both := f.Create(f.Selector("both", using("both", f.KMS.URL)))
 		for _, s := range []*kmsv1alpha1.KmsKeySelector{byToken, byAKSK} {
-			Eventually(readyReason(s)).Should(Equal(kmsv1alpha1.ReasonSynced))
+			Eventually(f.ReadyReason(s)).Should(Equal(kmsv1alpha1.ReasonSynced))
 		}
-		Eventually(readyReason(wrongSK)).Should(Equal(kmsv1alpha1.ReasonCredentialsInvalid))
-		Expect(readyMessage(wrongSK)).To(ContainSubstring("KMS.0302"))
-		Eventually(readyReason(both)).Should(Equal(kmsv1alpha1.ReasonCredentialsInvalid))
+		Eventually(f.ReadyReason(wrongSK)).Should(Equal(kmsv1alpha1.ReasonCredentialsInvalid))
+		Expect(readyMessage(f, wrongSK)).To(ContainSubstring("KMS.0302"))
+		Eventually(f.ReadyReason(both)).Should(Equal(kmsv1alpha1.ReasonCredentialsInvalid))
 		// The canaries were really used: KMS saw the access key sign, and the token.
 		Expect(aksk.Requests()).To(ContainElement(And(HaveField("AccessKey", canaryAK), HaveField("Status", http.StatusOK))))
-		Expect(f.kms.Requests()).To(ContainElement(And(HaveField("Auth", kmstest.AuthToken), HaveField("Status", http.StatusOK))))
+		Expect(f.KMS.Requests()).To(ContainElement(And(HaveField("Auth", kmstest.AuthToken), HaveField("Status", http.StatusOK))))
 
 		type target struct {
 			sel    *kmsv1alpha1.KmsKeySelector
 			kms    *kmstest.Server
 			echoed string
 		}
-		targets := []target{{byToken, f.kms, "token=" + canaryToken}, {byAKSK, aksk, "securityToken=" + canarySTS}}
+		targets := []target{{byToken, f.KMS, "token=" + canaryToken}, {byAKSK, aksk, "securityToken=" + canarySTS}}
 		for _, step := range []struct {
 			name   string
 			fault  kmstest.Fault
@@ -171,32 +179,33 @@ var _ = Describe("Secrets", func() {
 					fl.Message = echo(t.echoed)
 				}
 				Expect(t.kms.InjectFault(fl)).To(Succeed())
-				forceSync(t.sel)
-				Eventually(readyReason(t.sel)).Should(Equal(step.reason))
+				f.ForceSync(t.sel)
+				Eventually(f.Handled(t.sel)).Should(Succeed())
+				Expect(f.ReadyReason(t.sel)(Default)).To(Equal(step.reason))
 				if fl.Message != "" {
 					// The echo reached the client and was scrubbed, not dropped.
-					Expect(readyMessage(t.sel)).To(ContainSubstring(echo(strings.SplitN(t.echoed, "=", 2)[0] + "=[redacted]")))
+					Expect(readyMessage(f, t.sel)).To(ContainSubstring(echo(strings.SplitN(t.echoed, "=", 2)[0] + "=[redacted]")))
 				}
+				// Healthy again before the next step, whose first attempt then retries as a
+				// healthy selector's does.
 				t.kms.ClearFaults()
+				f.ForceSync(t.sel)
+				Eventually(synced(f, t.sel)).Should(Succeed())
 			}
 		}
-		for _, t := range targets {
-			value := forceSync(t.sel)
-			Eventually(handled(t.sel, value)).Should(Succeed())
-		}
 
-		By("stopping the operator, which writes its metrics")
-		Expect(op.stop(syscall.SIGTERM)).To(BeTrue())
-		logText := op.log()
-		metricsText, err := os.ReadFile(c.MetricsFile)
+		By("stopping the operator")
+		metricsText, err := testkit.MetricsText(bg(), nil, "http://"+metricsAddr+"/metrics")
 		Expect(err).NotTo(HaveOccurred())
+		Expect(op.Stop()).To(Succeed())
+		logText, processText := operatorLog.String(), processLog.From(processFrom)
 
 		events := &eventsv1.EventList{}
-		Expect(k8sClient.List(bg(), events, client.InNamespace(f.ns))).To(Succeed())
+		Expect(k8sClient.List(bg(), events, client.InNamespace(f.Namespace))).To(Succeed())
 		eventsJSON, err := json.Marshal(events)
 		Expect(err).NotTo(HaveOccurred())
 		selectors := &kmsv1alpha1.KmsKeySelectorList{}
-		Expect(k8sClient.List(bg(), selectors, client.InNamespace(f.ns))).To(Succeed())
+		Expect(k8sClient.List(bg(), selectors, client.InNamespace(f.Namespace))).To(Succeed())
 		selectorsJSON, err := json.Marshal(selectors)
 		Expect(err).NotTo(HaveOccurred())
 
@@ -208,23 +217,25 @@ var _ = Describe("Secrets", func() {
 		Expect(logText).To(ContainSubstring(`"msg":"Sync failed"`))
 		Expect(logText).To(ContainSubstring(`kms request failed, retrying`))
 		Expect(strings.Count(logText, "\n")).To(BeNumerically(">", 100))
+		Expect(processText).To(And(ContainSubstring("Leak test started: controller-runtime's logger"), ContainSubstring("Leak test started: klog")))
 		Expect(string(eventsJSON)).To(And(ContainSubstring("CredentialsInvalid"), ContainSubstring("KMSRequestFailed"), ContainSubstring("[redacted]")))
 		Expect(string(selectorsJSON)).To(ContainSubstring(`"reason":"Synced"`))
-		Expect(string(metricsText)).To(And(ContainSubstring("kms_key_sync_kms_requests_total"), ContainSubstring(`namespace="`+f.ns+`"`)))
+		Expect(string(metricsText)).To(And(ContainSubstring("kms_key_sync_kms_requests_total"), ContainSubstring(`namespace="`+f.Namespace+`"`)))
 
 		Expect(leaks(map[string]string{
 			"operator log": logText,
+			"process log":  processText,
 			"events":       string(eventsJSON),
 			"selectors":    string(selectorsJSON),
 			"metrics":      string(metricsText),
-			"errors":       clientErrors(f.kms, aksk),
+			"errors":       clientErrors(f.KMS, aksk),
 		})).To(BeEmpty())
 	})
 
 	// A zap logger renders a struct without a String or MarshalLog method by reflection, as JSON.
 	It("keeps credentials out of structured log fields, alone or inside a request", func() {
 		var buf bytes.Buffer
-		logger := zap.New(zap.WriteTo(&buf), zap.UseDevMode(true), zap.JSONEncoder(), zap.Level(zapcore.Level(-10)))
+		logger := testkit.JSONLogger(&buf, 10)
 		creds := kms.Credentials{AccessKey: canaryAK, SecretKey: canarySK, SecurityToken: canarySTS}
 		logger.V(10).Info("credentials", "credentials", creds)
 		logger.V(10).Info("request", "request", keysource.Request{Endpoint: "https://kms.example", ProjectID: "p", Credentials: creds})
@@ -258,7 +269,7 @@ func clientErrors(byToken, byAKSK *kmstest.Server) string {
 		} {
 			c.kms.ClearFaults()
 			Expect(c.kms.InjectFault(fl)).To(Succeed())
-			transport, err := kms.NewTransport(tlsCA)
+			transport, err := testkit.EmulatorTransport()
 			Expect(err).NotTo(HaveOccurred())
 			client, err := kms.New(kms.Config{Endpoint: c.kms.URL, ProjectID: kmstest.DefaultProjectID, Credentials: c.creds, Transport: transport,
 				Retry: kms.RetryPolicy{MaxAttempts: 2, BaseDelay: time.Millisecond, MaxDelay: time.Millisecond}})

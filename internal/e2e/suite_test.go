@@ -1,29 +1,31 @@
 package e2e
 
 import (
+	"io"
 	"os"
-	"path/filepath"
 	"testing"
 	"time"
 
 	. "github.com/onsi/ginkgo/v2"
 	. "github.com/onsi/gomega"
-	"k8s.io/client-go/rest"
+	uberzap "go.uber.org/zap"
+	"go.uber.org/zap/zapcore"
+	"k8s.io/klog/v2"
 	"sigs.k8s.io/controller-runtime/pkg/client"
-	"sigs.k8s.io/controller-runtime/pkg/envtest"
 	logf "sigs.k8s.io/controller-runtime/pkg/log"
 	"sigs.k8s.io/controller-runtime/pkg/log/zap"
 
-	"github.com/kms-key-sync/kms-key-sync/internal/operator"
-	"github.com/kms-key-sync/kms-key-sync/pkg/kmstest"
+	"github.com/kms-key-sync/kms-key-sync/internal/testkit"
 )
 
 var (
-	cfg       *rest.Config
+	env *testkit.Env
+	// k8sClient is env's admin client.
 	k8sClient client.WithWatch
-	testEnv   *envtest.Environment
-	// tlsCA is the certificate every TLS emulator presents.
-	tlsCA []byte
+	// processLog receives what this process logs outside the loggers an operator is given:
+	// controller-runtime's global logger and client-go's klog. Its level is processLogLevel.
+	processLog      = &testkit.Buffer{}
+	processLogLevel = uberzap.NewAtomicLevelAt(zapcore.DebugLevel)
 )
 
 // TestMain runs an operator instead of the tests when the process is a child started by
@@ -41,28 +43,20 @@ func TestE2E(t *testing.T) {
 }
 
 var _ = BeforeSuite(func() {
-	logf.SetLogger(zap.New(zap.WriteTo(GinkgoWriter), zap.UseDevMode(true)))
+	logger := zap.New(zap.WriteTo(io.MultiWriter(GinkgoWriter, processLog)), zap.UseDevMode(true), zap.Level(processLogLevel))
+	logf.SetLogger(logger)
+	klog.SetLogger(logger.WithName("klog"))
 	SetDefaultEventuallyTimeout(20 * time.Second)
-	SetDefaultEventuallyPollingInterval(100 * time.Millisecond)
-	SetDefaultConsistentlyDuration(time.Second)
+	SetDefaultEventuallyPollingInterval(20 * time.Millisecond)
 
-	testEnv = &envtest.Environment{
-		CRDDirectoryPaths:     []string{filepath.Join("..", "..", "config", "crd", "bases")},
-		ErrorIfCRDPathMissing: true,
-	}
 	var err error
-	cfg, err = testEnv.Start()
+	env, err = testkit.StartEnv(testkit.EnvOptions{})
 	Expect(err).NotTo(HaveOccurred())
-	k8sClient, err = client.NewWithWatch(cfg, client.Options{Scheme: operator.Scheme})
-	Expect(err).NotTo(HaveOccurred())
-
-	probe := kmstest.NewTLSServer()
-	tlsCA = probe.CertificatePEM()
-	probe.Close()
+	k8sClient = env.Client
 })
 
 var _ = AfterSuite(func() {
-	if testEnv != nil {
-		Expect(testEnv.Stop()).To(Succeed())
+	if env != nil {
+		Expect(env.Stop()).To(Succeed())
 	}
 })

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"time"
 
+	"github.com/go-logr/logr"
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/labels"
@@ -13,9 +14,11 @@ import (
 	utilruntime "k8s.io/apimachinery/pkg/util/runtime"
 	clientgoscheme "k8s.io/client-go/kubernetes/scheme"
 	"k8s.io/client-go/rest"
+	"k8s.io/utils/ptr"
 	ctrl "sigs.k8s.io/controller-runtime"
 	"sigs.k8s.io/controller-runtime/pkg/cache"
 	"sigs.k8s.io/controller-runtime/pkg/client"
+	"sigs.k8s.io/controller-runtime/pkg/config"
 	"sigs.k8s.io/controller-runtime/pkg/healthz"
 	"sigs.k8s.io/controller-runtime/pkg/metrics/filters"
 	metricsserver "sigs.k8s.io/controller-runtime/pkg/metrics/server"
@@ -67,6 +70,13 @@ type Options struct {
 	KMSBurst int
 	// KMS is the base configuration of every KMS client: transport, timeouts, retries, observer.
 	KMS kms.Config
+	// Logger is the manager's logger, which its controller, cache and event recorder log
+	// through; the zero value means controller-runtime's global logger, as main uses.
+	Logger logr.Logger
+	// SkipNameValidation lets this manager's controller share its name with a controller of
+	// another manager in the same process, as tests that run several operators in one process
+	// need. main never sets it.
+	SkipNameValidation bool
 }
 
 // New returns a manager running the KmsKeySelector controller.
@@ -81,6 +91,8 @@ func New(cfg *rest.Config, o Options) (ctrl.Manager, error) {
 		LeaderElectionNamespace:       o.LeaderElectionNamespace,
 		LeaderElectionReleaseOnCancel: o.LeaderElectionReleaseOnCancel,
 		Cache:                         cacheOptions(o.WatchNamespaces),
+		Logger:                        o.Logger,
+		Controller:                    config.Controller{SkipNameValidation: skipNameValidation(o)},
 	})
 	if err != nil {
 		return nil, fmt.Errorf("creating manager: %w", err)
@@ -151,6 +163,13 @@ func configMapMetadata() *metav1.PartialObjectMetadata {
 	cm := &metav1.PartialObjectMetadata{}
 	cm.SetGroupVersionKind(corev1.SchemeGroupVersion.WithKind("ConfigMap"))
 	return cm
+}
+
+func skipNameValidation(o Options) *bool {
+	if !o.SkipNameValidation {
+		return nil
+	}
+	return ptr.To(true)
 }
 
 func metricsOptions(o Options) metricsserver.Options {

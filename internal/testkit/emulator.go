@@ -2,6 +2,7 @@ package testkit
 
 import (
 	"net/http"
+	"net/http/httptest"
 	"slices"
 	"sync"
 
@@ -16,6 +17,13 @@ func NewEmulator(token string, opts ...kmstest.Option) *kmstest.Server {
 		opts = append([]kmstest.Option{kmstest.WithToken(token)}, opts...)
 	}
 	return kmstest.NewTLSServer(opts...)
+}
+
+// ServeTLS serves h over TLS on a loopback port, with the certificate every emulator presents:
+// for an emulator behind a handler of the caller's, such as one that logs the requests. Call
+// Close when done.
+func ServeTLS(h http.Handler) *httptest.Server {
+	return httptest.NewTLSServer(h)
 }
 
 // Every server kmstest.NewTLSServer starts presents the same self-signed certificate, so one

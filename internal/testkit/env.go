@@ -30,6 +30,8 @@ const OperatorCRDDir = "config/crd/bases"
 // EnvOptions configure StartEnv. The zero value starts the environment every operator suite
 // uses.
 type EnvOptions struct {
+	// Root is the repository root; empty means RepoRoot().
+	Root string
 	// CRDDirectories hold the CRDs to install, relative to the repository root or absolute; nil
 	// means OperatorCRDDir. A directory that does not exist is an error.
 	CRDDirectories []string
@@ -65,9 +67,16 @@ type Env struct {
 // binaries from $KUBEBUILDER_ASSETS, or else from bin/k8s, where hack/setup-envtest.sh builds
 // them. Call Stop when done; on error, whatever had started is stopped.
 func StartEnv(o EnvOptions) (*Env, error) {
-	root, err := RepoRoot()
+	root := o.Root
+	if root == "" {
+		var err error
+		if root, err = RepoRoot(); err != nil {
+			return nil, err
+		}
+	}
+	root, err := filepath.Abs(root)
 	if err != nil {
-		return nil, err
+		return nil, fmt.Errorf("finding the repository root: %w", err)
 	}
 	crdDirs := o.CRDDirectories
 	if crdDirs == nil {

@@ -1,6 +1,7 @@
 package testkit
 
 import (
+	"bytes"
 	"context"
 	"fmt"
 	"io"
@@ -36,6 +37,15 @@ func ParseMetrics(r io.Reader) (Metrics, error) {
 // ScrapeMetrics gets and parses the metrics at url with c (http.DefaultClient when nil). Names,
 // when given, ask the endpoint for these families only, which keeps a scrape cheap.
 func ScrapeMetrics(ctx context.Context, c *http.Client, metricsURL string, names ...string) (Metrics, error) {
+	text, err := MetricsText(ctx, c, metricsURL, names...)
+	if err != nil {
+		return nil, err
+	}
+	return ParseMetrics(bytes.NewReader(text))
+}
+
+// MetricsText gets the metrics at url as ScrapeMetrics does, and returns them as served.
+func MetricsText(ctx context.Context, c *http.Client, metricsURL string, names ...string) ([]byte, error) {
 	if c == nil {
 		c = http.DefaultClient
 	}
@@ -54,7 +64,11 @@ func ScrapeMetrics(ctx context.Context, c *http.Client, metricsURL string, names
 	if resp.StatusCode != http.StatusOK {
 		return nil, fmt.Errorf("scraping metrics at %s: %s", metricsURL, resp.Status)
 	}
-	return ParseMetrics(resp.Body)
+	text, err := io.ReadAll(resp.Body)
+	if err != nil {
+		return nil, fmt.Errorf("scraping metrics at %s: %w", metricsURL, err)
+	}
+	return text, nil
 }
 
 // Scrape returns a function that scrapes the metrics at url with http.DefaultClient.

@@ -5,7 +5,6 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
-	"net/http"
 	"os"
 	"os/exec"
 	"os/signal"
@@ -18,87 +17,86 @@ import (
 
 	. "github.com/onsi/ginkgo/v2"
 	. "github.com/onsi/gomega"
-	"github.com/prometheus/common/expfmt"
-	"go.uber.org/zap/zapcore"
-	"k8s.io/client-go/rest"
+	"k8s.io/client-go/tools/clientcmd"
 	ctrl "sigs.k8s.io/controller-runtime"
-	"sigs.k8s.io/controller-runtime/pkg/log/zap"
-	ctrlmetrics "sigs.k8s.io/controller-runtime/pkg/metrics"
 
-	"github.com/kms-key-sync/kms-key-sync/internal/kms"
 	"github.com/kms-key-sync/kms-key-sync/internal/operator"
+	"github.com/kms-key-sync/kms-key-sync/internal/testkit"
 )
+
+// The specs that stop, kill or restart an operator, or hand over between leaders, run each
+// operator in a child process: the test binary re-executed with childEnv set.
 
 // childEnv carries a childConfig, as JSON, to a child process that runs the operator.
 const childEnv = "KMS_KEY_SYNC_E2E_OPERATOR"
 
 // childConfig is what a child operator process runs with.
 type childConfig struct {
-	// Host, CAData, CertData and KeyData reach the envtest API server.
-	Host                      string
-	CAData, CertData, KeyData []byte
+	// Kubeconfig authenticates as the operator's user. QPS and Burst, which a kubeconfig cannot
+	// hold, limit its client as env.OperatorConfig's are limited.
+	Kubeconfig []byte
+	QPS        float32
+	Burst      int
 
 	LeaderElection          bool
 	LeaderElectionNamespace string
 	WatchNamespaces         []string
-	// TrustCA is the PEM the KMS transport trusts besides the system roots, as --kms-ca-file.
-	TrustCA []byte
-	// LogLevel is the zap level: -10 logs V(10) and everything above.
-	LogLevel int
-	// MetricsFile receives the metrics registry, in the text format, when the operator stops.
-	MetricsFile string
 	// MetricsAddr serves the metrics over plain HTTP while the operator runs; "" serves none.
 	MetricsAddr string
-	// RequestTimeout bounds each KMS request.
-	RequestTimeout time.Duration
 }
 
-// defaultChild is a child of the suite's API server with the envtest suite's timings.
-func defaultChild() childConfig {
+// childOf returns the config of a child operator of the fixture's namespace only, so that
+// operators of other specs never meet.
+func childOf(f *testkit.Fixture) childConfig {
+	GinkgoHelper()
+	kubeconfig, err := env.OperatorKubeconfig()
+	Expect(err).NotTo(HaveOccurred())
 	return childConfig{
-		Host: cfg.Host, CAData: cfg.CAData, CertData: cfg.CertData, KeyData: cfg.KeyData,
-		TrustCA: tlsCA, LogLevel: -1, RequestTimeout: 10 * time.Second,
+		Kubeconfig: kubeconfig, QPS: env.OperatorConfig.QPS, Burst: env.OperatorConfig.Burst,
+		WatchNamespaces: []string{f.Namespace},
 	}
 }
 
-// runChild runs the operator until SIGTERM or SIGINT. It prints "ELECTED <unix nanos>" when it
-// starts leading (at once without leader election) and "STOPPED" when the manager has returned.
+// electingChildOf returns childOf(f) electing a leader in the fixture's namespace, where the
+// operator's user is granted leader election.
+func electingChildOf(f *testkit.Fixture) childConfig {
+	GinkgoHelper()
+	Expect(env.GrantLeaderElection(bg(), f.Namespace)).To(Succeed())
+	c := childOf(f)
+	c.LeaderElection, c.LeaderElectionNamespace = true, f.Namespace
+	return c
+}
+
+// runChild runs the operator until SIGTERM or SIGINT, logging JSON to stderr at V(1). It prints
+// "ELECTED <unix nanos>" when it starts leading (at once without leader election) and "STOPPED"
+// when the manager has returned.
 func runChild(raw string) int {
 	var c childConfig
 	if err := json.Unmarshal([]byte(raw), &c); err != nil {
 		fmt.Fprintln(os.Stderr, "child config:", err)
 		return 2
 	}
-	// Development mode does not sample: every line is written.
-	ctrl.SetLogger(zap.New(zap.WriteTo(os.Stderr), zap.UseDevMode(true), zap.JSONEncoder(), zap.Level(zapcore.Level(c.LogLevel))))
-	transport, err := kms.NewTransport(c.TrustCA)
+	ctrl.SetLogger(testkit.JSONLogger(os.Stderr, 1))
+	cfg, err := clientcmd.RESTConfigFromKubeConfig(c.Kubeconfig)
 	if err != nil {
-		fmt.Fprintln(os.Stderr, "transport:", err)
+		fmt.Fprintln(os.Stderr, "kubeconfig:", err)
 		return 2
 	}
-	restCfg := &rest.Config{Host: c.Host, TLSClientConfig: rest.TLSClientConfig{CAData: c.CAData, CertData: c.CertData, KeyData: c.KeyData}}
+	cfg.QPS, cfg.Burst = c.QPS, c.Burst
 	metricsAddr := c.MetricsAddr
 	if metricsAddr == "" {
 		metricsAddr = "0"
 	}
-	mgr, err := operator.New(restCfg, operator.Options{
-		MetricsAddr:             metricsAddr,
-		ProbeAddr:               "0",
-		LeaderElection:          c.LeaderElection,
-		LeaderElectionNamespace: c.LeaderElectionNamespace,
-		// As main.go sets it: the child process exits when its manager stops.
-		LeaderElectionReleaseOnCancel: true,
-		WatchNamespaces:               c.WatchNamespaces,
-		MaxConcurrentReconciles:       2,
-		SyncTimeout:                   30 * time.Second,
-		Backoff:                       300 * time.Millisecond,
-		KMS: kms.Config{
-			Transport:      http.RoundTripper(transport),
-			RequestTimeout: c.RequestTimeout,
-			Retry:          kms.RetryPolicy{MaxAttempts: 2, BaseDelay: 10 * time.Millisecond, MaxDelay: 50 * time.Millisecond},
-			Logger:         ctrl.Log.WithName("kms"),
-		},
-	})
+	o, err := operatorOptions(metricsAddr, c.WatchNamespaces...)
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "operator options:", err)
+		return 2
+	}
+	o.LeaderElection, o.LeaderElectionNamespace = c.LeaderElection, c.LeaderElectionNamespace
+	// As main sets it: the process exits when its manager stops.
+	o.LeaderElectionReleaseOnCancel = true
+	o.KMS.Logger = ctrl.Log.WithName("kms")
+	mgr, err := operator.New(cfg, o)
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "operator:", err)
 		return 1
@@ -113,38 +111,12 @@ func runChild(raw string) int {
 		}
 	}()
 	runErr := mgr.Start(ctx)
-	if c.MetricsFile != "" {
-		if err := writeMetrics(c.MetricsFile); err != nil {
-			fmt.Fprintln(os.Stderr, "metrics:", err)
-		}
-	}
 	fmt.Println("STOPPED")
 	if runErr != nil {
 		fmt.Fprintln(os.Stderr, "manager:", runErr)
 		return 1
 	}
 	return 0
-}
-
-// writeMetrics gathers controller-runtime's registry, where the operator's metrics live, and
-// writes it in the Prometheus text format.
-func writeMetrics(path string) error {
-	families, err := ctrlmetrics.Registry.Gather()
-	if err != nil {
-		return err
-	}
-	f, err := os.Create(path)
-	if err != nil {
-		return err
-	}
-	enc := expfmt.NewEncoder(f, expfmt.NewFormat(expfmt.TypeTextPlain))
-	for _, mf := range families {
-		if err := enc.Encode(mf); err != nil {
-			_ = f.Close()
-			return err
-		}
-	}
-	return f.Close()
 }
 
 // operatorProcess is a child process running the operator.
@@ -159,7 +131,7 @@ type operatorProcess struct {
 	stopped bool
 }
 
-// startOperator starts an operator process; it is killed when the test ends, if still running.
+// startOperator starts an operator process; it is killed when the spec ends, if still running.
 func startOperator(name string, c childConfig) *operatorProcess {
 	GinkgoHelper()
 	raw, err := json.Marshal(c)
