@@ -41,11 +41,14 @@ var matrixKeys = kmstest.GenerateKeys(25, map[string]string{"matrix": "yes"})
 
 const matrixPageSize = 10
 
+// matrixPages is what a listing of matrixKeys costs without a fault: one call per page.
+const matrixPages = 3
+
 // matrixRow is one KMS-side fault.
 type matrixRow struct {
-	inject func(f *testkit.Fixture)
+	inject func(g Gomega, f *testkit.Fixture)
 	// clear ends the fault; nil means ClearFaults.
-	clear func(f *testkit.Fixture)
+	clear func(g Gomega, f *testkit.Fixture)
 	// reason is the Ready reason while the fault lasts; Synced when the client rides it out.
 	reason string
 	// message holds substrings of the condition message that name the cause.
@@ -56,18 +59,11 @@ type matrixRow struct {
 	attempt time.Duration
 }
 
-func matrixFault(fl kmstest.Fault) func(f *testkit.Fixture) {
-	return func(f *testkit.Fixture) {
+func matrixFault(fl kmstest.Fault) func(g Gomega, f *testkit.Fixture) {
+	return func(g Gomega, f *testkit.Fixture) {
 		GinkgoHelper()
-		Expect(f.KMS.InjectFault(fl)).To(Succeed())
+		g.Expect(f.KMS.InjectFault(fl)).To(Succeed())
 	}
-}
-
-// deleteAtCleanup deletes the selector when the test ends, so that it stops calling KMS.
-func deleteSelectorAtCleanup(sel *kmsv1alpha1.KmsKeySelector) {
-	DeferCleanup(func() {
-		Expect(client.IgnoreNotFound(k8sClient.Delete(ctx(), sel))).To(Succeed())
-	})
 }
 
 // warningWith matches a Warning event with reason whose note contains text.
@@ -75,25 +71,13 @@ func warningWith(reason, text string) OmegaMatcher {
 	return And(HaveField("Reason", reason), HaveField("Note", ContainSubstring(text)))
 }
 
-// keepsConfigMap returns a function that fails unless the ConfigMap is exactly good: same data, same
-// resourceVersion (so not even rewritten with the same data).
-func keepsConfigMap(f *testkit.Fixture, good *corev1.ConfigMap) func(Gomega) {
-	return func(g Gomega) {
-		cm := f.ConfigMap(good.Name)(g)
-		g.Expect(cm.Data).To(Equal(good.Data))
-		g.Expect(cm.ResourceVersion).To(Equal(good.ResourceVersion))
-	}
-}
-
-// waitQuiet waits until the emulator has had no request for 300ms, so that a count starts from
-// rest: a sync that wrote the ConfigMap can be followed by another listing (see the report on
-// stale cache reads).
-func waitQuiet(f *testkit.Fixture) {
+// expectKeptConfigMap fails unless the ConfigMap is exactly good: same data, same resourceVersion
+// (so not even rewritten with the same data).
+func expectKeptConfigMap(g Gomega, f *testkit.Fixture, good *corev1.ConfigMap) {
 	GinkgoHelper()
-	Eventually(func(g Gomega) {
-		n := f.KMS.Stats().Total
-		g.Consistently(func() int64 { return f.KMS.Stats().Total }, 300*time.Millisecond, 50*time.Millisecond).Should(Equal(n))
-	}).Should(Succeed())
+	cm := f.ConfigMap(good.Name)(g)
+	g.Expect(cm.Data).To(Equal(good.Data))
+	g.Expect(cm.ResourceVersion).To(Equal(good.ResourceVersion), "ConfigMap %s was written", good.Name)
 }
 
 // kmsRequestsSince returns the emulator's records of the requests received since t.
@@ -109,161 +93,176 @@ func kmsRequestsSince(f *testkit.Fixture, t time.Time) []kmstest.RequestRecord {
 
 // expectBackedOff asserts that the calls made since start stay within the backoff schedule,
 // and returns them.
-func expectBackedOff(f *testkit.Fixture, start time.Time, before int64, perListing int, ceiling time.Duration) int64 {
+func expectBackedOff(s specT, f *testkit.Fixture, start time.Time, before int64, perListing int, ceiling time.Duration) int64 {
 	GinkgoHelper()
 	calls := f.KMS.Stats().Total - before
 	window := time.Since(start)
 	attempts := controllers.MaxSyncAttempts(window, testBackoff, ceiling)
 	bound := int64(attempts * perListing)
-	Expect(calls).To(BeNumerically("<=", bound),
+	s.Expect(calls).To(BeNumerically("<=", bound),
 		"%d KMS calls in %v; the backoff allows at most %d listings of at most %d calls", calls, window, attempts, perListing)
-	GinkgoWriter.Printf("KMS calls during the fault: %d in %v (bound %d = %d listings x %d calls)\n", calls, window.Round(time.Millisecond), bound, attempts, perListing)
-	AddReportEntry("KMS calls", fmt.Sprintf("%d in %v, bound %d (%d listings x %d)", calls, window.Round(time.Millisecond), bound, attempts, perListing))
+	s.Report("KMS calls", fmt.Sprintf("%d in %v, bound %d (%d listings x %d)", calls, window.Round(time.Millisecond), bound, attempts, perListing))
 	return calls
 }
 
 // expectSpacedByBackoff asserts, for faults that cost one call per listing, that consecutive
-// listings are at least the shortest delay of their backoff step apart: the delay doubles.
-func expectSpacedByBackoff(records []kmstest.RequestRecord, ceiling time.Duration) {
+// listings are at least the shortest delay of their backoff step apart: the delay doubles. The
+// first answered request starts the listing that recovered, which waited its step too; the
+// requests after it are that listing's other pages.
+func expectSpacedByBackoff(g Gomega, records []kmstest.RequestRecord, ceiling time.Duration) {
 	GinkgoHelper()
+	if i := slices.IndexFunc(records, func(r kmstest.RequestRecord) bool { return r.Status == http.StatusOK }); i >= 0 {
+		records = records[:i+1]
+	}
 	for i := 1; i < len(records); i++ {
 		gap := records[i].Time.Sub(records[i-1].Time)
 		lo, _ := controllers.BackoffRange(i, testBackoff, ceiling)
-		Expect(gap).To(BeNumerically(">=", lo), "listing %d came %v after the previous one; backoff step %d waits at least %v", i+1, gap, i, lo)
+		g.Expect(gap).To(BeNumerically(">=", lo), "listing %d came %v after the previous one; backoff step %d waits at least %v", i+1, gap, i, lo)
 	}
 }
 
+// matrixCase runs one row of the fault matrix.
+func matrixCase(s specT, row matrixRow) {
+	f := fixtureFor(s, kmstest.WithKeys(matrixKeys...))
+	sel := f.Create(f.Selector("matrix", func(s *kmsv1alpha1.KmsKeySelector) { s.Spec.PageSize = ptr.To[int32](matrixPageSize) }))
+	deleteAtCleanup(s, sel)
+	s.Eventually(f.ReadyReason(sel)).Should(Equal(kmsv1alpha1.ReasonSynced))
+	settle(s, f, sel)
+	good := f.ConfigMap("matrix")(s)
+	s.Expect(good.Data).To(HaveLen(len(matrixKeys) + 1))
+
+	if row.reason == kmsv1alpha1.ReasonSynced {
+		// KMS does not change: a listing that lost or doubled a key would change the ConfigMap.
+		before := f.KMS.Stats()
+		row.inject(s, f)
+		f.ForceSync(sel)
+		s.Eventually(f.Handled(sel)).Should(Succeed())
+		s.Expect(f.ReadyReason(sel)(s)).To(Equal(kmsv1alpha1.ReasonSynced))
+		s.Expect(f.ConfigMap("matrix")(s).Data).To(Equal(good.Data))
+		s.Expect(f.KeysJSON("matrix")(s)).To(HaveLen(len(matrixKeys)), "keys.json holds a key twice")
+		after := f.KMS.Stats()
+		s.Expect(after.FaultsApplied-before.FaultsApplied).To(BeNumerically(">=", 1), "the fault never fired")
+		s.Expect(after.Total - before.Total).To(Equal(int64(row.calls)))
+		// Whatever listing the sync might still cause is made before a later force-sync is
+		// answered; with the fault gone, that one costs one clean listing and nothing more.
+		f.KMS.ClearFaults()
+		f.ForceSync(sel)
+		s.Eventually(f.Handled(sel)).Should(Succeed())
+		s.Expect(f.KMS.Stats().Total-after.Total).To(Equal(int64(matrixPages)), "KMS was listed again after the sync")
+		s.Report("KMS calls", fmt.Sprintf("%d for the sync, fault applied %d times", after.Total-before.Total, after.FaultsApplied-before.FaultsApplied))
+		return
+	}
+
+	// KMS changes during the fault; the ConfigMap may show it only after a complete listing.
+	disabled := matrixKeys[3]
+	disabled.State = kms.StateDisabled
+	s.Expect(f.KMS.SetKeyState(disabled.ID, kms.StateDisabled)).To(Succeed())
+	want := testkit.StatesOf(append(slices.Concat(matrixKeys[:3], matrixKeys[4:]), disabled)...)
+
+	before := f.KMS.Stats()
+	start := time.Now()
+	row.inject(s, f)
+	f.ForceSync(sel)
+
+	s.Eventually(f.ReadyReason(sel)).Should(Equal(row.reason))
+	cond := f.ReadyCondition(sel)(s)
+	s.Expect(cond.Status).To(Equal(metav1.ConditionFalse))
+	for _, m := range row.message {
+		s.Expect(cond.Message).To(ContainSubstring(m))
+	}
+	s.Eventually(f.Warnings(sel)).Should(ContainElement(warningWith(row.reason, row.message[0])))
+	// The first backoff retry has failed too: neither it nor the force-sync wrote.
+	awaitFailures(s, f, sel, 2)
+	expectKeptConfigMap(s, f, good)
+	s.Expect(kmsRequestsSince(f, start)).To(ContainElement(Or(HaveField("Fault", Not(BeEmpty())), HaveField("Status", Not(Equal(http.StatusOK))))),
+		"the fault never fired")
+	calls := expectBackedOff(s, f, start, before.Total, row.calls, suiteRefresh)
+	s.Expect(calls).To(BeNumerically(">=", 2))
+
+	if row.clear != nil {
+		row.clear(s, f)
+	} else {
+		f.KMS.ClearFaults()
+	}
+	s.Eventually(f.ReadyReason(sel), controllers.RecoveryTimeout(time.Since(start), testBackoff, suiteRefresh, row.attempt)).
+		Should(Equal(kmsv1alpha1.ReasonSynced))
+	s.Expect(f.States("matrix")(s)).To(Equal(want))
+	if row.calls == 1 {
+		expectSpacedByBackoff(s, kmsRequestsSince(f, start), suiteRefresh)
+	}
+	s.Report("recovered after", time.Since(start).Round(time.Millisecond).String())
+}
+
 var _ = Describe("Fault matrix", func() {
-	DescribeTable("KMS faults: the ConfigMap keeps the last good data, calls are bounded, the selector recovers",
-		func(row matrixRow) {
-			f := newFixture(kmstest.WithKeys(matrixKeys...))
-			sel := f.Create(f.Selector("matrix", func(s *kmsv1alpha1.KmsKeySelector) { s.Spec.PageSize = ptr.To[int32](matrixPageSize) }))
-			deleteSelectorAtCleanup(sel)
-			Eventually(f.ReadyReason(sel)).Should(Equal(kmsv1alpha1.ReasonSynced))
-			good := f.ConfigMap("matrix")(Default)
-			Expect(good.Data).To(HaveLen(len(matrixKeys) + 1))
-			waitQuiet(f)
-
-			if row.reason == kmsv1alpha1.ReasonSynced {
-				// KMS does not change: a listing that lost or doubled a key would change the ConfigMap.
-				before := f.KMS.Stats()
-				row.inject(f)
-				f.ForceSync(sel)
-				Eventually(f.Handled(sel)).Should(Succeed())
-				Expect(f.ReadyReason(sel)(Default)).To(Equal(kmsv1alpha1.ReasonSynced))
-				Expect(f.ConfigMap("matrix")(Default).Data).To(Equal(good.Data))
-				Expect(f.KeysJSON("matrix")(Default)).To(HaveLen(len(matrixKeys)), "keys.json holds a key twice")
-				waitQuiet(f)
-				after := f.KMS.Stats()
-				Expect(after.FaultsApplied-before.FaultsApplied).To(BeNumerically(">=", 1), "the fault never fired")
-				Expect(after.Total - before.Total).To(Equal(int64(row.calls)))
-				AddReportEntry("KMS calls", fmt.Sprintf("%d for the sync, fault applied %d times", after.Total-before.Total, after.FaultsApplied-before.FaultsApplied))
-				return
-			}
-
-			// KMS changes during the fault; the ConfigMap may show it only after a complete listing.
-			disabled := matrixKeys[3]
-			disabled.State = kms.StateDisabled
-			Expect(f.KMS.SetKeyState(disabled.ID, kms.StateDisabled)).To(Succeed())
-			want := testkit.StatesOf(append(slices.Concat(matrixKeys[:3], matrixKeys[4:]), disabled)...)
-
-			before := f.KMS.Stats()
-			start := time.Now()
-			row.inject(f)
-			f.ForceSync(sel)
-
-			Eventually(f.ReadyReason(sel)).Should(Equal(row.reason))
-			cond := f.ReadyCondition(sel)(Default)
-			Expect(cond.Status).To(Equal(metav1.ConditionFalse))
-			for _, m := range row.message {
-				Expect(cond.Message).To(ContainSubstring(m))
-			}
-			Eventually(f.Warnings(sel)).Should(ContainElement(warningWith(row.reason, row.message[0])))
-			Consistently(keepsConfigMap(f, good)).Should(Succeed())
-			Expect(kmsRequestsSince(f, start)).To(ContainElement(Or(HaveField("Fault", Not(BeEmpty())), HaveField("Status", Not(Equal(http.StatusOK))))),
-				"the fault never fired")
-			calls := expectBackedOff(f, start, before.Total, row.calls, suiteRefresh)
-			Expect(calls).To(BeNumerically(">=", 1))
-			if row.calls == 1 {
-				expectSpacedByBackoff(kmsRequestsSince(f, start), suiteRefresh)
-			}
-
-			if row.clear != nil {
-				row.clear(f)
-			} else {
-				f.KMS.ClearFaults()
-			}
-			Eventually(f.ReadyReason(sel), controllers.RecoveryTimeout(time.Since(start), testBackoff, suiteRefresh, row.attempt)).
-				Should(Equal(kmsv1alpha1.ReasonSynced))
-			Expect(f.States("matrix")(Default)).To(Equal(want))
-			AddReportEntry("recovered after", time.Since(start).Round(time.Millisecond).String())
-		},
-		Entry("429 without Retry-After", matrixRow{
+	// Each row has a fixture and a selector of its own, so the rows can wait for their backoff
+	// side by side.
+	describeConcurrently("KMS faults: the ConfigMap keeps the last good data, calls are bounded, the selector recovers", matrixCase,
+		concurrently("429 without Retry-After", matrixRow{
 			inject: matrixFault(kmstest.Fault{Kind: kmstest.FaultThrottle}),
 			reason: kmsv1alpha1.ReasonKMSThrottled, message: []string{"http 429", "APIGW.0308"}, calls: 2, attempt: time.Second,
 		}),
-		Entry("429 with Retry-After: 1", matrixRow{
+		concurrently("429 with Retry-After: 1", matrixRow{
 			inject: matrixFault(kmstest.Fault{Kind: kmstest.FaultThrottle, RetryAfter: 1}),
 			reason: kmsv1alpha1.ReasonKMSThrottled, message: []string{"http 429", "giving up after 2 attempts"}, calls: 2, attempt: 2 * time.Second,
 		}),
-		Entry("500 with an HTML body", matrixRow{
+		concurrently("500 with an HTML body", matrixRow{
 			inject: matrixFault(kmstest.Fault{Kind: kmstest.FaultServerError, Status: http.StatusInternalServerError}),
 			reason: kmsv1alpha1.ReasonKMSRequestFailed, message: []string{"http 500", "Internal Server Error"}, calls: 2, attempt: time.Second,
 		}),
-		Entry("502 with an HTML body", matrixRow{
+		concurrently("502 with an HTML body", matrixRow{
 			inject: matrixFault(kmstest.Fault{Kind: kmstest.FaultServerError, Status: http.StatusBadGateway}),
 			reason: kmsv1alpha1.ReasonKMSRequestFailed, message: []string{"http 502", "Bad Gateway"}, calls: 2, attempt: time.Second,
 		}),
-		Entry("503 with an HTML body", matrixRow{
+		concurrently("503 with an HTML body", matrixRow{
 			inject: matrixFault(kmstest.Fault{Kind: kmstest.FaultServerError, Status: http.StatusServiceUnavailable}),
 			reason: kmsv1alpha1.ReasonKMSRequestFailed, message: []string{"http 503", "Service Unavailable"}, calls: 2, attempt: time.Second,
 		}),
-		Entry("a dropped connection", matrixRow{
+		concurrently("a dropped connection", matrixRow{
 			inject: matrixFault(kmstest.Fault{Kind: kmstest.FaultDrop}),
 			reason: kmsv1alpha1.ReasonKMSRequestFailed, message: []string{"request failed", "EOF"}, calls: 2, attempt: time.Second,
 		}),
-		Entry("latency beyond the 2s request timeout", matrixRow{
+		concurrently("latency beyond the 2s request timeout", matrixRow{
 			inject: matrixFault(kmstest.Fault{Kind: kmstest.FaultLatency, Delay: 3 * time.Second}),
 			reason: kmsv1alpha1.ReasonKMSRequestFailed, message: []string{"timed out after 2s"}, calls: 2, attempt: 4500 * time.Millisecond,
 		}),
-		Entry("malformed JSON", matrixRow{
+		concurrently("malformed JSON", matrixRow{
 			inject: matrixFault(kmstest.Fault{Kind: kmstest.FaultMalformedJSON}),
 			reason: kmsv1alpha1.ReasonKMSRequestFailed, message: []string{"decode response"}, calls: 2, attempt: time.Second,
 		}),
-		Entry("truncated JSON", matrixRow{
+		concurrently("truncated JSON", matrixRow{
 			inject: matrixFault(kmstest.Fault{Kind: kmstest.FaultTruncatedJSON}),
 			reason: kmsv1alpha1.ReasonKMSRequestFailed, message: []string{"decode response"}, calls: 2, attempt: time.Second,
 		}),
 		// Each pass reads page 1 (fine) and page 2 (drifted), and the client makes 4 passes.
-		Entry("total_count growing between pages", matrixRow{
+		concurrently("total_count growing between pages", matrixRow{
 			inject: matrixFault(kmstest.Fault{Kind: kmstest.FaultTotalDrift, Delta: 1}),
 			reason: kmsv1alpha1.ReasonKMSRequestFailed, message: []string{"listing inconsistent", "total_count changed from 25 to 26"}, calls: 8, attempt: time.Second,
 		}),
-		Entry("total_count shrinking between pages", matrixRow{
+		concurrently("total_count shrinking between pages", matrixRow{
 			inject: matrixFault(kmstest.Fault{Kind: kmstest.FaultTotalDrift, Delta: -1}),
 			reason: kmsv1alpha1.ReasonKMSRequestFailed, message: []string{"listing inconsistent", "total_count changed from 25 to 24"}, calls: 8, attempt: time.Second,
 		}),
 		// Page 2 starts one key early, so key 10 appears twice and key 20 would be lost: the client
 		// counts 24 distinct keys for total_count 25, lists again (3 more calls) and gets all 25.
-		Entry("the same key on two pages, once (a key would be lost)", matrixRow{
+		concurrently("the same key on two pages, once (a key would be lost)", matrixRow{
 			inject: matrixFault(kmstest.Fault{Kind: kmstest.FaultDuplicate, Times: 1}),
 			reason: kmsv1alpha1.ReasonSynced, calls: 6,
 		}),
 		// Pages 2 and 3 both start one key early: keys 10 and 20 appear twice, none is lost.
-		Entry("the same key on two pages, every time (nothing lost)", matrixRow{
+		concurrently("the same key on two pages, every time (nothing lost)", matrixRow{
 			inject: matrixFault(kmstest.Fault{Kind: kmstest.FaultDuplicate}),
 			reason: kmsv1alpha1.ReasonSynced, calls: 3,
 		}),
-		Entry("an empty page while total_count is not zero", matrixRow{
+		concurrently("an empty page while total_count is not zero", matrixRow{
 			inject: matrixFault(kmstest.Fault{Kind: kmstest.FaultEmptyPage}),
 			reason: kmsv1alpha1.ReasonKMSRequestFailed, message: []string{"listing inconsistent", "empty page at offset 0 of total_count 25"}, calls: 4, attempt: time.Second,
 		}),
-		Entry("403 KMS.0303, the token expired", matrixRow{
-			inject: func(f *testkit.Fixture) { f.KMS.ExpireToken(f.Token) },
-			clear:  func(f *testkit.Fixture) { f.KMS.AddToken(f.Token) },
+		concurrently("403 KMS.0303, the token expired", matrixRow{
+			inject: func(_ Gomega, f *testkit.Fixture) { f.KMS.ExpireToken(f.Token) },
+			clear:  func(_ Gomega, f *testkit.Fixture) { f.KMS.AddToken(f.Token) },
 			reason: kmsv1alpha1.ReasonCredentialsInvalid, message: []string{"KMS.0303", "http 403"}, calls: 1, attempt: time.Second,
 		}),
-		Entry("400 KMS.0202", matrixRow{
+		concurrently("400 KMS.0202", matrixRow{
 			inject: matrixFault(kmstest.Fault{Kind: kmstest.FaultKMSError, Code: "KMS.0202"}),
 			reason: kmsv1alpha1.ReasonKMSRequestFailed, message: []string{"KMS.0202", "http 400"}, calls: 1, attempt: time.Second,
 		}),
@@ -275,7 +274,7 @@ var _ = Describe("Fault matrix", func() {
 		sel := f.Create(f.Selector("retry-after"))
 		deleteSelectorAtCleanup(sel)
 		Eventually(f.ReadyReason(sel)).Should(Equal(kmsv1alpha1.ReasonSynced))
-		waitQuiet(f)
+		settle(Default, f, sel)
 
 		start := time.Now()
 		Expect(f.KMS.InjectFault(kmstest.Fault{Kind: kmstest.FaultThrottle, RetryAfter: int(retryAfter / time.Second)})).To(Succeed())
@@ -298,18 +297,25 @@ var _ = Describe("Fault matrix", func() {
 		broken.PutCredentials(map[string]string{"token": "not-" + broken.Token})
 
 		start := time.Now()
-		deleteSelectorAtCleanup(healthy.Create(healthy.Selector("healthy", withInterval)))
-		deleteSelectorAtCleanup(broken.Create(broken.Selector("broken", withInterval)))
+		healthySel := healthy.Create(healthy.Selector("healthy", withInterval))
+		deleteSelectorAtCleanup(healthySel)
+		brokenSel := broken.Create(broken.Selector("broken", withInterval))
+		deleteSelectorAtCleanup(brokenSel)
 		early := controllers.EarlyBackoffSteps(testBackoff, interval)
-		Consistently(func(g Gomega) {
-			h, b := healthy.KMS.Stats().Total, broken.KMS.Stats().Total
-			g.Expect(b).To(BeNumerically("<=", h+int64(early)), "broken %d, healthy %d, early steps %d", b, h, early)
-			g.Expect(b).To(BeNumerically("<=", controllers.MaxSyncAttempts(time.Since(start), testBackoff, interval)))
-		}, 4*time.Second, 100*time.Millisecond).Should(Succeed())
+		Eventually(healthy.ReadyReason(healthySel)).Should(Equal(kmsv1alpha1.ReasonSynced))
+		// The first attempt and two backoff retries have failed.
+		awaitFailures(Default, broken, brokenSel, 3)
 		h, b := healthy.KMS.Stats().Total, broken.KMS.Stats().Total
+		Expect(b).To(BeNumerically("<=", h+int64(early)), "broken %d, healthy %d, early steps %d", b, h, early)
 		Expect(b).To(BeNumerically(">", h), "the broken selector was never retried")
+		// At no time did the broken selector list more often than the backoff allows: its n-th call
+		// came no earlier than its n-th listing may start.
+		for i, r := range broken.KMS.Requests() {
+			window := r.Time.Sub(start)
+			Expect(i+1).To(BeNumerically("<=", controllers.MaxSyncAttempts(window, testBackoff, interval)), "call %d came %v after the start", i+1, window)
+		}
 		Expect(broken.KMS.Stats().ByStatus[http.StatusForbidden]).To(Equal(b))
-		AddReportEntry("403 vs healthy over 4s", fmt.Sprintf("broken %d calls, healthy %d, early backoff steps %d", b, h, early))
+		AddReportEntry("403 vs healthy", fmt.Sprintf("after %v: broken %d calls, healthy %d, early backoff steps %d", time.Since(start).Round(time.Millisecond), b, h, early))
 	})
 })
 
@@ -321,7 +327,7 @@ var _ = Describe("Kubernetes-side faults", func() {
 		sel := f.Create(f.Selector(name, mutate...))
 		deleteSelectorAtCleanup(sel)
 		Eventually(f.ReadyReason(sel)).Should(Equal(kmsv1alpha1.ReasonSynced))
-		waitQuiet(f)
+		settle(Default, f, sel)
 		return f, sel
 	}
 
@@ -336,7 +342,10 @@ var _ = Describe("Kubernetes-side faults", func() {
 		Eventually(f.ReadyReason(sel)).Should(Equal(kmsv1alpha1.ReasonCredentialsNotFound))
 		Expect(f.ReadyCondition(sel)(Default).Message).To(And(ContainSubstring(`secret "kms-credentials"`), ContainSubstring(f.Namespace)))
 		Eventually(f.Warnings(sel)).Should(ContainElement(warningWith(kmsv1alpha1.ReasonCredentialsNotFound, `secret "kms-credentials"`)))
-		Consistently(keepsConfigMap(f, good)).Should(Succeed())
+		// A backoff retry has failed too, without calling KMS either.
+		awaitFailures(Default, f, sel, 2)
+		Expect(f.ReadyReason(sel)(Default)).To(Equal(kmsv1alpha1.ReasonCredentialsNotFound))
+		expectKeptConfigMap(Default, f, good)
 		Expect(f.KMS.Stats().Total).To(Equal(before), "KMS was called without credentials")
 
 		// Secrets are not watched: the backoff's retry finds it.
@@ -366,14 +375,15 @@ var _ = Describe("Kubernetes-side faults", func() {
 		Eventually(f.ReadyReason(sel)).Should(Equal(kmsv1alpha1.ReasonCredentialsInvalid))
 		Expect(f.ReadyCondition(sel)(Default).Message).To(And(ContainSubstring("KMS.0302"), Not(ContainSubstring("rotated-1"))))
 		Eventually(f.Warnings(sel)).Should(ContainElement(warningWith(kmsv1alpha1.ReasonCredentialsInvalid, "KMS.0302")))
-		Consistently(keepsConfigMap(f, good)).Should(Succeed())
-		expectBackedOff(f, start, before, 1, suiteRefresh)
-		expectSpacedByBackoff(kmsRequestsSince(f, start), suiteRefresh)
+		awaitFailures(Default, f, sel, 2)
+		expectKeptConfigMap(Default, f, good)
+		expectBackedOff(running, f, start, before, 1, suiteRefresh)
 
 		f.KMS.AddToken("rotated-2")
 		f.PutCredentials(map[string]string{"token": "rotated-2"})
 		Eventually(f.ReadyReason(sel), controllers.RecoveryTimeout(time.Since(start), testBackoff, suiteRefresh, 0)).Should(Equal(kmsv1alpha1.ReasonSynced))
 		Expect(f.States("rotate")(Default)).To(Equal(testkit.StatesOf(matrixKeys[1:3]...)))
+		expectSpacedByBackoff(Default, kmsRequestsSince(f, start), suiteRefresh)
 	})
 
 	It("reports a Secret that lost a key without calling KMS, and recovers when the key is back", func() {
@@ -382,7 +392,7 @@ var _ = Describe("Kubernetes-side faults", func() {
 		sel := f.Create(f.Selector("lost-key"))
 		deleteSelectorAtCleanup(sel)
 		Eventually(f.ReadyReason(sel)).Should(Equal(kmsv1alpha1.ReasonSynced))
-		waitQuiet(f)
+		settle(Default, f, sel)
 		good := f.ConfigMap("lost-key")(Default)
 
 		f.PutCredentials(map[string]string{"accessKey": "AKMATRIX0001"})
@@ -391,7 +401,9 @@ var _ = Describe("Kubernetes-side faults", func() {
 		Eventually(f.ReadyReason(sel)).Should(Equal(kmsv1alpha1.ReasonCredentialsInvalid))
 		Expect(f.ReadyCondition(sel)(Default).Message).To(ContainSubstring(`"secretKey" is missing`))
 		Eventually(f.Warnings(sel)).Should(ContainElement(warningWith(kmsv1alpha1.ReasonCredentialsInvalid, `"secretKey" is missing`)))
-		Consistently(keepsConfigMap(f, good)).Should(Succeed())
+		awaitFailures(Default, f, sel, 2)
+		Expect(f.ReadyReason(sel)(Default)).To(Equal(kmsv1alpha1.ReasonCredentialsInvalid))
+		expectKeptConfigMap(Default, f, good)
 		Expect(f.KMS.Stats().Total).To(Equal(before))
 
 		f.PutCredentials(map[string]string{"accessKey": "AKMATRIX0001", "secretKey": "matrix-secret-key"})
@@ -420,9 +432,12 @@ var _ = Describe("Kubernetes-side faults", func() {
 		By("a deletion")
 		Expect(k8sClient.Delete(ctx(), cm)).To(Succeed())
 		Eventually(data).Should(Equal(good.Data))
-		Consistently(data).Should(Equal(good.Data))
+		repaired := f.ConfigMap("repair-outage")(Default)
+		// A backoff retry after the repair has failed, and left the repaired ConfigMap alone.
+		awaitRetry(Default, f, sel)
+		expectKeptConfigMap(Default, f, repaired)
 		Expect(f.ReadyReason(sel)(Default)).To(Equal(kmsv1alpha1.ReasonKMSRequestFailed))
-		expectBackedOff(f, start, before, 2, suiteRefresh)
+		expectBackedOff(running, f, start, before, 2, suiteRefresh)
 
 		f.KMS.ClearFaults()
 		Eventually(f.ReadyReason(sel), controllers.RecoveryTimeout(time.Since(start), testBackoff, suiteRefresh, time.Second)).Should(Equal(kmsv1alpha1.ReasonSynced))
@@ -448,9 +463,12 @@ var _ = Describe("Kubernetes-side faults", func() {
 			Eventually(f.ReadyReason(s)).Should(Equal(kmsv1alpha1.ReasonTargetConflict))
 			Expect(f.ReadyCondition(s)(Default).Message).To(ContainSubstring("is not managed by this selector"))
 			Eventually(f.Warnings(s)).Should(ContainElement(warningWith(kmsv1alpha1.ReasonTargetConflict, "is not managed by this selector")))
+			// A backoff retry has met the conflict too.
+			awaitFailures(Default, f, s, 2)
+			Expect(f.ReadyReason(s)(Default)).To(Equal(kmsv1alpha1.ReasonTargetConflict))
 		}
-		Consistently(keepsConfigMap(f, f.ConfigMap("unowned")(Default))).Should(Succeed())
-		Expect(f.ConfigMap("other-selectors")(Default).Data).To(Equal(other.Data))
+		expectKeptConfigMap(Default, f, foreign)
+		expectKeptConfigMap(Default, f, other)
 		Expect(f.KMS.Stats().Total).To(BeZero(), "KMS was listed for a ConfigMap the selector cannot write")
 
 		Expect(k8sClient.Delete(ctx(), foreign)).To(Succeed())
@@ -501,18 +519,22 @@ var _ = Describe("Kubernetes-side faults", func() {
 		Expect(k8sClient.Delete(ctx(), doomed)).To(Succeed())
 		Expect(k8sClient.Delete(ctx(), retained)).To(Succeed())
 		Eventually(func() int64 { return f.KMS.Stats().ByStatus[http.StatusOK] }, 5*time.Second).Should(Equal(int64(2)), "both listings answered")
+		expectNotWritten := func() {
+			GinkgoHelper()
+			for _, name := range []string{"doomed-delete", "doomed-retain"} {
+				err := k8sClient.Get(ctx(), types.NamespacedName{Namespace: f.Namespace, Name: name}, &corev1.ConfigMap{})
+				Expect(err).To(Satisfy(apierrors.IsNotFound), "ConfigMap %q was written after its selector was deleted", name)
+			}
+		}
+		// The reconciles that were waiting for the listings have ended.
+		awaitIdleWorkers()
+		expectNotWritten()
 
 		survivor := f.Create(f.Selector("survivor"))
 		deleteSelectorAtCleanup(survivor)
 		Eventually(f.ReadyReason(survivor)).Should(Equal(kmsv1alpha1.ReasonSynced))
 		Expect(f.States("survivor")(Default)).To(Equal(testkit.StatesOf(matrixKeys[:3]...)))
-
-		Consistently(func(g Gomega) {
-			for _, name := range []string{"doomed-delete", "doomed-retain"} {
-				err := k8sClient.Get(ctx(), types.NamespacedName{Namespace: f.Namespace, Name: name}, &corev1.ConfigMap{})
-				g.Expect(err).To(Satisfy(apierrors.IsNotFound), "ConfigMap %q was written after its selector was deleted", name)
-			}
-		}).Should(Succeed())
+		expectNotWritten()
 	})
 
 	It("lists again at once when the spec of a synced selector changes", func() {

@@ -138,8 +138,12 @@ var _ = Describe("KmsKeySelector", func() {
 			HaveField("Controller", ptr.To(true)), HaveField("BlockOwnerDeletion", ptr.To(true)))))
 		Expect(f.ConfigMap("retained")(Default).OwnerReferences).To(BeEmpty())
 
+		kept := f.ConfigMap("retained")(Default)
+		Expect(readySeries(Default, retained)).To(HaveLen(1))
 		Expect(k8sClient.Delete(ctx(), retained)).To(Succeed())
-		Consistently(f.States("retained")).Should(Equal(testkit.StatesOf(keyA)))
+		awaitForgotten(retained)
+		Expect(f.States("retained")(Default)).To(Equal(testkit.StatesOf(keyA)))
+		Expect(f.ConfigMap("retained")(Default).ResourceVersion).To(Equal(kept.ResourceVersion))
 	})
 
 	It("suspends without calling KMS and keeps the ConfigMap", func() {
@@ -154,17 +158,29 @@ var _ = Describe("KmsKeySelector", func() {
 			g.Expect(k8sClient.Update(ctx(), cur)).To(Succeed())
 		}).Should(Succeed())
 		Eventually(f.ReadyReason(sel)).Should(Equal(kmsv1alpha1.ReasonSuspended))
+		kept := f.ConfigMap("susp")(Default)
 		Expect(f.KMS.SetKeyState(keyA.ID, kms.StateDisabled)).To(Succeed())
 		f.ForceSync(sel)
-		Consistently(f.States("susp")).Should(Equal(testkit.StatesOf(keyA)))
+
+		// A spec change after the force-sync, still suspended: once the status speaks for it, the
+		// force-sync was handled too.
+		var generation int64
+		Eventually(func(g Gomega) {
+			cur := f.Get(sel)(g)
+			cur.Spec.PageSize = ptr.To[int32](500)
+			g.Expect(k8sClient.Update(ctx(), cur)).To(Succeed())
+			generation = cur.Generation
+		}).Should(Succeed())
+		Eventually(func(g Gomega) int64 { return f.Get(sel)(g).Status.ObservedGeneration }).Should(Equal(generation))
+		Expect(f.ReadyReason(sel)(Default)).To(Equal(kmsv1alpha1.ReasonSuspended))
+		Expect(f.States("susp")(Default)).To(Equal(testkit.StatesOf(keyA)))
+		Expect(f.ConfigMap("susp")(Default).ResourceVersion).To(Equal(kept.ResourceVersion))
 		Expect(f.FilterCalls()).To(Equal(calls))
 	})
 
 	It("follows keys that are added, re-tagged, disabled or deleted, on force-sync and on refresh", func() {
 		f := newFixture(kmstest.WithKeys(keyA, keyB, keyC))
-		sel := f.Create(f.Selector("follow", testkit.WithTags(testkit.Tag("env", "prod")), func(s *kmsv1alpha1.KmsKeySelector) {
-			s.Spec.RefreshInterval = &metav1.Duration{Duration: 10 * time.Second}
-		}))
+		sel := f.Create(f.Selector("follow", testkit.WithTags(testkit.Tag("env", "prod"))))
 		Eventually(f.States("follow")).Should(Equal(testkit.StatesOf(keyA, keyB)))
 
 		By("force-sync")
@@ -181,7 +197,11 @@ var _ = Describe("KmsKeySelector", func() {
 		By("refresh")
 		Expect(f.KMS.SetKeyState(keyA.ID, kms.StateEnabled)).To(Succeed())
 		Expect(f.KMS.DeleteKey(keyD.ID)).To(BeTrue())
-		Eventually(f.States("follow"), 15*time.Second).Should(Equal(testkit.StatesOf(keyA, keyC)))
+		calls := f.FilterCalls()
+		refreshListing(f, sel)
+		Expect(f.ReadyReason(sel)(Default)).To(Equal(kmsv1alpha1.ReasonSynced))
+		Expect(f.States("follow")(Default)).To(Equal(testkit.StatesOf(keyA, keyC)))
+		Expect(f.FilterCalls()).To(Equal(calls + 1))
 	})
 
 	It("emits no event and writes no ConfigMap on an unchanged refresh", func() {
@@ -196,7 +216,16 @@ var _ = Describe("KmsKeySelector", func() {
 		Eventually(f.Handled(sel)).Should(Succeed())
 		Expect(f.FilterCalls()).To(Equal(calls + 1))
 		Expect(f.ConfigMap("quiet")(Default).ResourceVersion).To(Equal(rv))
-		Consistently(f.EventReasons(sel)).Should(Equal([]string{"KeysChanged"}))
+
+		// A change made later is reported; an event of the unchanged sync would have come before
+		// the events of this one.
+		Expect(f.KMS.SetKeyState(keyA.ID, kms.StateDisabled)).To(Succeed())
+		f.ForceSync(sel)
+		Eventually(f.Events(sel)).Should(ContainElements(
+			HaveField("Reason", "KeyDisabled"),
+			And(HaveField("Reason", "KeysChanged"), HaveField("Note", ContainSubstring("1 changed state")))))
+		Expect(f.EventReasons(sel)(Default)).To(Equal([]string{"KeyDisabled", "KeysChanged", "KeysChanged"}))
+		Expect(f.ConfigMap("quiet")(Default).ResourceVersion).NotTo(Equal(rv))
 	})
 
 	It("repairs the ConfigMap after an edit or a deletion, without calling KMS", func() {
@@ -229,8 +258,11 @@ var _ = Describe("KmsKeySelector", func() {
 		sel := f.Create(f.Selector("taken"))
 		Eventually(f.ReadyReason(sel)).Should(Equal(kmsv1alpha1.ReasonTargetConflict))
 		Expect(f.ReadyCondition(sel)(Default).Message).To(ContainSubstring(`ConfigMap "taken" exists`))
-		Consistently(func(g Gomega) map[string]string { return f.ConfigMap("taken")(g).Data }).
-			Should(Equal(map[string]string{"owner": "someone else"}))
+		// A backoff retry has met the conflict too.
+		awaitFailures(Default, f, sel, 2)
+		Expect(f.ReadyReason(sel)(Default)).To(Equal(kmsv1alpha1.ReasonTargetConflict))
+		Expect(f.ConfigMap("taken")(Default).Data).To(Equal(map[string]string{"owner": "someone else"}))
+		Expect(f.ConfigMap("taken")(Default).ResourceVersion).To(Equal(foreign.ResourceVersion))
 
 		Expect(k8sClient.Delete(ctx(), foreign)).To(Succeed())
 		Eventually(f.ReadyReason(sel)).Should(Equal(kmsv1alpha1.ReasonSynced))
@@ -287,14 +319,17 @@ var _ = Describe("KmsKeySelector", func() {
 		f := newFixture(kmstest.WithKeys(keyA, keyB))
 		sel := f.Create(f.Selector("outage"))
 		Eventually(f.States("outage")).Should(Equal(testkit.StatesOf(keyA, keyB)))
-		want := f.ConfigMap("outage")(Default).Data
+		want, rv := f.ConfigMap("outage")(Default).Data, f.ConfigMap("outage")(Default).ResourceVersion
 
 		Expect(f.KMS.InjectFault(kmstest.Fault{Kind: kmstest.FaultServerError, Status: 503})).To(Succeed())
 		Expect(f.KMS.DeleteKey(keyB.ID)).To(BeTrue())
 		f.ForceSync(sel)
 		Eventually(f.ReadyReason(sel)).Should(Equal(kmsv1alpha1.ReasonKMSRequestFailed))
 		Expect(f.ReadyCondition(sel)(Default).Message).To(ContainSubstring("503"))
-		Consistently(func(g Gomega) map[string]string { return f.ConfigMap("outage")(g).Data }).Should(Equal(want))
+		// A backoff retry has failed too; neither wrote.
+		awaitFailures(Default, f, sel, 2)
+		Expect(f.ConfigMap("outage")(Default).Data).To(Equal(want))
+		Expect(f.ConfigMap("outage")(Default).ResourceVersion).To(Equal(rv))
 
 		f.KMS.ClearFaults()
 		Eventually(f.ReadyReason(sel)).Should(Equal(kmsv1alpha1.ReasonSynced))

@@ -63,7 +63,9 @@ var _ = Describe("Security", func() {
 		Expect(refSchema).To(HaveKeyWithValue("properties", HaveKey("name")))
 		Expect(refSchema).NotTo(HaveKey("x-kubernetes-preserve-unknown-fields"))
 
-		Consistently(a.ReadyReason(sel)).Should(Equal(kmsv1alpha1.ReasonCredentialsNotFound))
+		// A backoff retry after all this has found no Secret either.
+		awaitRetry(Default, a, sel)
+		Expect(a.ReadyReason(sel)(Default)).To(Equal(kmsv1alpha1.ReasonCredentialsNotFound))
 		Expect(a.KMS.Stats().Total).To(BeZero(), "KMS was called with another namespace's credentials")
 	})
 
@@ -110,47 +112,56 @@ var _ = Describe("Security", func() {
 		Expect(granted).NotTo(HaveKey("/configmaps"), "leader election uses Leases; the ConfigMap rule lets the operator delete any ConfigMap of its namespace")
 	})
 
-	DescribeTable("a bad credentials Secret gives CredentialsInvalid naming the Secret key, never a value, and no KMS call",
-		func(data map[string]string, want string) {
-			f := newFixture(kmstest.WithKeys(keyA), kmstest.WithAKSK("AKBADINPUT01", "bad-input-secret-key", ""))
-			f.PutCredentials(data)
-			start := time.Now()
-			sel := f.Create(f.Selector("bad-input"))
-			deleteSelectorAtCleanup(sel)
-
-			Eventually(f.ReadyReason(sel)).Should(Equal(kmsv1alpha1.ReasonCredentialsInvalid))
-			cond := f.ReadyCondition(sel)(Default)
-			Expect(cond.Message).To(ContainSubstring(want))
-			Expect(cond.Message).To(ContainSubstring(`secret "kms-credentials"`))
-			Eventually(f.Warnings(sel)).Should(ContainElement(warningWith(kmsv1alpha1.ReasonCredentialsInvalid, want)))
-
-			status, err := json.Marshal(f.Get(sel)(Default).Status)
-			Expect(err).NotTo(HaveOccurred())
-			var notes []string
-			for _, e := range f.Warnings(sel)(Default) {
-				notes = append(notes, e.Note)
-			}
-			for _, v := range data {
-				if v = strings.TrimSpace(v); len(v) >= 4 {
-					Expect(string(status)).NotTo(ContainSubstring(v))
-					Expect(strings.Join(notes, "\n")).NotTo(ContainSubstring(v))
-				}
-			}
-			Expect(f.KMS.Stats().Total).To(BeZero())
-
-			By("the operator carries on: a fixed Secret is picked up at the next retry")
-			f.PutCredentials(map[string]string{"accessKey": "AKBADINPUT01", "secretKey": "bad-input-secret-key"})
-			Eventually(f.ReadyReason(sel), controllers.RecoveryTimeout(time.Since(start), testBackoff, suiteRefresh, 0)).Should(Equal(kmsv1alpha1.ReasonSynced))
-		},
-		Entry("an empty token", map[string]string{"token": ""}, `secret key "token" is empty`),
-		Entry("a token of white space", map[string]string{"token": " \n\t "}, `secret key "token" is empty`),
-		Entry("an empty secretKey", map[string]string{"accessKey": "AKBADINPUT01", "secretKey": ""}, `secret key "secretKey" is empty`),
-		Entry("only accessKey, half of the pair", map[string]string{"accessKey": "AKBADINPUT01"}, `secret key "secretKey" is missing`),
-		Entry("only secretKey, half of the pair", map[string]string{"secretKey": "half-pair-sk-9f3c7a"}, `secret key "accessKey" is missing`),
-		Entry("only securityToken", map[string]string{"securityToken": "lonely-st-4b2e8d"}, `secret key "accessKey" is missing`),
-		Entry("a token that is not UTF-8", map[string]string{"token": "tok-\xff\xfe-8c1d"}, `secret key "token" is not valid UTF-8`),
-		Entry("a secretKey that is not UTF-8", map[string]string{"accessKey": "AKBADINPUT01", "secretKey": "sk-\xc3\x28-77aa"}, `secret key "secretKey" is not valid UTF-8`),
-		Entry("no credential key at all", map[string]string{"password": "unrelated-5e6f"}, `holds neither "token" nor "accessKey" and "secretKey"`),
-		Entry("a token and an AK/SK pair", map[string]string{"token": "both-tok-1a2b", "accessKey": "AKBADINPUT01", "secretKey": "both-sk-3c4d"}, "both token and accessKey/secretKey"),
+	// Each row has a fixture and a selector of its own, so the rows can wait for the retry side
+	// by side.
+	describeConcurrently("a bad credentials Secret gives CredentialsInvalid naming the Secret key, never a value, and no KMS call", badSecretCase,
+		concurrently("an empty token", badSecret{map[string]string{"token": ""}, `secret key "token" is empty`}),
+		concurrently("a token of white space", badSecret{map[string]string{"token": " \n\t "}, `secret key "token" is empty`}),
+		concurrently("an empty secretKey", badSecret{map[string]string{"accessKey": "AKBADINPUT01", "secretKey": ""}, `secret key "secretKey" is empty`}),
+		concurrently("only accessKey, half of the pair", badSecret{map[string]string{"accessKey": "AKBADINPUT01"}, `secret key "secretKey" is missing`}),
+		concurrently("only secretKey, half of the pair", badSecret{map[string]string{"secretKey": "half-pair-sk-9f3c7a"}, `secret key "accessKey" is missing`}),
+		concurrently("only securityToken", badSecret{map[string]string{"securityToken": "lonely-st-4b2e8d"}, `secret key "accessKey" is missing`}),
+		concurrently("a token that is not UTF-8", badSecret{map[string]string{"token": "tok-\xff\xfe-8c1d"}, `secret key "token" is not valid UTF-8`}),
+		concurrently("a secretKey that is not UTF-8", badSecret{map[string]string{"accessKey": "AKBADINPUT01", "secretKey": "sk-\xc3\x28-77aa"}, `secret key "secretKey" is not valid UTF-8`}),
+		concurrently("no credential key at all", badSecret{map[string]string{"password": "unrelated-5e6f"}, `holds neither "token" nor "accessKey" and "secretKey"`}),
+		concurrently("a token and an AK/SK pair", badSecret{map[string]string{"token": "both-tok-1a2b", "accessKey": "AKBADINPUT01", "secretKey": "both-sk-3c4d"}, "both token and accessKey/secretKey"}),
 	)
 })
+
+// badSecret is a credentials Secret's data, and what the condition message must say about it.
+type badSecret struct {
+	data map[string]string
+	want string
+}
+
+func badSecretCase(s specT, c badSecret) {
+	f := fixtureFor(s, kmstest.WithKeys(keyA), kmstest.WithAKSK("AKBADINPUT01", "bad-input-secret-key", ""))
+	f.PutCredentials(c.data)
+	start := time.Now()
+	sel := f.Create(f.Selector("bad-input"))
+	deleteAtCleanup(s, sel)
+
+	s.Eventually(f.ReadyReason(sel)).Should(Equal(kmsv1alpha1.ReasonCredentialsInvalid))
+	cond := f.ReadyCondition(sel)(s)
+	s.Expect(cond.Message).To(ContainSubstring(c.want))
+	s.Expect(cond.Message).To(ContainSubstring(`secret "kms-credentials"`))
+	s.Eventually(f.Warnings(sel)).Should(ContainElement(warningWith(kmsv1alpha1.ReasonCredentialsInvalid, c.want)))
+
+	status, err := json.Marshal(f.Get(sel)(s).Status)
+	s.Expect(err).NotTo(HaveOccurred())
+	var notes []string
+	for _, e := range f.Warnings(sel)(s) {
+		notes = append(notes, e.Note)
+	}
+	for _, v := range c.data {
+		if v = strings.TrimSpace(v); len(v) >= 4 {
+			s.Expect(string(status)).NotTo(ContainSubstring(v))
+			s.Expect(strings.Join(notes, "\n")).NotTo(ContainSubstring(v))
+		}
+	}
+	s.Expect(f.KMS.Stats().Total).To(BeZero())
+
+	// The operator carries on: a fixed Secret is picked up at the next retry.
+	f.PutCredentials(map[string]string{"accessKey": "AKBADINPUT01", "secretKey": "bad-input-secret-key"})
+	s.Eventually(f.ReadyReason(sel), controllers.RecoveryTimeout(time.Since(start), testBackoff, suiteRefresh, 0)).Should(Equal(kmsv1alpha1.ReasonSynced))
+}

@@ -34,6 +34,17 @@ var (
 // testBackoff is the first retry delay after a failed sync; short so that tests are quick.
 const testBackoff = 300 * time.Millisecond
 
+// The defaults of Eventually: long enough for a backoff retry and a loaded machine, and a
+// polling interval short next to the operator's reactions.
+const (
+	eventuallyTimeout = 20 * time.Second
+	eventuallyPolling = 20 * time.Millisecond
+)
+
+// coalesceWindow is how long a listing answers the same question for other selectors; short, so
+// that a refresh that a spec brings forward (refreshListing) lists KMS anew soon after a sync.
+const coalesceWindow = 2 * time.Second
+
 func TestControllers(t *testing.T) {
 	RegisterFailHandler(Fail)
 	RunSpecs(t, "Controller Suite")
@@ -41,9 +52,8 @@ func TestControllers(t *testing.T) {
 
 var _ = BeforeSuite(func() {
 	logf.SetLogger(zap.New(zap.WriteTo(GinkgoWriter), zap.UseDevMode(true)))
-	SetDefaultEventuallyTimeout(20 * time.Second)
-	SetDefaultEventuallyPollingInterval(100 * time.Millisecond)
-	SetDefaultConsistentlyDuration(1500 * time.Millisecond)
+	SetDefaultEventuallyTimeout(eventuallyTimeout)
+	SetDefaultEventuallyPollingInterval(eventuallyPolling)
 
 	var err error
 	env, err = testkit.StartEnv(testkit.EnvOptions{})
@@ -62,6 +72,7 @@ var _ = BeforeSuite(func() {
 		MaxConcurrentReconciles: 4,
 		SyncTimeout:             10 * time.Second,
 		Backoff:                 testBackoff,
+		CoalesceWindow:          coalesceWindow,
 		KMS: kms.Config{
 			Transport:      http.RoundTripper(transport),
 			RequestTimeout: 2 * time.Second,
