@@ -99,6 +99,7 @@ func (r *KmsKeySelectorReconciler) reconcileNormal(ctx context.Context, sel *kms
 	if sel.Spec.Suspend {
 		setReady(sel, metav1.ConditionFalse, kmsv1alpha1.ReasonSuspended, "Syncing is suspended; the ConfigMap keeps its last content")
 		sel.Status.NextSyncTime = nil
+		sel.Status.LastHandledForceSync = sel.Annotations[kmsv1alpha1.ForceSyncAnnotation]
 		metrics.SelectorReady.WithLabelValues(sel.Namespace, sel.Name).Set(0)
 		return ctrl.Result{}, nil
 	}
