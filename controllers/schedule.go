@@ -50,15 +50,17 @@ func nextListing(sel *kmsv1alpha1.KmsKeySelector, now time.Time) (due bool, wait
 // began, so that the selectors of one slot share one. A spec change or a force-sync takes one
 // made since this process first saw the request: the user wants what KMS says after the change,
 // and a retry after a failed write can reuse the listing. A retry after a failed listing must not
-// go back to a listing older than the failure. A new selector takes any recent listing.
+// go back to a listing older than the failure. A new selector takes any recent listing, unless
+// it also asks for a force-sync, as one may whose first status is not written yet.
 func (r *KmsKeySelectorReconciler) listingSince(sel *kmsv1alpha1.KmsKeySelector, now time.Time) (notBefore time.Time, fresh bool) {
+	forced := sel.Annotations[kmsv1alpha1.ForceSyncAnnotation] != sel.Status.LastHandledForceSync
 	switch {
 	case sel.Status.ConsecutiveFailures > 0:
 		return time.Time{}, true
+	case forced || (requested(sel) && sel.Status.ObservedGeneration != 0):
+		return r.memory.requestSeen(sel, now), true
 	case sel.Status.ObservedGeneration == 0:
 		return time.Time{}, false
-	case requested(sel):
-		return r.memory.requestSeen(sel, now), true
 	case sel.Status.NextSyncTime != nil:
 		return sel.Status.NextSyncTime.Time, false
 	}

@@ -364,3 +364,28 @@ func TestRebuildSyncedRepairsOnlyWhatKeysJSONProves(t *testing.T) {
 		}
 	}
 }
+
+func TestListingSinceTakesOnlyNewListingsForAForceSync(t *testing.T) {
+	r := &KmsKeySelectorReconciler{}
+	now := time.Unix(1_700_000_000, 0)
+	sel := &kmsv1alpha1.KmsKeySelector{}
+	sel.Generation = 1
+	if notBefore, fresh := r.listingSince(sel, now); fresh || !notBefore.IsZero() {
+		t.Errorf("a new selector: listingSince = %v, %v; want any recent listing", notBefore, fresh)
+	}
+	// Asked for a force-sync before its first status was written: a listing from before the
+	// request must not answer it.
+	sel.Annotations = map[string]string{kmsv1alpha1.ForceSyncAnnotation: "1"}
+	if notBefore, fresh := r.listingSince(sel, now); !fresh || !notBefore.Equal(now) {
+		t.Errorf("a new selector asking for a force-sync: listingSince = %v, %v; want only listings since %v", notBefore, fresh, now)
+	}
+	sel.Status.ObservedGeneration, sel.Status.LastHandledForceSync = 1, "1"
+	sel.Status.NextSyncTime = &metav1.Time{Time: now.Add(-time.Second)}
+	if notBefore, fresh := r.listingSince(sel, now); fresh || !notBefore.Equal(now.Add(-time.Second)) {
+		t.Errorf("a scheduled refresh: listingSince = %v, %v; want listings since its slot", notBefore, fresh)
+	}
+	sel.Status.ConsecutiveFailures = 1
+	if notBefore, fresh := r.listingSince(sel, now); !fresh || !notBefore.IsZero() {
+		t.Errorf("a retry: listingSince = %v, %v; want a new listing", notBefore, fresh)
+	}
+}
