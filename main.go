@@ -61,6 +61,7 @@ func newFlagSet(f *flags) *flag.FlagSet {
 	fs.Float64Var(&f.KMSQPS, "kms-qps", 10, "The most KMS API calls per second, across all selectors; 0 means no limit.")
 	fs.IntVar(&f.KMSBurst, "kms-burst", 20, "The most KMS API calls in a burst above --kms-qps.")
 	fs.DurationVar(&f.CoalesceWindow, "coalesce-window", keysource.DefaultCoalesceWindow, "How long one listing answers identical requests of other selectors; keep it well under the smallest refresh interval (10s).")
+	fs.StringVar(&f.ClusterResourceNamespace, "cluster-resource-namespace", "", "The namespace of the Secrets of ClusterKmsProviders whose spec.auth.secretRef names none; empty means the namespace the operator runs in.")
 	fs.Func("watch-namespaces", "Comma-separated namespaces to watch; empty watches all namespaces.", func(v string) error {
 		f.WatchNamespaces = splitList(v)
 		return nil
@@ -118,6 +119,9 @@ func run(f flags) error {
 	if err != nil {
 		return fmt.Errorf("--kms-ca-file: %w", err)
 	}
+	if f.ClusterResourceNamespace == "" {
+		f.ClusterResourceNamespace = inClusterNamespace()
+	}
 	// main exits as soon as the manager stops, so the lease can be handed over at once.
 	f.LeaderElectionReleaseOnCancel = true
 	f.KMS.Transport = transport
@@ -132,6 +136,15 @@ func run(f flags) error {
 		return err
 	}
 	return mgr.Start(ctrl.SetupSignalHandler())
+}
+
+// inClusterNamespace is the namespace of the operator's pod, or "" outside a cluster.
+func inClusterNamespace() string {
+	raw, err := os.ReadFile("/var/run/secrets/kubernetes.io/serviceaccount/namespace")
+	if err != nil {
+		return ""
+	}
+	return strings.TrimSpace(string(raw))
 }
 
 func splitList(v string) []string {

@@ -58,6 +58,8 @@ type KmsKeySelectorReconciler struct {
 // +kubebuilder:rbac:groups="",resources=secrets,verbs=get
 // +kubebuilder:rbac:groups="",resources=configmaps,verbs=get;list;watch;create;patch
 // +kubebuilder:rbac:groups=events.k8s.io,resources=events,verbs=create;patch
+// +kubebuilder:rbac:groups=kms.keysync.dev,resources=kmsproviders;clusterkmsproviders,verbs=get;list;watch
+// +kubebuilder:rbac:groups="",resources=namespaces,verbs=get;list;watch
 
 // Reconcile gets the selector, brings it up to date, and writes its status when it changed.
 func (r *KmsKeySelectorReconciler) Reconcile(ctx context.Context, req ctrl.Request) (result ctrl.Result, err error) {
@@ -104,11 +106,17 @@ func (r *KmsKeySelectorReconciler) reconcileNormal(ctx context.Context, sel *kms
 		return ctrl.Result{}, nil
 	}
 	now := r.Options.Now()
+	// The provider is checked on every reconcile, so that a selector stops at once when its
+	// namespace may no longer use it.
+	p, err := r.resolveProvider(ctx, sel)
+	if err != nil {
+		return r.result(ctx, sel, now, err)
+	}
 	target, err := r.currentTarget(ctx, sel)
 	if err != nil {
 		return r.result(ctx, sel, now, err)
 	}
-	if due, wait := nextListing(sel, now); !due {
+	if due, wait := nextListing(sel, now); !due && !failedOnProvider(sel) {
 		switch err := r.keepTarget(ctx, sel, target); {
 		case err == nil:
 			return ctrl.Result{RequeueAfter: wait}, nil
@@ -117,7 +125,7 @@ func (r *KmsKeySelectorReconciler) reconcileNormal(ctx context.Context, sel *kms
 		}
 		log.FromContext(ctx).Info("Listing early to repair the ConfigMap", "configMap", targetName(sel))
 	}
-	return r.result(ctx, sel, now, r.sync(ctx, sel, target, now))
+	return r.result(ctx, sel, now, r.sync(ctx, sel, p, target, now))
 }
 
 // result turns the outcome of an attempt into the status and the next reconcile: a success waits
@@ -166,8 +174,10 @@ func (r *KmsKeySelectorReconciler) patchStatus(ctx context.Context, sel *kmsv1al
 	return nil
 }
 
-// SetupWithManager watches selectors (spec and annotation changes) and the labelled ConfigMaps
-// they write, so that an edited or deleted ConfigMap is repaired at once.
+// SetupWithManager watches selectors (spec and annotation changes), the labelled ConfigMaps they
+// write, so that an edited or deleted ConfigMap is repaired at once, and the providers and
+// namespaces that decide whether a selector may list, so that a change takes effect at once.
+// SetupIndexes must have run.
 func (r *KmsKeySelectorReconciler) SetupWithManager(mgr ctrl.Manager) error {
 	r.Options = r.Options.withDefaults()
 	return ctrl.NewControllerManagedBy(mgr).
@@ -176,6 +186,12 @@ func (r *KmsKeySelectorReconciler) SetupWithManager(mgr ctrl.Manager) error {
 			predicate.AnnotationChangedPredicate{},
 		))).
 		WatchesMetadata(&corev1.ConfigMap{}, handler.EnqueueRequestsFromMapFunc(selectorForConfigMap)).
+		Watches(&kmsv1alpha1.KmsProvider{}, handler.EnqueueRequestsFromMapFunc(r.selectorsOfKmsProvider),
+			builder.WithPredicates(predicate.GenerationChangedPredicate{})).
+		Watches(&kmsv1alpha1.ClusterKmsProvider{}, handler.EnqueueRequestsFromMapFunc(r.selectorsOfClusterKmsProvider),
+			builder.WithPredicates(predicate.GenerationChangedPredicate{})).
+		WatchesMetadata(&corev1.Namespace{}, handler.EnqueueRequestsFromMapFunc(r.selectorsOfNamespace),
+			builder.WithPredicates(predicate.LabelChangedPredicate{})).
 		WithOptions(controller.Options{MaxConcurrentReconciles: r.Options.MaxConcurrentReconciles}).
 		Named("kmskeyselector").
 		Complete(r)

@@ -22,6 +22,8 @@ type Options struct {
 	SyncTimeout time.Duration
 	// Backoff is the first retry delay after a failure; it doubles up to the refresh interval.
 	Backoff time.Duration
+	// ClusterResourceNamespace holds the Secrets of ClusterKmsProviders that name none.
+	ClusterResourceNamespace string
 	// MaxConcurrentReconciles is how many selectors are synced at the same time; default 1.
 	MaxConcurrentReconciles int
 	// Now and Jitter stand in for the clock and for the random part of the backoff in tests.

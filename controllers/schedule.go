@@ -116,3 +116,12 @@ func failedPermanently(sel *kmsv1alpha1.KmsKeySelector) bool {
 	ready := meta.FindStatusCondition(sel.Status.Conditions, kmsv1alpha1.ConditionReady)
 	return ready != nil && ready.Status == metav1.ConditionFalse && permanent(ready.Reason)
 }
+
+// failedOnProvider tells whether the last attempt failed because the provider was missing or
+// did not allow the namespace: once it resolves again, the selector syncs at once rather than
+// waiting out its backoff.
+func failedOnProvider(sel *kmsv1alpha1.KmsKeySelector) bool {
+	ready := meta.FindStatusCondition(sel.Status.Conditions, kmsv1alpha1.ConditionReady)
+	return ready != nil && ready.Status == metav1.ConditionFalse &&
+		(ready.Reason == kmsv1alpha1.ReasonProviderNotFound || ready.Reason == kmsv1alpha1.ReasonProviderNotAllowed)
+}

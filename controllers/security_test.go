@@ -81,6 +81,12 @@ var _ = Describe("Security", func() {
 			"kms.keysync.dev/kmskeyselectors/status": {"get", "patch", "update"},
 			// The ConfigMap's owner reference sets blockOwnerDeletion, which needs this.
 			"kms.keysync.dev/kmskeyselectors/finalizers": {"update"},
+			"kms.keysync.dev/kmsproviders":               {"get", "list", "watch"},
+			"kms.keysync.dev/kmsproviders/status":        {"get", "patch", "update"},
+			"kms.keysync.dev/clusterkmsproviders":        {"get", "list", "watch"},
+			"kms.keysync.dev/clusterkmsproviders/status": {"get", "patch", "update"},
+			// A ClusterKmsProvider's conditions select namespaces by label.
+			"/namespaces": {"get", "list", "watch"},
 		}))
 
 		roles, err := testkit.ReadRBACRoles(env.Root)

@@ -31,6 +31,9 @@ var (
 	metricsURL string
 )
 
+// clusterResourceNamespace holds the Secrets of ClusterKmsProviders that name no namespace.
+const clusterResourceNamespace = "kms-key-sync-system"
+
 // testBackoff is the first retry delay after a failed sync; short so that tests are quick.
 const testBackoff = 300 * time.Millisecond
 
@@ -66,13 +69,15 @@ var _ = BeforeSuite(func() {
 	metricsAddr, err := testkit.FreeLoopbackAddress()
 	Expect(err).NotTo(HaveOccurred())
 	metricsURL = "http://" + metricsAddr + "/metrics"
+	Expect(k8sClient.Create(ctx(), testkit.Namespace(clusterResourceNamespace))).To(Succeed())
 	mgr, err := operator.New(env.OperatorConfig, operator.Options{
-		MetricsAddr:             metricsAddr,
-		ProbeAddr:               "0",
-		MaxConcurrentReconciles: 4,
-		SyncTimeout:             10 * time.Second,
-		Backoff:                 testBackoff,
-		CoalesceWindow:          coalesceWindow,
+		ClusterResourceNamespace: clusterResourceNamespace,
+		MetricsAddr:              metricsAddr,
+		ProbeAddr:                "0",
+		MaxConcurrentReconciles:  4,
+		SyncTimeout:              10 * time.Second,
+		Backoff:                  testBackoff,
+		CoalesceWindow:           coalesceWindow,
 		KMS: kms.Config{
 			Transport:      http.RoundTripper(transport),
 			RequestTimeout: 2 * time.Second,

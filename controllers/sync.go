@@ -10,7 +10,7 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	"k8s.io/apimachinery/pkg/types"
+	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	kmsv1alpha1 "github.com/kms-key-sync/kms-key-sync/api/v1alpha1"
 	"github.com/kms-key-sync/kms-key-sync/internal/keysource"
@@ -20,8 +20,8 @@ import (
 // sync lists the keys and, only once the listing is complete, writes the ConfigMap when its
 // content changed, then the success into the status. What the attempt handled (the generation,
 // the force-sync value) is recorded only with its outcome.
-func (r *KmsKeySelectorReconciler) sync(ctx context.Context, sel *kmsv1alpha1.KmsKeySelector, target *metav1.PartialObjectMetadata, now time.Time) error {
-	req, err := r.listRequest(ctx, sel)
+func (r *KmsKeySelectorReconciler) sync(ctx context.Context, sel *kmsv1alpha1.KmsKeySelector, p provider, target *metav1.PartialObjectMetadata, now time.Time) error {
+	req, err := r.listRequest(ctx, sel, p)
 	if err != nil {
 		return err
 	}
@@ -43,27 +43,23 @@ func (r *KmsKeySelectorReconciler) sync(ctx context.Context, sel *kmsv1alpha1.Km
 	return nil
 }
 
-// listRequest builds the KMS request from the spec and the credentials Secret.
-func (r *KmsKeySelectorReconciler) listRequest(ctx context.Context, sel *kmsv1alpha1.KmsKeySelector) (keysource.Request, error) {
+// listRequest builds the KMS request from the spec, the provider and its credentials Secret.
+func (r *KmsKeySelectorReconciler) listRequest(ctx context.Context, sel *kmsv1alpha1.KmsKeySelector, p provider) (keysource.Request, error) {
 	filter := filterFromSpec(sel.Spec)
 	if err := filter.Validate(); err != nil {
 		return keysource.Request{}, failed(kmsv1alpha1.ReasonInvalidSpec, fmt.Errorf("spec: %w", err))
 	}
-	endpoint, err := endpointFor(sel.Spec.Provider)
+	endpoint, err := r.endpoint(p)
 	if err != nil {
-		return keysource.Request{}, failed(kmsv1alpha1.ReasonInvalidSpec, err)
+		return keysource.Request{}, err
 	}
-	if endpoint.Scheme == "http" && !r.Options.AllowInsecureEndpoints {
-		return keysource.Request{}, failedf(kmsv1alpha1.ReasonInsecureEndpoint,
-			"spec.provider.endpoint %q is plain http and would send credentials in clear text; use https, or run the operator with --allow-insecure-endpoints", endpoint.String())
-	}
-	creds, err := r.credentials(ctx, sel)
+	creds, err := r.credentials(ctx, p)
 	if err != nil {
 		return keysource.Request{}, err
 	}
 	req := keysource.Request{
-		Endpoint:    endpoint.String(),
-		ProjectID:   sel.Spec.Provider.ProjectID,
+		Endpoint:    endpoint,
+		ProjectID:   p.location.ProjectID,
 		Credentials: creds,
 		PageSize:    pageSize(sel.Spec),
 		Filter:      filter,
@@ -77,22 +73,42 @@ func (r *KmsKeySelectorReconciler) listRequest(ctx context.Context, sel *kmsv1al
 	return req, nil
 }
 
-// credentials reads the Secret that spec.provider.credentialsSecretRef names.
-func (r *KmsKeySelectorReconciler) credentials(ctx context.Context, sel *kmsv1alpha1.KmsKeySelector) (kms.Credentials, error) {
-	ref := sel.Spec.Provider.CredentialsSecretRef.Name
+// endpoint is the provider's KMS endpoint, if the operator may send credentials to it.
+func (r *KmsKeySelectorReconciler) endpoint(p provider) (string, error) {
+	return endpointOf(p, r.Options.AllowInsecureEndpoints)
+}
+
+func endpointOf(p provider, allowInsecure bool) (string, error) {
+	u, err := endpointFor(p.location, p.fields)
+	if err != nil {
+		return "", failed(kmsv1alpha1.ReasonInvalidSpec, err)
+	}
+	if u.Scheme == "http" && !allowInsecure {
+		return "", failedf(kmsv1alpha1.ReasonInsecureEndpoint,
+			"%s.endpoint %q is plain http and would send credentials in clear text; use https, or run the operator with --allow-insecure-endpoints", p.fields, u.String())
+	}
+	return u.String(), nil
+}
+
+// credentials reads the provider's Secret.
+func (r *KmsKeySelectorReconciler) credentials(ctx context.Context, p provider) (kms.Credentials, error) {
+	return readCredentials(ctx, r.APIReader, p)
+}
+
+func readCredentials(ctx context.Context, reader client.Reader, p provider) (kms.Credentials, error) {
 	secret := &corev1.Secret{}
 	// client-go dumps response bodies at high verbosity; the Secret's must never reach a log.
 	quiet := logr.NewContext(ctx, logr.Discard())
-	if err := r.APIReader.Get(quiet, types.NamespacedName{Namespace: sel.Namespace, Name: ref}, secret); err != nil {
+	if err := reader.Get(quiet, p.secret, secret); err != nil {
 		if apierrors.IsNotFound(err) {
 			return kms.Credentials{}, failedf(kmsv1alpha1.ReasonCredentialsNotFound,
-				"secret %q named by spec.provider.credentialsSecretRef does not exist in namespace %q", ref, sel.Namespace)
+				"secret %q named by %s does not exist in namespace %q", p.secret.Name, p.secretField, p.secret.Namespace)
 		}
-		return kms.Credentials{}, fmt.Errorf("getting secret %q: %w", ref, err)
+		return kms.Credentials{}, fmt.Errorf("getting secret %q: %w", p.secret.Name, err)
 	}
 	creds, err := credentialsFromSecret(secret)
 	if err != nil {
-		return kms.Credentials{}, failed(kmsv1alpha1.ReasonCredentialsInvalid, fmt.Errorf("secret %q: %w", ref, err))
+		return kms.Credentials{}, failed(kmsv1alpha1.ReasonCredentialsInvalid, fmt.Errorf("secret %q: %w", p.secret.Name, err))
 	}
 	return creds, nil
 }
@@ -111,17 +127,18 @@ func (r *KmsKeySelectorReconciler) list(ctx context.Context, req keysource.Reque
 	return keys, nil
 }
 
-func endpointFor(p kmsv1alpha1.ProviderSpec) (*url.URL, error) {
-	raw := p.Endpoint
+// endpointFor is the endpoint of a location; fields is where the location's settings are.
+func endpointFor(l kmsv1alpha1.KMSLocation, fields string) (*url.URL, error) {
+	raw := l.Endpoint
 	if raw == "" {
 		var err error
-		if raw, err = kms.EndpointForRegion(p.Region); err != nil {
-			return nil, fmt.Errorf("spec.provider.region: %w", err)
+		if raw, err = kms.EndpointForRegion(l.Region); err != nil {
+			return nil, fmt.Errorf("%s.region: %w", fields, err)
 		}
 	}
 	u, err := url.Parse(raw)
 	if err != nil || (u.Scheme != "https" && u.Scheme != "http") || u.Host == "" {
-		return nil, fmt.Errorf("spec.provider.endpoint %q is not an absolute http or https URL", raw)
+		return nil, fmt.Errorf("%s.endpoint %q is not an absolute http or https URL", fields, raw)
 	}
 	return u, nil
 }

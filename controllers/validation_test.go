@@ -83,7 +83,13 @@ var _ = Describe("KmsKeySelector schema", func() {
 			Expect(err.Error()).To(ContainSubstring(field))
 			Expect(err.Error()).To(ContainSubstring(reason))
 		},
-		Entry("no provider", "spec.provider", "Required", remove("provider")),
+		Entry("no provider", "spec.provider", "set exactly one of spec.provider and spec.providerRef", remove("provider")),
+		Entry("both provider and providerRef", "spec.providerRef", "set exactly one of spec.provider and spec.providerRef",
+			set(map[string]any{"kind": "KmsProvider", "name": "team"}, "providerRef")),
+		Entry("providerRef of another kind", "spec.providerRef.kind", "Unsupported value", remove("provider"),
+			set(map[string]any{"kind": "Secret", "name": "team"}, "providerRef")),
+		Entry("providerRef without a name", "spec.providerRef.name", "Required", remove("provider"),
+			set(map[string]any{"kind": "ClusterKmsProvider"}, "providerRef")),
 		Entry("no projectId", "spec.provider.projectId", "Required", remove("provider", "projectId")),
 		Entry("empty projectId", "spec.provider.projectId", "at least 1", set("", "provider", "projectId")),
 		Entry("projectId of 65 characters", "spec.provider.projectId", "may not be more than 64", set(long("a", 65), "provider", "projectId")),

@@ -2,7 +2,7 @@ package v1alpha1
 
 import "time"
 
-// ConditionReady is the one condition a KmsKeySelector reports.
+// ConditionReady is the one condition that KmsKeySelectors and providers report.
 const ConditionReady = "Ready"
 
 // Reasons of the Ready condition. Each tells the user what to do; see the README's table.
@@ -27,6 +27,13 @@ const (
 	ReasonTargetConflict = "TargetConflict"
 	// ReasonTargetTooLarge: the keys do not fit in one ConfigMap; the previous data stays.
 	ReasonTargetTooLarge = "TargetTooLarge"
+	// ReasonProviderNotFound: the provider named by spec.providerRef does not exist.
+	ReasonProviderNotFound = "ProviderNotFound"
+	// ReasonProviderNotAllowed: the ClusterKmsProvider named by spec.providerRef does not allow
+	// the selector's namespace.
+	ReasonProviderNotAllowed = "ProviderNotAllowed"
+	// ReasonValidated: a provider's credentials were accepted by KMS.
+	ReasonValidated = "Validated"
 )
 
 // Well-known labels and annotations.

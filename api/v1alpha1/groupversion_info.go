@@ -21,7 +21,8 @@ var (
 )
 
 func addKnownTypes(s *runtime.Scheme) error {
-	s.AddKnownTypes(GroupVersion, &KmsKeySelector{}, &KmsKeySelectorList{})
+	s.AddKnownTypes(GroupVersion, &KmsKeySelector{}, &KmsKeySelectorList{},
+		&KmsProvider{}, &KmsProviderList{}, &ClusterKmsProvider{}, &ClusterKmsProviderList{})
 	metav1.AddToGroupVersion(s, GroupVersion)
 	return nil
 }

@@ -8,10 +8,18 @@ import (
 // once; a test keeps the generated CRD in step with them.
 
 // KmsKeySelectorSpec says which KMS keys to list, with which credentials, and where to write them.
+// +kubebuilder:validation:XValidation:rule="has(self.provider) != has(self.providerRef)",message="set exactly one of spec.provider and spec.providerRef"
 type KmsKeySelectorSpec struct {
-	// Provider says where the KMS API is and which credentials to call it with.
-	// +required
-	Provider ProviderSpec `json:"provider"`
+	// Provider says, inline, where the KMS API is and which credentials of the selector's
+	// namespace to call it with. Set it or ProviderRef.
+	// +optional
+	Provider *ProviderSpec `json:"provider,omitempty"`
+
+	// ProviderRef names a KmsProvider of the selector's namespace, or a ClusterKmsProvider that
+	// allows the namespace, whose project and credentials the selector lists with. Set it or
+	// Provider.
+	// +optional
+	ProviderRef *ProviderReference `json:"providerRef,omitempty"`
 
 	// Tags select keys by tag. Different tag keys are ANDed; the values of one key are ORed; an
 	// empty values list matches any value of that key. No tags selects every key of the project.
@@ -60,34 +68,34 @@ type KmsKeySelectorSpec struct {
 // ProviderSpec locates the KMS API and its credentials.
 // +kubebuilder:validation:XValidation:rule="has(self.region) || has(self.endpoint)",message="one of spec.provider.region or spec.provider.endpoint is required"
 type ProviderSpec struct {
-	// Region is the Huawei Cloud region, such as cn-north-4. It gives the endpoint
-	// https://kms.<region>.myhuaweicloud.com unless Endpoint is set.
-	// +optional
-	// +kubebuilder:validation:MaxLength=64
-	// +kubebuilder:validation:Pattern=`^[a-z]{2,}(-[a-z0-9]+)+$`
-	Region string `json:"region,omitempty"`
-
-	// ProjectID is the ID of the project in that region.
-	// +required
-	// +kubebuilder:validation:MinLength=1
-	// +kubebuilder:validation:MaxLength=64
-	// +kubebuilder:validation:Pattern=`^[A-Za-z0-9_-]+$`
-	ProjectID string `json:"projectId"`
-
-	// Endpoint overrides the endpoint derived from Region, for private or dedicated clouds and for
-	// the emulator. Plain http:// is refused unless the operator runs with
-	// --allow-insecure-endpoints.
-	// +optional
-	// +kubebuilder:validation:MaxLength=2048
-	// +kubebuilder:validation:XValidation:rule="isURL(self) && url(self).getScheme() in ['https', 'http'] && url(self).getHostname() != ''",message="must be an absolute http or https URL"
-	// +kubebuilder:validation:XValidation:rule="!self.contains('?') && !self.contains('#')",message="must not contain a query or fragment"
-	Endpoint string `json:"endpoint,omitempty"`
+	KMSLocation `json:",inline"`
 
 	// CredentialsSecretRef names a Secret in the selector's namespace that holds either
 	// accessKey and secretKey (and optionally securityToken), or token.
 	// +required
 	CredentialsSecretRef SecretReference `json:"credentialsSecretRef"`
 }
+
+// ProviderReference names a KmsProvider or a ClusterKmsProvider.
+type ProviderReference struct {
+	// Kind is KmsProvider, for a provider of the selector's own namespace, or ClusterKmsProvider.
+	// +required
+	// +kubebuilder:validation:Enum=KmsProvider;ClusterKmsProvider
+	Kind string `json:"kind"`
+
+	// Name of the provider.
+	// +required
+	// +kubebuilder:validation:MinLength=1
+	// +kubebuilder:validation:MaxLength=253
+	// +kubebuilder:validation:Pattern=`^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$`
+	Name string `json:"name"`
+}
+
+// The kinds a ProviderReference names.
+const (
+	KindKmsProvider        = "KmsProvider"
+	KindClusterKmsProvider = "ClusterKmsProvider"
+)
 
 // SecretReference names a Secret in the same namespace.
 type SecretReference struct {

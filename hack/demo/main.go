@@ -58,6 +58,8 @@ type result struct {
 	disabledKey      string
 	data             map[string]string // the ConfigMap once the key showed as Disabled
 	eventReasons     []string
+	// shared are the selectors of step 7, which list through one ClusterKmsProvider.
+	shared []*kmsv1alpha1.KmsKeySelector
 }
 
 // demo holds what the steps start; cleanup stops it in reverse order.
@@ -113,6 +115,10 @@ func run(ctx context.Context, o options, out io.Writer) (res result, err error) 
 	if err != nil {
 		return res, err
 	}
+	m, err := loadMultiTeam(filepath.Join(o.root, "config", "samples", "multi-team"))
+	if err != nil {
+		return res, err
+	}
 	if err := d.startControlPlane(ctx); err != nil {
 		return res, err
 	}
@@ -135,6 +141,9 @@ func run(ctx context.Context, o options, out io.Writer) (res result, err error) 
 	if res.eventReasons, err = d.printEvents(ctx, sel, res.disabledKey); err != nil {
 		return res, err
 	}
+	if res.shared, err = d.shareProvider(ctx, m, s.selector.Spec.Provider.ProjectID); err != nil {
+		return res, err
+	}
 	if o.keepRunning {
 		return res, d.serveUntilInterrupted(interrupted, failed, sel, res.data)
 	}
@@ -142,7 +151,7 @@ func run(ctx context.Context, o options, out io.Writer) (res result, err error) 
 }
 
 func (d *demo) step(n int, format string, args ...any) {
-	fmt.Fprintf(d.out, "\n[%d/7] %s\n", n, fmt.Sprintf(format, args...))
+	fmt.Fprintf(d.out, "\n[%d/8] %s\n", n, fmt.Sprintf(format, args...))
 }
 
 func (d *demo) printf(format string, args ...any) {
@@ -242,7 +251,7 @@ func (d *demo) cleanup() error {
 	if len(d.cleanups) == 0 {
 		return nil
 	}
-	d.step(7, "Cleaning up")
+	d.step(8, "Cleaning up")
 	var errs []error
 	for i := len(d.cleanups) - 1; i >= 0; i-- {
 		errs = append(errs, d.cleanups[i]())

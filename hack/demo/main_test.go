@@ -9,6 +9,7 @@ import (
 	"testing"
 
 	"github.com/kms-key-sync/kms-key-sync/internal/kms"
+	"github.com/kms-key-sync/kms-key-sync/internal/testkit"
 )
 
 // TestDemo runs the demo's steps, as `make demo` does, and checks what they showed: the key the
@@ -38,11 +39,20 @@ func TestDemo(t *testing.T) {
 	if !slices.Contains(res.eventReasons, "KeyDisabled") {
 		t.Errorf("events %v hold no KeyDisabled", res.eventReasons)
 	}
+	if len(res.shared) < 2 {
+		t.Errorf("step 7 shared the ClusterKmsProvider with %d selectors, want at least 2", len(res.shared))
+	}
+	for _, sel := range res.shared {
+		if c := testkit.ReadyCondition(sel); c == nil || c.Reason != "Synced" {
+			t.Errorf("shared selector %s/%s is not Synced: %v", sel.Namespace, sel.Name, c)
+		}
+	}
 	if res.applyToConfigMap <= 0 || res.applyToConfigMap > waitTimeout {
 		t.Errorf("apply to ConfigMap took %s", res.applyToConfigMap)
 	}
-	for _, want := range []string{"[7/7] Cleaning up", "operator stopped", "KMS emulator stopped", "control plane stopped",
-		"NAME", "READY", "REASON", "KEYS", "LAST SYNC", "AGE", "payments   True"} {
+	for _, want := range []string{"[8/8] Cleaning up", "operator stopped", "KMS emulator stopped", "control plane stopped",
+		"NAME", "READY", "REASON", "KEYS", "LAST SYNC", "AGE", "payments   True",
+		"kubectl get clusterkmsproviders,kks -A", "SELECTORS", "platform-kms"} {
 		if !strings.Contains(out.String(), want) {
 			t.Errorf("the output lacks %q", want)
 		}
@@ -57,7 +67,7 @@ func TestRunStopsWhenCancelled(t *testing.T) {
 	if _, err := run(ctx, options{root: "../.."}, &out); err == nil {
 		t.Fatalf("run succeeded with a cancelled context:\n%s", out.String())
 	}
-	if strings.Contains(out.String(), "[2/7]") {
+	if strings.Contains(out.String(), "[2/8]") {
 		t.Errorf("run went past step 1 after being cancelled:\n%s", out.String())
 	}
 	if !strings.Contains(out.String(), "control plane stopped") {

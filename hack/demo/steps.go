@@ -171,13 +171,14 @@ func (d *demo) readyCondition(ctx context.Context, sel *kmsv1alpha1.KmsKeySelect
 }
 
 // printTable prints a list as kubectl get does: the API server renders it as a Table whose
-// columns, for a custom resource, are NAME and the CRD's additionalPrinterColumns.
+// columns, for a custom resource, are NAME and the CRD's additionalPrinterColumns. A list of
+// namespaced objects across namespaces, as kubectl get -A, leads with NAMESPACE.
 func (d *demo) printTable(ctx context.Context, path string) error {
 	hc, err := rest.HTTPClientFor(d.env.Config)
 	if err != nil {
 		return err
 	}
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, strings.TrimSuffix(d.env.Config.Host, "/")+path, nil)
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, strings.TrimSuffix(d.env.Config.Host, "/")+path+"?includeObject=Metadata", nil)
 	if err != nil {
 		return err
 	}
@@ -198,9 +199,23 @@ func (d *demo) printTable(ctx context.Context, path string) error {
 			header = append(header, strings.ToUpper(c.Name))
 		}
 	}
+	namespaced := false
+	for _, row := range table.Rows {
+		var m metav1.PartialObjectMetadata
+		namespaced = namespaced || (json.Unmarshal(row.Object.Raw, &m) == nil && m.Namespace != "")
+	}
+	allNamespaces := namespaced && !strings.Contains(path, "/namespaces/")
+	if allNamespaces {
+		header = append([]string{"NAMESPACE"}, header...)
+	}
 	fmt.Fprintf(tw, "      %s\n", strings.Join(header, "\t"))
 	for _, row := range table.Rows {
 		var cells []string
+		if allNamespaces {
+			var m metav1.PartialObjectMetadata
+			_ = json.Unmarshal(row.Object.Raw, &m)
+			cells = append(cells, m.Namespace)
+		}
 		for i, c := range table.ColumnDefinitions {
 			if c.Priority == 0 && i < len(row.Cells) {
 				cell := "<none>"

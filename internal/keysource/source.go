@@ -125,3 +125,20 @@ func (t *limitedTransport) RoundTrip(req *http.Request) (*http.Response, error) 
 	}
 	return t.next.RoundTrip(req)
 }
+
+// CountKeys counts the keys that match req.Filter with one call (action=count), through the
+// same transport and rate limit as the listings.
+func (d *Direct) CountKeys(ctx context.Context, req Request) (int, error) {
+	cfg := d.Base
+	cfg.Endpoint = req.Endpoint
+	cfg.ProjectID = req.ProjectID
+	cfg.Credentials = req.Credentials
+	if req.MaxAttempts > 0 {
+		cfg.Retry.MaxAttempts = req.MaxAttempts
+	}
+	c, err := kms.New(cfg)
+	if err != nil {
+		return 0, err
+	}
+	return c.CountKeys(ctx, req.Filter)
+}

@@ -3,6 +3,7 @@
 package operator
 
 import (
+	"context"
 	"fmt"
 	"time"
 
@@ -30,7 +31,7 @@ import (
 	"github.com/kms-key-sync/kms-key-sync/internal/metrics"
 )
 
-// Scheme knows the Kubernetes built-in types and KmsKeySelector.
+// Scheme knows the Kubernetes built-in types and the operator's own.
 var Scheme = runtime.NewScheme()
 
 func init() {
@@ -59,6 +60,8 @@ type Options struct {
 	MaxConcurrentReconciles int
 	SyncTimeout             time.Duration
 	Backoff                 time.Duration
+	// ClusterResourceNamespace holds the Secrets of ClusterKmsProviders that name no namespace.
+	ClusterResourceNamespace string
 	// WatchNamespaces restricts the operator to these namespaces; empty means all.
 	WatchNamespaces []string
 	// CoalesceWindow is how long a successful listing answers identical requests of other
@@ -79,7 +82,7 @@ type Options struct {
 	SkipNameValidation bool
 }
 
-// New returns a manager running the KmsKeySelector controller.
+// New returns a manager running the KmsKeySelector and provider controllers.
 func New(cfg *rest.Config, o Options) (ctrl.Manager, error) {
 	mgr, err := ctrl.NewManager(cfg, ctrl.Options{
 		Scheme:                        Scheme,
@@ -97,20 +100,36 @@ func New(cfg *rest.Config, o Options) (ctrl.Manager, error) {
 	if err != nil {
 		return nil, fmt.Errorf("creating manager: %w", err)
 	}
-	reconciler := &controllers.KmsKeySelectorReconciler{
+	if err := controllers.SetupIndexes(context.Background(), mgr); err != nil {
+		return nil, fmt.Errorf("setting up indexes: %w", err)
+	}
+	options := controllers.Options{
+		AllowInsecureEndpoints:   o.AllowInsecureEndpoints,
+		SyncTimeout:              o.SyncTimeout,
+		Backoff:                  o.Backoff,
+		MaxConcurrentReconciles:  o.MaxConcurrentReconciles,
+		ClusterResourceNamespace: o.ClusterResourceNamespace,
+	}
+	direct := newDirect(o)
+	selectors := &controllers.KmsKeySelectorReconciler{
 		Client:    mgr.GetClient(),
 		APIReader: mgr.GetAPIReader(),
 		Recorder:  mgr.GetEventRecorder("kms-key-sync"),
-		Keys:      newKeySource(o),
-		Options: controllers.Options{
-			AllowInsecureEndpoints:  o.AllowInsecureEndpoints,
-			SyncTimeout:             o.SyncTimeout,
-			Backoff:                 o.Backoff,
-			MaxConcurrentReconciles: o.MaxConcurrentReconciles,
-		},
+		Keys:      coalesced(o, direct),
+		Options:   options,
 	}
-	if err := reconciler.SetupWithManager(mgr); err != nil {
-		return nil, fmt.Errorf("setting up controller: %w", err)
+	if err := selectors.SetupWithManager(mgr); err != nil {
+		return nil, fmt.Errorf("setting up the selector controller: %w", err)
+	}
+	providers := &controllers.ProviderReconciler{
+		Client:    mgr.GetClient(),
+		APIReader: mgr.GetAPIReader(),
+		Recorder:  mgr.GetEventRecorder("kms-key-sync"),
+		Keys:      direct,
+		Options:   options,
+	}
+	if err := providers.SetupWithManager(mgr); err != nil {
+		return nil, fmt.Errorf("setting up the provider controllers: %w", err)
 	}
 	if o.ProbeAddr != "" && o.ProbeAddr != "0" {
 		if err := mgr.AddHealthzCheck("healthz", healthz.Ping); err != nil {
@@ -123,16 +142,17 @@ func New(cfg *rest.Config, o Options) (ctrl.Manager, error) {
 	return mgr, nil
 }
 
-// newKeySource stands coalescing, then the rate limit, in front of the KMS client, and records
-// every KMS request in the Prometheus metrics.
-func newKeySource(o Options) *keysource.Coalescing {
+// newDirect returns the KMS client behind the rate limit, recording every KMS request in the
+// Prometheus metrics; selectors and providers share it, and so the limit.
+func newDirect(o Options) *keysource.Direct {
 	base := o.KMS
 	base.Observer = metrics.KMSObserver{Next: o.KMS.Observer}
-	return &keysource.Coalescing{
-		Next:        keysource.NewDirect(base, o.KMSQPS, o.KMSBurst),
-		TTL:         o.CoalesceWindow,
-		OnCoalesced: metrics.CoalescedRequests.Inc,
-	}
+	return keysource.NewDirect(base, o.KMSQPS, o.KMSBurst)
+}
+
+// coalesced stands coalescing in front of direct, for the selectors' listings.
+func coalesced(o Options, direct *keysource.Direct) *keysource.Coalescing {
+	return &keysource.Coalescing{Next: direct, TTL: o.CoalesceWindow, OnCoalesced: metrics.CoalescedRequests.Inc}
 }
 
 // cacheOptions limits the ConfigMap informer to the operator's own ConfigMaps, so memory does not

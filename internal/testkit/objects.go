@@ -49,9 +49,8 @@ func Selector(namespace, name, endpoint string, mutate ...func(*kmsv1alpha1.KmsK
 	sel := &kmsv1alpha1.KmsKeySelector{
 		ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: namespace},
 		Spec: kmsv1alpha1.KmsKeySelectorSpec{
-			Provider: kmsv1alpha1.ProviderSpec{
-				ProjectID:            kmstest.DefaultProjectID,
-				Endpoint:             endpoint,
+			Provider: &kmsv1alpha1.ProviderSpec{
+				KMSLocation:          kmsv1alpha1.KMSLocation{ProjectID: kmstest.DefaultProjectID, Endpoint: endpoint},
 				CredentialsSecretRef: kmsv1alpha1.SecretReference{Name: CredentialsSecretName},
 			},
 		},

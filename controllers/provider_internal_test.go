@@ -1,0 +1,93 @@
+package controllers
+
+import (
+	"strings"
+	"testing"
+	"time"
+
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+
+	kmsv1alpha1 "github.com/kms-key-sync/kms-key-sync/api/v1alpha1"
+)
+
+func TestAllowsNamespace(t *testing.T) {
+	selects := func(labels map[string]string) kmsv1alpha1.ClusterKmsProviderCondition {
+		return kmsv1alpha1.ClusterKmsProviderCondition{NamespaceSelector: &metav1.LabelSelector{MatchLabels: labels}}
+	}
+	names := func(ns ...string) kmsv1alpha1.ClusterKmsProviderCondition {
+		return kmsv1alpha1.ClusterKmsProviderCondition{Namespaces: ns}
+	}
+	cases := []struct {
+		name       string
+		conditions []kmsv1alpha1.ClusterKmsProviderCondition
+		ns         string
+		labels     map[string]string
+		allowed    bool
+	}{
+		{"no conditions allow all", nil, "any", nil, true},
+		{"by label", []kmsv1alpha1.ClusterKmsProviderCondition{selects(map[string]string{"team": "a"})}, "x", map[string]string{"team": "a"}, true},
+		{"label differs", []kmsv1alpha1.ClusterKmsProviderCondition{selects(map[string]string{"team": "a"})}, "x", map[string]string{"team": "b"}, false},
+		{"by name", []kmsv1alpha1.ClusterKmsProviderCondition{names("x", "y")}, "y", nil, true},
+		{"name not listed", []kmsv1alpha1.ClusterKmsProviderCondition{names("x")}, "y", nil, false},
+		{"any condition", []kmsv1alpha1.ClusterKmsProviderCondition{names("x"), selects(map[string]string{"team": "a"})}, "y", map[string]string{"team": "a"}, true},
+		{"an empty selector selects all", []kmsv1alpha1.ClusterKmsProviderCondition{selects(nil)}, "y", nil, true},
+	}
+	for _, tc := range cases {
+		p := &kmsv1alpha1.ClusterKmsProvider{Spec: kmsv1alpha1.ClusterKmsProviderSpec{Conditions: tc.conditions}}
+		p.Name = "shared"
+		err := allowsNamespace(p, tc.ns, tc.labels)
+		if (err == nil) != tc.allowed {
+			t.Errorf("%s: allowsNamespace = %v, want allowed %v", tc.name, err, tc.allowed)
+		}
+		if err != nil && (!strings.Contains(err.Error(), `ClusterKmsProvider "shared"`) || !strings.Contains(err.Error(), tc.ns)) {
+			t.Errorf("%s: the message %q names neither the provider nor the namespace", tc.name, err)
+		}
+	}
+}
+
+func TestClusterProviderSecretDefaultsToTheClusterResourceNamespace(t *testing.T) {
+	p := &kmsv1alpha1.ClusterKmsProvider{Spec: kmsv1alpha1.ClusterKmsProviderSpec{
+		Auth: kmsv1alpha1.ClusterKmsProviderAuth{SecretRef: &kmsv1alpha1.ClusterSecretReference{Name: "creds"}},
+	}}
+	got, err := clusterProviderOf(p, "kms-key-sync-system")
+	if err != nil || got.secret.Namespace != "kms-key-sync-system" || got.secret.Name != "creds" {
+		t.Fatalf("secret = %v, %v; want kms-key-sync-system/creds", got.secret, err)
+	}
+	p.Spec.Auth.SecretRef.Namespace = "platform"
+	if got, _ := clusterProviderOf(p, "kms-key-sync-system"); got.secret.Namespace != "platform" {
+		t.Errorf("an explicit namespace was overridden: %v", got.secret)
+	}
+	p.Spec.Auth.SecretRef.Namespace = ""
+	if _, err := clusterProviderOf(p, ""); reasonOf(err) != kmsv1alpha1.ReasonInvalidSpec || !strings.Contains(err.Error(), "--cluster-resource-namespace") {
+		t.Errorf("no namespace anywhere: err = %v, want InvalidSpec naming the flag", err)
+	}
+}
+
+func TestProviderValidationFollowsItsSelectors(t *testing.T) {
+	now := time.Unix(1_700_000_000, 0)
+	synced := func(ago, interval time.Duration, ready bool) kmsv1alpha1.KmsKeySelector {
+		s := kmsv1alpha1.KmsKeySelector{}
+		s.Spec.RefreshInterval = &metav1.Duration{Duration: interval}
+		s.Status.LastSyncTime = &metav1.Time{Time: now.Add(-ago)}
+		status := metav1.ConditionFalse
+		if ready {
+			status = metav1.ConditionTrue
+		}
+		s.Status.Conditions = []metav1.Condition{{Type: kmsv1alpha1.ConditionReady, Status: status}}
+		return s
+	}
+	users := []kmsv1alpha1.KmsKeySelector{synced(time.Minute, time.Hour, true), synced(time.Second, 10*time.Minute, false)}
+	if got := validationInterval(users); got != 10*time.Minute {
+		t.Errorf("validationInterval = %v, want the shortest refresh interval, 10m", got)
+	}
+	if got := validationInterval(nil); got != DefaultRefreshInterval {
+		t.Errorf("validationInterval without selectors = %v, want the default", got)
+	}
+	at, n := recentSuccesses(users, now.Add(-10*time.Minute))
+	if n != 1 || !at.Equal(now.Add(-time.Minute)) {
+		t.Errorf("recentSuccesses = %v, %d; want the one Ready selector", at, n)
+	}
+	if _, n := recentSuccesses(users, now.Add(-30*time.Second)); n != 0 {
+		t.Errorf("a success older than the interval counted")
+	}
+}
