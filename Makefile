@@ -55,6 +55,7 @@ test: manifests generate fmt vet envtest helm kustomize build ## Run all tests a
 # BENCH_ARGS=--scenarios=b; see docs/benchmarks.md. Logs and pprof profiles go to bin/bench-out/.
 .PHONY: bench
 bench: ## Measure the operator at scale (1 to 1,000 selectors) against a naive baseline; prints a markdown table.
+	go test ./controllers/ -run '^$$' -bench '^BenchmarkTemplate10kKeys$$' -benchtime 20x
 	CGO_ENABLED=0 go build -trimpath -ldflags "$(LDFLAGS)" -o bin/manager .
 	go build -o bin/bench ./hack/bench
 	assets="$$(hack/setup-envtest.sh)" && KUBEBUILDER_ASSETS="$$assets" bin/bench --manager=bin/manager $(BENCH_ARGS)

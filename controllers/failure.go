@@ -16,6 +16,9 @@ import (
 type failure struct {
 	reason string
 	err    error
+	// retryAt, when set, is the next attempt instead of a backoff step: the failure is not the
+	// KMS API's, so the selector keeps its refresh schedule.
+	retryAt time.Time
 }
 
 func (f *failure) Error() string { return f.err.Error() }

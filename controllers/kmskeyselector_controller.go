@@ -146,9 +146,13 @@ func (r *KmsKeySelectorReconciler) result(ctx context.Context, sel *kmsv1alpha1.
 	log.FromContext(ctx).Info("Sync failed", "reason", f.reason, "error", err.Error())
 	setReady(sel, metav1.ConditionFalse, f.reason, err.Error())
 	sel.Status.LastHandledForceSync = sel.Annotations[kmsv1alpha1.ForceSyncAnnotation]
-	sel.Status.ConsecutiveFailures++
 	recordFailed(sel, f.reason)
 	r.Recorder.Eventf(sel, nil, corev1.EventTypeWarning, f.reason, "Sync", "%s", err.Error())
+	if !f.retryAt.IsZero() {
+		sel.Status.NextSyncTime = &metav1.Time{Time: f.retryAt}
+		return ctrl.Result{RequeueAfter: f.retryAt.Sub(now)}, nil
+	}
+	sel.Status.ConsecutiveFailures++
 	if permanent(f.reason) {
 		// Nothing changes until the spec or the operator's flags do; a spec change triggers us.
 		sel.Status.NextSyncTime = nil

@@ -8,6 +8,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"maps"
 	"time"
 
 	"k8s.io/apimachinery/pkg/util/validation"
@@ -37,33 +38,46 @@ type content struct {
 	BinaryData map[string][]byte
 }
 
-// renderContent renders keys, sorted by id as the client returns them. It is deterministic, so
-// the same keys give the same bytes.
-func renderContent(keys []kms.Key) (content, error) {
+// renderContent renders keys, sorted by id as the client returns them, with the selector's
+// templates, if any. It is deterministic, so the same keys give the same bytes.
+func renderContent(keys []kms.Key, tpls *templates) (content, error) {
 	records := make([]keyRecord, 0, len(keys))
 	for _, k := range keys {
 		records = append(records, toRecord(k))
 	}
-	return renderRecords(records)
+	return renderRecords(records, tpls)
 }
 
-// renderRecords renders the records of keys.json: one "<key_id>: <State>" entry per key, and
-// keys.json itself, compressed into keys.json.gz when the plain form would not fit.
-func renderRecords(records []keyRecord) (content, error) {
-	data, err := renderData(records)
-	if err != nil {
-		return content{}, failed(kmsv1alpha1.ReasonKMSRequestFailed, err)
+// renderRecords renders the records of keys.json: by default one "<key_id>: <State>" entry per
+// key and keys.json itself, compressed into keys.json.gz when the plain form would not fit; and
+// the templates' entries, which win on a clash or, with mergePolicy Replace, stand alone.
+func renderRecords(records []keyRecord, tpls *templates) (content, error) {
+	data := map[string]string{}
+	if tpls == nil || !tpls.replace {
+		var err error
+		if data, err = renderData(records); err != nil {
+			return content{}, failed(kmsv1alpha1.ReasonKMSRequestFailed, err)
+		}
+	}
+	if tpls != nil {
+		entries, err := tpls.render(records)
+		if err != nil {
+			return content{}, err
+		}
+		maps.Copy(data, entries)
 	}
 	c := content{Data: data}
 	if c.fits() {
 		return c, nil
 	}
-	compressed, err := gzipBytes([]byte(data[kmsv1alpha1.KeysJSONKey]), gzip.BestCompression)
-	if err != nil {
-		return content{}, err
+	if !tpls.defines(kmsv1alpha1.KeysJSONKey) && data[kmsv1alpha1.KeysJSONKey] != "" && !tpls.defines(kmsv1alpha1.KeysJSONGzipKey) {
+		compressed, err := gzipBytes([]byte(data[kmsv1alpha1.KeysJSONKey]), gzip.BestCompression)
+		if err != nil {
+			return content{}, err
+		}
+		delete(data, kmsv1alpha1.KeysJSONKey)
+		c.BinaryData = map[string][]byte{kmsv1alpha1.KeysJSONGzipKey: compressed}
 	}
-	delete(data, kmsv1alpha1.KeysJSONKey)
-	c.BinaryData = map[string][]byte{kmsv1alpha1.KeysJSONGzipKey: compressed}
 	if !c.fits() {
 		return content{}, failedf(kmsv1alpha1.ReasonTargetTooLarge,
 			"%d keys need %d bytes of data (%d stored) even with keys.json compressed, more than a ConfigMap can hold (%d, %d stored); narrow spec.tags or spec.matches",
@@ -72,9 +86,10 @@ func renderRecords(records []keyRecord) (content, error) {
 	return c, nil
 }
 
-// rebuild renders again the content whose details (keys.json or keys.json.gz) stored holds, so
-// that a ConfigMap whose other entries were edited can be repaired without calling KMS.
-func rebuild(stored content) (content, bool) {
+// rebuild renders again the content whose details (keys.json or keys.json.gz) stored holds, with
+// the selector's templates, so that a ConfigMap whose other entries were edited can be repaired
+// without calling KMS.
+func rebuild(stored content, tpls *templates) (content, bool) {
 	raw := []byte(stored.Data[kmsv1alpha1.KeysJSONKey])
 	if gz, ok := stored.BinaryData[kmsv1alpha1.KeysJSONGzipKey]; ok {
 		zr, err := gzip.NewReader(bytes.NewReader(gz))
@@ -89,7 +104,7 @@ func rebuild(stored content) (content, bool) {
 	if err := json.Unmarshal(raw, &records); err != nil || records == nil {
 		return content{}, false
 	}
-	c, err := renderRecords(records)
+	c, err := renderRecords(records, tpls)
 	return c, err == nil
 }
 

@@ -86,15 +86,16 @@ type keyDiff struct {
 	detailsChanged bool
 }
 
-func diffKeys(previousContent *content, currentContent content) keyDiff {
+func diffKeys(previousContent *content, currentContent content, tpls *templates) keyDiff {
 	var previous map[string]string
 	if previousContent != nil {
 		previous = previousContent.Data
 	}
 	current := currentContent.Data
+	isKey := func(name string) bool { return name != kmsv1alpha1.KeysJSONKey && !tpls.defines(name) }
 	d := keyDiff{movedTo: map[string][]string{}}
 	for id, state := range current {
-		if id == kmsv1alpha1.KeysJSONKey {
+		if !isKey(id) {
 			continue
 		}
 		old, ok := previous[id]
@@ -107,7 +108,7 @@ func diffKeys(previousContent *content, currentContent content) keyDiff {
 		}
 	}
 	for id := range previous {
-		if _, ok := current[id]; !ok && id != kmsv1alpha1.KeysJSONKey {
+		if _, ok := current[id]; !ok && isKey(id) {
 			d.removed++
 		}
 	}
@@ -115,6 +116,9 @@ func diffKeys(previousContent *content, currentContent content) keyDiff {
 		sort.Strings(ids)
 	}
 	d.detailsChanged = previousContent == nil || previousContent.details() != currentContent.details()
+	for name := range tpls.entries() {
+		d.detailsChanged = d.detailsChanged || previous[name] != current[name]
+	}
 	return d
 }
 

@@ -21,6 +21,11 @@ import (
 // content changed, then the success into the status. What the attempt handled (the generation,
 // the force-sync value) is recorded only with its outcome.
 func (r *KmsKeySelectorReconciler) sync(ctx context.Context, sel *kmsv1alpha1.KmsKeySelector, p provider, target *metav1.PartialObjectMetadata, now time.Time) error {
+	// Templates are parsed before KMS is called, so that a broken one costs no call.
+	tpls, err := parseTemplates(sel.Spec.Target.Template)
+	if err != nil {
+		return err
+	}
 	req, err := r.listRequest(ctx, sel, p)
 	if err != nil {
 		return err
@@ -29,7 +34,12 @@ func (r *KmsKeySelectorReconciler) sync(ctx context.Context, sel *kmsv1alpha1.Km
 	if err != nil {
 		return err
 	}
-	rendered, err := renderContent(keys)
+	next := nextRefresh(r.Options.Now(), refreshInterval(sel), req.Phase(), !requested(sel))
+	rendered, err := renderContent(keys, tpls)
+	if f := asFailure(err); f != nil && f.reason == kmsv1alpha1.ReasonTemplateFailed {
+		// The listing was good and KMS is not at fault: no backoff, the next refresh tries again.
+		f.retryAt = next
+	}
 	if err != nil {
 		return err
 	}
@@ -37,8 +47,8 @@ func (r *KmsKeySelectorReconciler) sync(ctx context.Context, sel *kmsv1alpha1.Km
 	if err != nil {
 		return err
 	}
-	r.recordChanges(sel, previous, rendered)
-	setSynced(sel, keys, now, nextRefresh(r.Options.Now(), refreshInterval(sel), req.Phase(), !requested(sel)))
+	r.recordChanges(sel, previous, rendered, tpls)
+	setSynced(sel, keys, now, next)
 	recordSynced(sel)
 	return nil
 }

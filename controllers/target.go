@@ -82,7 +82,11 @@ func (r *KmsKeySelectorReconciler) keepTarget(ctx context.Context, sel *kmsv1alp
 	}
 	good, ok := r.memory.lastGood(sel)
 	if !ok && stored != nil {
-		good, ok = rebuildSynced(*stored, synced)
+		tpls, err := parseTemplates(sel.Spec.Target.Template)
+		if err != nil {
+			return errNothingToRepairFrom
+		}
+		good, ok = rebuildSynced(*stored, synced, tpls)
 	}
 	if !ok {
 		return errNothingToRepairFrom
@@ -94,8 +98,8 @@ func (r *KmsKeySelectorReconciler) keepTarget(ctx context.Context, sel *kmsv1alp
 // rebuildSynced renders again what stored's keys.json holds, if that is what was synced: the
 // digest says so or, on a ConfigMap written before the digest annotation existed, the
 // ConfigMap itself, whole.
-func rebuildSynced(stored content, synced string) (content, bool) {
-	good, ok := rebuild(stored)
+func rebuildSynced(stored content, synced string, tpls *templates) (content, bool) {
+	good, ok := rebuild(stored, tpls)
 	return good, ok && (good.digest() == synced || (synced == "" && good.digest() == stored.digest()))
 }
 
@@ -229,8 +233,8 @@ func metadataUpToDate(target *metav1.PartialObjectMetadata, sel *kmsv1alpha1.Kms
 
 // recordChanges emits an event when the keys changed, and a warning for every key that moved to
 // Disabled or PendingDeletion. An unchanged refresh emits nothing.
-func (r *KmsKeySelectorReconciler) recordChanges(sel *kmsv1alpha1.KmsKeySelector, previous *content, current content) {
-	diff := diffKeys(previous, current)
+func (r *KmsKeySelectorReconciler) recordChanges(sel *kmsv1alpha1.KmsKeySelector, previous *content, current content, tpls *templates) {
+	diff := diffKeys(previous, current, tpls)
 	if diff.empty() {
 		return
 	}

@@ -67,7 +67,7 @@ func TestRenderDataIsDeterministic(t *testing.T) {
 
 func TestRenderDataRefusesIDsThatCannotBeConfigMapKeys(t *testing.T) {
 	for _, id := range []string{"a/b", "keys.json", "keys.json.gz", "", "with space"} {
-		if _, err := renderContent([]kms.Key{{ID: id}}); asFailure(err) == nil {
+		if _, err := renderContent([]kms.Key{{ID: id}}, nil); asFailure(err) == nil {
 			t.Errorf("renderData accepted key id %q", id)
 		}
 	}
@@ -120,7 +120,7 @@ func TestCredentialsFromSecret(t *testing.T) {
 func TestDiffKeys(t *testing.T) {
 	prev := &content{Data: map[string]string{"a": "Enabled", "b": "Enabled", "c": "Enabled", kmsv1alpha1.KeysJSONKey: "[1]"}}
 	cur := content{Data: map[string]string{"a": "Enabled", "b": "Disabled", "d": "PendingDeletion", kmsv1alpha1.KeysJSONKey: "[2]"}}
-	d := diffKeys(prev, cur)
+	d := diffKeys(prev, cur, nil)
 	if d.added != 1 || d.removed != 1 || d.changed != 1 || !d.detailsChanged {
 		t.Fatalf("diff = %+v", d)
 	}
@@ -130,7 +130,7 @@ func TestDiffKeys(t *testing.T) {
 	if got := d.movedTo["PendingDeletion"]; len(got) != 0 {
 		t.Errorf("a new key counted as moved: movedTo[PendingDeletion] = %v", got)
 	}
-	if !diffKeys(&cur, cur).empty() {
+	if !diffKeys(&cur, cur, nil).empty() {
 		t.Error("identical data gave a non-empty diff")
 	}
 }
@@ -217,13 +217,13 @@ func manyKeys(n int) []kms.Key {
 }
 
 func TestRenderContentCompressesRatherThanDropsKeys(t *testing.T) {
-	small, err := renderContent(manyKeys(100))
+	small, err := renderContent(manyKeys(100), nil)
 	if err != nil || len(small.BinaryData) != 0 || small.Data[kmsv1alpha1.KeysJSONKey] == "" {
 		t.Fatalf("100 keys: err=%v, binary entries %d; want plain keys.json", err, len(small.BinaryData))
 	}
 
 	keys := manyKeys(10_000)
-	c, err := renderContent(keys)
+	c, err := renderContent(keys, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -241,13 +241,13 @@ func TestRenderContentCompressesRatherThanDropsKeys(t *testing.T) {
 	if err := json.NewDecoder(zr).Decode(&records); err != nil || len(records) != len(keys) || records[9999].ID != keys[9999].ID {
 		t.Fatalf("keys.json.gz decodes to %d records, err %v", len(records), err)
 	}
-	again, _ := renderContent(keys)
+	again, _ := renderContent(keys, nil)
 	if !bytes.Equal(again.BinaryData[kmsv1alpha1.KeysJSONGzipKey], c.BinaryData[kmsv1alpha1.KeysJSONGzipKey]) {
 		t.Error("compressed output differs between renderings")
 	}
 	t.Logf("10,000 keys: %d bytes with keys.json.gz (%d compressed)", c.size(), len(c.BinaryData[kmsv1alpha1.KeysJSONGzipKey]))
 
-	if _, err := renderContent(manyKeys(30_000)); reasonOf(err) != kmsv1alpha1.ReasonTargetTooLarge {
+	if _, err := renderContent(manyKeys(30_000), nil); reasonOf(err) != kmsv1alpha1.ReasonTargetTooLarge {
 		t.Fatalf("30,000 keys: err = %v, want TargetTooLarge", err)
 	}
 }
@@ -333,7 +333,7 @@ func TestNextListingReadsTheScheduleFromTheStatus(t *testing.T) {
 }
 
 func TestRebuildSyncedRepairsOnlyWhatKeysJSONProves(t *testing.T) {
-	synced, err := renderContent(manyKeys(3))
+	synced, err := renderContent(manyKeys(3), nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -358,7 +358,7 @@ func TestRebuildSyncedRepairsOnlyWhatKeysJSONProves(t *testing.T) {
 		{"written before the digest, intact", synced, "", true},
 		{"written before the digest, edited", entryEdited, "", false},
 	} {
-		got, ok := rebuildSynced(tc.stored, tc.digest)
+		got, ok := rebuildSynced(tc.stored, tc.digest, nil)
 		if ok != tc.ok || (ok && got.digest() != synced.digest()) {
 			t.Errorf("%s: rebuildSynced = %v (digest match %v), want %v", tc.name, ok, got.digest() == synced.digest(), tc.ok)
 		}

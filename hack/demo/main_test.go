@@ -52,7 +52,7 @@ func TestDemo(t *testing.T) {
 	}
 	for _, want := range []string{"[8/8] Cleaning up", "operator stopped", "KMS emulator stopped", "control plane stopped",
 		"NAME", "READY", "REASON", "KEYS", "LAST SYNC", "AGE", "payments   True",
-		"kubectl get clusterkmsproviders,kks -A", "SELECTORS", "platform-kms"} {
+		"kubectl get clusterkmsproviders,kks -A", "SELECTORS", "platform-kms", "PAYMENTS_DB_KEY_ID: "} {
 		if !strings.Contains(out.String(), want) {
 			t.Errorf("the output lacks %q", want)
 		}

@@ -3,10 +3,13 @@ package main
 import (
 	"context"
 	"fmt"
+	"maps"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 
+	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/runtime/serializer"
@@ -119,6 +122,19 @@ func (d *demo) shareProvider(ctx context.Context, m multiTeam, projectID string)
 	fmt.Fprintln(d.out)
 	if err := d.printTable(ctx, group+"/kmskeyselectors"); err != nil {
 		return nil, err
+	}
+	for _, sel := range sels {
+		if sel.Spec.Target.Template == nil {
+			continue
+		}
+		cm := &corev1.ConfigMap{}
+		if err := d.client.Get(ctx, client.ObjectKey{Namespace: sel.Namespace, Name: sel.Status.ConfigMapName}, cm); err != nil {
+			return nil, err
+		}
+		fmt.Fprintf(d.out, "\n      $ kubectl get configmap %s -n %s -o yaml   # data only; spec.target.template renders it\n", cm.Name, cm.Namespace)
+		for _, k := range slices.Sorted(maps.Keys(cm.Data)) {
+			d.printf("%s: %s", k, cm.Data[k])
+		}
 	}
 	return sels, nil
 }

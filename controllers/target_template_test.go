@@ -1,0 +1,142 @@
+package controllers_test
+
+import (
+	"encoding/json"
+	"fmt"
+	"time"
+
+	. "github.com/onsi/ginkgo/v2"
+	. "github.com/onsi/gomega"
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/apimachinery/pkg/util/validation"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+
+	kmsv1alpha1 "github.com/kms-key-sync/kms-key-sync/api/v1alpha1"
+	"github.com/kms-key-sync/kms-key-sync/internal/kms"
+	"github.com/kms-key-sync/kms-key-sync/internal/testkit"
+	"github.com/kms-key-sync/kms-key-sync/pkg/kmstest"
+)
+
+func withTemplate(policy kmsv1alpha1.MergePolicy, data map[string]string) func(*kmsv1alpha1.KmsKeySelector) {
+	return func(s *kmsv1alpha1.KmsKeySelector) {
+		s.Spec.Target.Template = &kmsv1alpha1.TargetTemplate{MergePolicy: policy, Data: data}
+	}
+}
+
+// envFrom resolves the environment a container gets from a ConfigMap through envFrom, as the
+// kubelet does: every entry whose name is a valid variable name.
+func envFrom(cm *corev1.ConfigMap) map[string]string {
+	env := map[string]string{}
+	for k, v := range cm.Data {
+		if len(validation.IsEnvVarName(k)) == 0 {
+			env[k] = v
+		}
+	}
+	return env
+}
+
+// refreshNow makes a scheduled refresh due at once: nextSyncTime moves into the past and an
+// unrelated annotation wakes the selector. It returns once the refresh was handled.
+func refreshNow(f *testkit.Fixture, sel *kmsv1alpha1.KmsKeySelector) {
+	GinkgoHelper()
+	before := f.Get(sel)(Default).Status.LastSyncTime
+	past := metav1.NewTime(time.Now().Add(-time.Second))
+	Expect(k8sClient.Status().Patch(ctx(), sel, client.RawPatch(types.MergePatchType,
+		[]byte(fmt.Sprintf(`{"status":{"nextSyncTime":%q}}`, past.UTC().Format(time.RFC3339)))))).To(Succeed())
+	Expect(k8sClient.Patch(ctx(), sel, client.RawPatch(types.MergePatchType,
+		[]byte(fmt.Sprintf(`{"metadata":{"annotations":{"test.kms.keysync.dev/poke":"%d"}}}`, time.Now().UnixNano()))))).To(Succeed())
+	Eventually(func(g Gomega) {
+		st := f.Get(sel)(g).Status
+		g.Expect(st.NextSyncTime.Time).To(BeTemporally(">", time.Now()))
+		g.Expect(st.LastSyncTime.Time).To(BeTemporally(">=", before.Time))
+	}).Should(Succeed())
+}
+
+var _ = Describe("Output templates", func() {
+	It("gives a Pod-shaped consumer one key ID by alias through envFrom", func() {
+		f := newFixture(kmstest.WithKeys(keyA, keyB, keyC))
+		sel := f.Create(f.Selector("env", withTemplate(kmsv1alpha1.MergePolicyReplace, map[string]string{
+			"PAYMENTS_DB_KEY_ID": `{{ (byAlias "payments-db").ID }}`,
+		})))
+		Eventually(f.ReadyReason(sel)).Should(Equal(kmsv1alpha1.ReasonSynced))
+		pod := &corev1.Pod{
+			ObjectMeta: metav1.ObjectMeta{Name: "consumer", Namespace: f.Namespace},
+			Spec: corev1.PodSpec{Containers: []corev1.Container{{
+				Name: "app", Image: "registry.example/payments:1.0",
+				EnvFrom: []corev1.EnvFromSource{{ConfigMapRef: &corev1.ConfigMapEnvSource{LocalObjectReference: corev1.LocalObjectReference{Name: "env"}}}},
+			}}},
+		}
+		Expect(k8sClient.Create(ctx(), pod)).To(Succeed())
+		cm := f.ConfigMap(pod.Spec.Containers[0].EnvFrom[0].ConfigMapRef.Name)(Default)
+		Expect(envFrom(cm)).To(Equal(map[string]string{"PAYMENTS_DB_KEY_ID": keyA.ID}))
+		Expect(cm.Data).To(HaveLen(1), "Replace writes the template's entries only")
+	})
+
+	It("changes active.json when a key is disabled, at the next force-sync", func() {
+		f := newFixture(kmstest.WithKeys(keyA, keyB, keyC))
+		sel := f.Create(f.Selector("active", withTemplate("", map[string]string{"active.json": `{{ enabled .Keys | toJson }}`})))
+		active := func(g Gomega) []string {
+			var records []map[string]any
+			g.Expect(json.Unmarshal([]byte(f.ConfigMap("active")(g).Data["active.json"]), &records)).To(Succeed())
+			var ids []string
+			for _, r := range records {
+				ids = append(ids, r["id"].(string))
+			}
+			return ids
+		}
+		Eventually(active).Should(Equal([]string{keyA.ID, keyC.ID}))
+		Expect(f.ConfigMap("active")(Default).Data).To(And(HaveKeyWithValue(keyB.ID, "Disabled"), HaveKey(kmsv1alpha1.KeysJSONKey)),
+			"Merge keeps the default entries")
+
+		Expect(f.KMS.SetKeyState(keyC.ID, kms.StateDisabled)).To(Succeed())
+		f.ForceSync(sel)
+		Eventually(active).Should(Equal([]string{keyA.ID}))
+	})
+
+	It("keeps the data when byAlias finds no key, and says which alias", func() {
+		f := newFixture(kmstest.WithKeys(keyA, keyB))
+		sel := f.Create(f.Selector("alias", withTemplate(kmsv1alpha1.MergePolicyReplace, map[string]string{
+			"DB_KEY_ID": `{{ (byAlias "payments-db").ID }}`,
+		}), testkit.WithRefreshInterval(time.Hour)))
+		Eventually(f.ReadyReason(sel)).Should(Equal(kmsv1alpha1.ReasonSynced))
+		good := f.ConfigMap("alias")(Default)
+
+		Expect(f.KMS.DeleteKey(keyA.ID)).To(BeTrue())
+		f.ForceSync(sel)
+		Eventually(f.ReadyReason(sel)).Should(Equal(kmsv1alpha1.ReasonTemplateFailed))
+		st := f.Get(sel)(Default).Status
+		Expect(testkit.ReadyCondition(f.Get(sel)(Default)).Message).To(ContainSubstring(`no matching key has the alias "payments-db"`))
+		Expect(st.ConsecutiveFailures).To(BeZero(), "a template failure does not back KMS off")
+		Expect(st.NextSyncTime.Time).To(BeTemporally(">", time.Now().Add(20*time.Minute)), "the next try is the next refresh")
+		Expect(f.ConfigMap("alias")(Default).ResourceVersion).To(Equal(good.ResourceVersion))
+		Eventually(f.EventReasons(sel)).Should(ContainElement(kmsv1alpha1.ReasonTemplateFailed))
+	})
+
+	It("refuses a template that does not parse before calling KMS, naming the entry and the position", func() {
+		f := newFixture(kmstest.WithKeys(keyA))
+		sel := f.Create(f.Selector("broken", withTemplate("", map[string]string{"out": "ok\n{{ nosuch .Keys }}"})))
+		Eventually(f.ReadyReason(sel)).Should(Equal(kmsv1alpha1.ReasonInvalidSpec))
+		Expect(testkit.ReadyCondition(f.Get(sel)(Default)).Message).To(ContainSubstring(`spec.target.template.data["out"]: line 2, column 4: function "nosuch" not defined`))
+		Expect(f.KMS.Stats().Total).To(BeZero())
+	})
+
+	It("refuses entry names that are not ConfigMap keys at apply time", func() {
+		f := newFixture()
+		sel := f.Selector("names", withTemplate("", map[string]string{"bad/name": "x"}))
+		Expect(k8sClient.Create(ctx(), sel)).To(MatchError(ContainSubstring("entry names must be ConfigMap keys")))
+	})
+
+	It("writes nothing on unchanged refreshes", func() {
+		f := newFixture(kmstest.WithKeys(keyA, keyB, keyC))
+		sel := f.Create(f.Selector("quiet", withTemplate("", map[string]string{"active.json": `{{ enabled .Keys | toJson }}`}),
+			testkit.WithRefreshInterval(time.Hour)))
+		Eventually(f.ReadyReason(sel)).Should(Equal(kmsv1alpha1.ReasonSynced))
+		version := f.ConfigMap("quiet")(Default).ResourceVersion
+		for range 3 {
+			refreshNow(f, sel)
+		}
+		Expect(f.ConfigMap("quiet")(Default).ResourceVersion).To(Equal(version), "an unchanged refresh wrote the ConfigMap")
+	})
+})
