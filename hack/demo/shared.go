@@ -4,20 +4,14 @@ import (
 	"context"
 	"fmt"
 	"maps"
-	"os"
-	"path/filepath"
 	"slices"
-	"strings"
 
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	"k8s.io/apimachinery/pkg/runtime/serializer"
 	"sigs.k8s.io/controller-runtime/pkg/client"
-	"sigs.k8s.io/yaml"
 
 	kmsv1alpha1 "github.com/kms-key-sync/kms-key-sync/api/v1alpha1"
-	"github.com/kms-key-sync/kms-key-sync/internal/operator"
 	"github.com/kms-key-sync/kms-key-sync/internal/testkit"
 )
 
@@ -33,34 +27,17 @@ type multiTeam struct {
 
 func loadMultiTeam(dir string) (multiTeam, error) {
 	var m multiTeam
-	var k struct {
-		Resources []string `json:"resources"`
-	}
-	b, err := os.ReadFile(filepath.Join(dir, "kustomization.yaml"))
-	if err == nil {
-		err = yaml.Unmarshal(b, &k)
-	}
+	objs, err := readSamples(dir)
 	if err != nil {
-		return m, fmt.Errorf("reading the multi-team samples: %w", err)
+		return m, err
 	}
-	decoder := serializer.NewCodecFactory(operator.Scheme).UniversalDeserializer()
-	for _, name := range k.Resources {
-		b, err := os.ReadFile(filepath.Join(dir, name))
-		if err != nil {
-			return m, fmt.Errorf("reading the multi-team samples: %w", err)
-		}
-		for _, doc := range strings.Split(string(b), "\n---\n") {
-			obj, _, err := decoder.Decode([]byte(doc), nil, nil)
-			if err != nil {
-				return m, fmt.Errorf("decoding sample %s: %w", name, err)
-			}
-			switch o := obj.(type) {
-			case *kmsv1alpha1.ClusterKmsProvider:
-				m.provider = o
-			case *kmsv1alpha1.KmsKeySelector:
-				if o.Spec.ProviderRef != nil && o.Spec.ProviderRef.Kind == kmsv1alpha1.KindClusterKmsProvider {
-					m.selectors = append(m.selectors, o)
-				}
+	for _, obj := range objs {
+		switch o := obj.(type) {
+		case *kmsv1alpha1.ClusterKmsProvider:
+			m.provider = o
+		case *kmsv1alpha1.KmsKeySelector:
+			if o.Spec.ProviderRef != nil && o.Spec.ProviderRef.Kind == kmsv1alpha1.KindClusterKmsProvider {
+				m.selectors = append(m.selectors, o)
 			}
 		}
 	}

@@ -17,6 +17,7 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	eventsv1 "k8s.io/api/events/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/apimachinery/pkg/runtime/serializer"
 	"k8s.io/client-go/rest"
 	"k8s.io/utils/ptr"
@@ -37,6 +38,28 @@ type samples struct {
 // loadSamples reads the resources that dir/kustomization.yaml lists: one Secret, one selector.
 func loadSamples(dir string) (samples, error) {
 	var s samples
+	objs, err := readSamples(dir)
+	if err != nil {
+		return s, err
+	}
+	for _, obj := range objs {
+		switch o := obj.(type) {
+		case *corev1.Secret:
+			s.secret = o
+		case *kmsv1alpha1.KmsKeySelector:
+			s.selector = o
+		default:
+			return s, fmt.Errorf("%s: unexpected sample of kind %T", dir, obj)
+		}
+	}
+	if s.secret == nil || s.selector == nil {
+		return s, fmt.Errorf("%s must list a Secret and a KmsKeySelector", filepath.Join(dir, "kustomization.yaml"))
+	}
+	return s, nil
+}
+
+// readSamples decodes every object of the files that dir/kustomization.yaml lists.
+func readSamples(dir string) ([]runtime.Object, error) {
 	var k struct {
 		Resources []string `json:"resources"`
 	}
@@ -45,31 +68,24 @@ func loadSamples(dir string) (samples, error) {
 		err = yaml.Unmarshal(b, &k)
 	}
 	if err != nil {
-		return s, fmt.Errorf("reading the samples: %w", err)
+		return nil, fmt.Errorf("reading the samples of %s: %w", dir, err)
 	}
 	decoder := serializer.NewCodecFactory(operator.Scheme).UniversalDeserializer()
+	var out []runtime.Object
 	for _, name := range k.Resources {
 		b, err := os.ReadFile(filepath.Join(dir, name))
 		if err != nil {
-			return s, fmt.Errorf("reading the samples: %w", err)
+			return nil, fmt.Errorf("reading the samples of %s: %w", dir, err)
 		}
-		obj, _, err := decoder.Decode(b, nil, nil)
-		if err != nil {
-			return s, fmt.Errorf("decoding sample %s: %w", name, err)
-		}
-		switch o := obj.(type) {
-		case *corev1.Secret:
-			s.secret = o
-		case *kmsv1alpha1.KmsKeySelector:
-			s.selector = o
-		default:
-			return s, fmt.Errorf("sample %s: unexpected kind %T", name, obj)
+		for _, doc := range strings.Split(string(b), "\n---\n") {
+			obj, _, err := decoder.Decode([]byte(doc), nil, nil)
+			if err != nil {
+				return nil, fmt.Errorf("decoding sample %s: %w", name, err)
+			}
+			out = append(out, obj)
 		}
 	}
-	if s.secret == nil || s.selector == nil {
-		return s, fmt.Errorf("%s must list a Secret and a KmsKeySelector", filepath.Join(dir, "kustomization.yaml"))
-	}
-	return s, nil
+	return out, nil
 }
 
 // applySamples creates the namespace, the Secret holding the demo token and the selector pointed

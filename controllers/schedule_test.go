@@ -1,0 +1,138 @@
+package controllers
+
+import (
+	"testing"
+	"time"
+
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+
+	kmsv1alpha1 "github.com/kms-key-sync/kms-key-sync/api/v1alpha1"
+)
+
+func TestNextSlotAlignsIdenticalQuestionsAndSpreadsOthers(t *testing.T) {
+	interval := 5 * time.Minute
+	for _, now := range []time.Time{time.Unix(1_700_000_000, 0), time.Unix(1_700_000_123, 456)} {
+		for _, phase := range []uint64{0, 1, 299_999_999_999, 1 << 63} {
+			slot := nextSlot(now.Add(interval/2), interval, phase)
+			if slot.Before(now.Add(interval/2)) || !slot.Before(now.Add(interval*3/2)) {
+				t.Errorf("nextSlot(%v, phase %d) = %v, want within [now+%v, now+%v)", now, phase, slot, interval/2, interval*3/2)
+			}
+			if got, want := slot.UnixNano()%int64(interval), int64(phase%uint64(interval)); got != ceilSecond(time.Unix(0, want)).UnixNano()%int64(interval) {
+				t.Errorf("slot offset = %d, want the phase %d rounded up to a second", got, want)
+			}
+		}
+	}
+	// Two selectors with the same question that synced 40s apart refresh together.
+	a := nextSlot(time.Unix(1_700_000_000, 0), interval, 42)
+	b := nextSlot(time.Unix(1_700_000_040, 0), interval, 42)
+	// A scheduled refresh served late still moves on to the next slot, with the others.
+	if got, want := nextRefresh(a.Add(interval-time.Second), interval, 42, true), a.Add(interval); !got.Equal(want) {
+		t.Errorf("late refresh scheduled at %v, want the next slot %v", got, want)
+	}
+	// A sync the user asked for waits at least half an interval.
+	if got := nextRefresh(a, interval, 42, false); got.Sub(a) < interval/2 {
+		t.Errorf("requested sync at %v scheduled its refresh at %v, less than half an interval later", a, got)
+	}
+	if !a.Equal(b) {
+		t.Errorf("same phase gave %v and %v", a, b)
+	}
+}
+
+func TestMemoryCatchesUpOnlyACacheThatHasNotSeenTheWrite(t *testing.T) {
+	var m memory
+	sel := &kmsv1alpha1.KmsKeySelector{}
+	sel.Namespace, sel.Name, sel.UID, sel.ResourceVersion = "ns", "sel", "uid-1", "11"
+	sel.Status.ObservedGeneration = 2
+	m.statusWritten(sel, "10")
+
+	stale := sel.DeepCopy()
+	stale.ResourceVersion, stale.Status = "10", kmsv1alpha1.KmsKeySelectorStatus{ObservedGeneration: 1}
+	m.catchUp(stale)
+	if stale.Status.ObservedGeneration != 2 {
+		t.Errorf("a cache still at the version written over kept its old status")
+	}
+	for name, other := range map[string]func(*kmsv1alpha1.KmsKeySelector){
+		"a later version":      func(s *kmsv1alpha1.KmsKeySelector) { s.ResourceVersion = "12" },
+		"a recreated selector": func(s *kmsv1alpha1.KmsKeySelector) { s.ResourceVersion, s.UID = "10", "uid-2" },
+		"the version it wrote": func(s *kmsv1alpha1.KmsKeySelector) { s.ResourceVersion = "11" },
+	} {
+		cur := sel.DeepCopy()
+		cur.Status = kmsv1alpha1.KmsKeySelectorStatus{ObservedGeneration: 7}
+		other(cur)
+		m.catchUp(cur)
+		if cur.Status.ObservedGeneration != 7 {
+			t.Errorf("%s: the cached status was replaced", name)
+		}
+	}
+}
+
+func TestNextListingReadsTheScheduleFromTheStatus(t *testing.T) {
+	now := time.Unix(1_700_000_000, 0)
+	at := func(d time.Duration) *metav1.Time { return &metav1.Time{Time: now.Add(d)} }
+	ready := func(status metav1.ConditionStatus, reason string) []metav1.Condition {
+		return []metav1.Condition{{Type: kmsv1alpha1.ConditionReady, Status: status, Reason: reason}}
+	}
+	cases := []struct {
+		name   string
+		mutate func(*kmsv1alpha1.KmsKeySelector)
+		due    bool
+		wait   time.Duration
+	}{
+		{"never synced", func(s *kmsv1alpha1.KmsKeySelector) { s.Status = kmsv1alpha1.KmsKeySelectorStatus{} }, true, 0},
+		{"synced, refresh ahead", func(*kmsv1alpha1.KmsKeySelector) {}, false, 40 * time.Minute},
+		{"refresh time come", func(s *kmsv1alpha1.KmsKeySelector) { s.Status.NextSyncTime = at(-time.Second) }, true, 0},
+		{"spec changed", func(s *kmsv1alpha1.KmsKeySelector) { s.Generation = 3 }, true, 0},
+		{"force-sync asked", func(s *kmsv1alpha1.KmsKeySelector) {
+			s.Annotations = map[string]string{kmsv1alpha1.ForceSyncAnnotation: "now"}
+		}, true, 0},
+		{"retry ahead", func(s *kmsv1alpha1.KmsKeySelector) {
+			s.Status.Conditions = ready(metav1.ConditionFalse, kmsv1alpha1.ReasonKMSRequestFailed)
+			s.Status.NextSyncTime = at(5 * time.Second)
+		}, false, 5 * time.Second},
+		{"failed for good", func(s *kmsv1alpha1.KmsKeySelector) {
+			s.Status.Conditions = ready(metav1.ConditionFalse, kmsv1alpha1.ReasonInvalidSpec)
+			s.Status.NextSyncTime = nil
+		}, false, 0},
+		{"written before nextSyncTime existed", func(s *kmsv1alpha1.KmsKeySelector) {
+			s.Status.NextSyncTime, s.Status.LastSyncTime = nil, at(-20*time.Minute)
+		}, false, 10 * time.Minute},
+	}
+	for _, tc := range cases {
+		sel := &kmsv1alpha1.KmsKeySelector{}
+		sel.Generation = 2
+		sel.Spec.RefreshInterval = &metav1.Duration{Duration: 30 * time.Minute}
+		sel.Status = kmsv1alpha1.KmsKeySelectorStatus{
+			ObservedGeneration: 2, Conditions: ready(metav1.ConditionTrue, kmsv1alpha1.ReasonSynced),
+			LastSyncTime: at(-time.Minute), NextSyncTime: at(40 * time.Minute),
+		}
+		tc.mutate(sel)
+		if due, wait := nextListing(sel, now); due != tc.due || wait != tc.wait {
+			t.Errorf("%s: nextListing = %v, %v; want %v, %v", tc.name, due, wait, tc.due, tc.wait)
+		}
+	}
+}
+
+func TestListingSinceTakesOnlyNewListingsForAForceSync(t *testing.T) {
+	r := &KmsKeySelectorReconciler{}
+	now := time.Unix(1_700_000_000, 0)
+	sel := &kmsv1alpha1.KmsKeySelector{}
+	sel.Generation = 1
+	if notBefore, fresh := r.listingSince(sel, now); fresh || !notBefore.IsZero() {
+		t.Errorf("a new selector: listingSince = %v, %v; want any recent listing", notBefore, fresh)
+	}
+	// Asked for a force-sync before its first status was written: a listing from before the
+	// request must not answer it.
+	sel.Annotations = map[string]string{kmsv1alpha1.ForceSyncAnnotation: "1"}
+	if notBefore, fresh := r.listingSince(sel, now); !fresh || !notBefore.Equal(now) {
+		t.Errorf("a new selector asking for a force-sync: listingSince = %v, %v; want only listings since %v", notBefore, fresh, now)
+	}
+	sel.Status.ObservedGeneration, sel.Status.LastHandledForceSync = 1, "1"
+	sel.Status.NextSyncTime = &metav1.Time{Time: now.Add(-time.Second)}
+	if notBefore, fresh := r.listingSince(sel, now); fresh || !notBefore.Equal(now.Add(-time.Second)) {
+		t.Errorf("a scheduled refresh: listingSince = %v, %v; want listings since its slot", notBefore, fresh)
+	}
+	sel.Status.ConsecutiveFailures = 1
+	if notBefore, fresh := r.listingSince(sel, now); !fresh || !notBefore.IsZero() {
+		t.Errorf("a retry: listingSince = %v, %v; want a new listing", notBefore, fresh)
+	}
+}
