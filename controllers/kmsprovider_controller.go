@@ -155,7 +155,10 @@ func (r *ProviderReconciler) reconcile(ctx context.Context, p providerUnderValid
 			return ctrl.Result{RequeueAfter: interval}, nil
 		}
 	}
-	return ctrl.Result{RequeueAfter: interval}, r.validate(ctx, p, now)
+	if err := r.validate(ctx, p, now); err != nil {
+		return ctrl.Result{}, err
+	}
+	return ctrl.Result{RequeueAfter: interval}, nil
 }
 
 // validate makes one count call with the provider's credentials and records the outcome.
