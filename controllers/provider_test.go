@@ -9,6 +9,7 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	rbacv1 "k8s.io/api/rbac/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	"k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	"k8s.io/apimachinery/pkg/types"
@@ -153,6 +154,34 @@ var _ = Describe("Providers", func() {
 		Eventually(providerStatus(p, func() *kmsv1alpha1.KmsProviderStatus { return &p.Status })).
 			Should(HaveField("Conditions", ContainElement(HaveField("Reason", kmsv1alpha1.ReasonValidated))))
 		Expect(f.KMS.Stats().Total).To(Equal(calls+1), "one count call validates the changed provider")
+	})
+
+	It("revalidates a provider its selectors use once an interval, for free when they listed through it", func() {
+		f := newFixture(kmstest.WithKeys(keyA))
+		p := &kmsv1alpha1.KmsProvider{
+			ObjectMeta: metav1.ObjectMeta{Name: "used", Namespace: f.Namespace},
+			Spec: kmsv1alpha1.KmsProviderSpec{
+				KMSLocation: kmsv1alpha1.KMSLocation{ProjectID: kmstest.DefaultProjectID, Endpoint: f.KMS.URL},
+				Auth:        kmsv1alpha1.KmsProviderAuth{SecretRef: &kmsv1alpha1.SecretReference{Name: testkit.CredentialsSecretName}},
+			},
+		}
+		Expect(k8sClient.Create(ctx(), p)).To(Succeed())
+		status := providerStatus(p, func() *kmsv1alpha1.KmsProviderStatus { return &p.Status })
+		Eventually(status).Should(HaveField("Conditions", ContainElement(HaveField("Reason", kmsv1alpha1.ReasonValidated))))
+		sel := f.Create(f.Selector("user", referTo(kmsv1alpha1.KindKmsProvider, p.Name), testkit.WithRefreshInterval(time.Hour)))
+		Eventually(f.ReadyReason(sel)).Should(Equal(kmsv1alpha1.ReasonSynced))
+		Eventually(status).Should(HaveField("Selectors", int32(1)))
+		counted := f.KMS.Stats().ByAction[kmstest.ActionCount]
+
+		By("making the provider's validation due: its last one was more than an interval ago")
+		stale := metav1.NewTime(time.Now().Add(-2 * time.Hour))
+		Expect(k8sClient.Status().Patch(ctx(), p, client.RawPatch(types.MergePatchType,
+			[]byte(fmt.Sprintf(`{"status":{"lastValidationTime":%q}}`, stale.UTC().Format(time.RFC3339)))))).To(Succeed())
+		Expect(k8sClient.Patch(ctx(), p, client.RawPatch(types.MergePatchType,
+			[]byte(`{"metadata":{"annotations":{"test.kms.keysync.dev/poke":"1"}}}`)))).To(Succeed())
+		Eventually(func(g Gomega) time.Time { return status(g).LastValidationTime.Time }).Should(BeTemporally(">", stale.Time))
+		Expect(f.KMS.Stats().ByAction[kmstest.ActionCount]).To(Equal(counted), "the selector's listing within the interval proved the credentials")
+		Expect(meta.FindStatusCondition(status(Default).Conditions, kmsv1alpha1.ConditionReady).Message).To(ContainSubstring("for 1 selector(s)"))
 	})
 
 	It("serves 100 selectors in 10 namespaces that share a provider and a filter with one listing a refresh", func() {
