@@ -126,21 +126,17 @@ func (r *KmsKeySelectorReconciler) storedContent(ctx context.Context, sel *kmsv1
 func (r *KmsKeySelectorReconciler) writeTarget(ctx context.Context, sel *kmsv1alpha1.KmsKeySelector, target *metav1.PartialObjectMetadata, c content) (*content, error) {
 	digest := c.digest()
 	var stored *content
-	if target != nil && metadataUpToDate(target, sel, digest) {
-		if r.memory.holds(sel, target.ResourceVersion, digest) {
+	if target != nil {
+		upToDate := metadataUpToDate(target, sel, digest)
+		if upToDate && r.memory.holds(sel, target.ResourceVersion, digest) {
 			return &c, nil
 		}
 		var err error
 		if stored, err = r.storedContent(ctx, sel, target); err != nil {
 			return nil, err
 		}
-		if stored != nil && stored.digest() == digest {
+		if upToDate && stored != nil && stored.digest() == digest {
 			return stored, nil
-		}
-	} else if target != nil {
-		var err error
-		if stored, err = r.storedContent(ctx, sel, target); err != nil {
-			return nil, err
 		}
 	}
 	// Deleted while KMS was listing: write nothing, or a Retain ConfigMap would outlive it.
@@ -153,7 +149,7 @@ func (r *KmsKeySelectorReconciler) writeTarget(ctx context.Context, sel *kmsv1al
 	desired := desiredConfigMap(sel, c, digest)
 	if err := r.Apply(ctx, desired, client.FieldOwner(FieldOwner), client.ForceOwnership); err != nil {
 		if tooLarge(err) {
-			return nil, failedf(kmsv1alpha1.ReasonTargetTooLarge, "ConfigMap %q: the API server refused %d keys as too large: %w; narrow spec.tags or spec.matches", *desired.Name, len(c.Data)-1, err)
+			return nil, failedf(kmsv1alpha1.ReasonTargetTooLarge, "the API server refused ConfigMap %q as too large (%d bytes of data): %w; narrow spec.tags or spec.matches", *desired.Name, c.size(), err)
 		}
 		return nil, fmt.Errorf("applying ConfigMap %q: %w", *desired.Name, err)
 	}
