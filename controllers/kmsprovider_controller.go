@@ -13,9 +13,11 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/client-go/tools/events"
+	"k8s.io/client-go/util/workqueue"
 	ctrl "sigs.k8s.io/controller-runtime"
 	"sigs.k8s.io/controller-runtime/pkg/builder"
 	"sigs.k8s.io/controller-runtime/pkg/client"
+	"sigs.k8s.io/controller-runtime/pkg/event"
 	"sigs.k8s.io/controller-runtime/pkg/handler"
 	"sigs.k8s.io/controller-runtime/pkg/log"
 	"sigs.k8s.io/controller-runtime/pkg/predicate"
@@ -64,7 +66,7 @@ func (r *ProviderReconciler) SetupWithManager(mgr ctrl.Manager) error {
 	err := ctrl.NewControllerManagedBy(mgr).
 		For(&kmsv1alpha1.KmsProvider{}, builder.WithPredicates(predicate.Or(
 			predicate.GenerationChangedPredicate{}, predicate.AnnotationChangedPredicate{}))).
-		Watches(&kmsv1alpha1.KmsKeySelector{}, handler.EnqueueRequestsFromMapFunc(providerOfSelector(kmsv1alpha1.KindKmsProvider)), selectorChanged).
+		Watches(&kmsv1alpha1.KmsKeySelector{}, providersOfSelector(kmsv1alpha1.KindKmsProvider), selectorChanged).
 		Named("kmsprovider").
 		Complete(reconcile.Func(r.reconcileKmsProvider))
 	if err != nil {
@@ -73,25 +75,37 @@ func (r *ProviderReconciler) SetupWithManager(mgr ctrl.Manager) error {
 	return ctrl.NewControllerManagedBy(mgr).
 		For(&kmsv1alpha1.ClusterKmsProvider{}, builder.WithPredicates(predicate.Or(
 			predicate.GenerationChangedPredicate{}, predicate.AnnotationChangedPredicate{}))).
-		Watches(&kmsv1alpha1.KmsKeySelector{}, handler.EnqueueRequestsFromMapFunc(providerOfSelector(kmsv1alpha1.KindClusterKmsProvider)), selectorChanged).
+		Watches(&kmsv1alpha1.KmsKeySelector{}, providersOfSelector(kmsv1alpha1.KindClusterKmsProvider), selectorChanged).
 		Named("clusterkmsprovider").
 		Complete(reconcile.Func(r.reconcileClusterKmsProvider))
 }
 
-// providerOfSelector maps a selector to the provider of kind it refers to. A selector that moved
-// to another provider is not mapped to the old one, whose count then waits for its next
-// validation.
-func providerOfSelector(kind string) handler.MapFunc {
-	return func(_ context.Context, obj client.Object) []reconcile.Request {
-		sel, ok := obj.(*kmsv1alpha1.KmsKeySelector)
-		if !ok || sel.Spec.ProviderRef == nil || sel.Spec.ProviderRef.Kind != kind {
-			return nil
+// providersOfSelector enqueues the provider of kind that a selector refers to, and, when an
+// update moved the selector to another provider, the one it left, so that both counts stay true.
+func providersOfSelector(kind string) handler.EventHandler {
+	enqueue := func(q workqueue.TypedRateLimitingInterface[reconcile.Request], objs ...client.Object) {
+		for _, obj := range objs {
+			sel, ok := obj.(*kmsv1alpha1.KmsKeySelector)
+			if !ok || sel.Spec.ProviderRef == nil || sel.Spec.ProviderRef.Kind != kind {
+				continue
+			}
+			key := types.NamespacedName{Name: sel.Spec.ProviderRef.Name}
+			if kind == kmsv1alpha1.KindKmsProvider {
+				key.Namespace = sel.Namespace
+			}
+			q.Add(reconcile.Request{NamespacedName: key})
 		}
-		key := types.NamespacedName{Name: sel.Spec.ProviderRef.Name}
-		if kind == kmsv1alpha1.KindKmsProvider {
-			key.Namespace = sel.Namespace
-		}
-		return []reconcile.Request{{NamespacedName: key}}
+	}
+	return handler.Funcs{
+		CreateFunc: func(_ context.Context, e event.CreateEvent, q workqueue.TypedRateLimitingInterface[reconcile.Request]) {
+			enqueue(q, e.Object)
+		},
+		UpdateFunc: func(_ context.Context, e event.UpdateEvent, q workqueue.TypedRateLimitingInterface[reconcile.Request]) {
+			enqueue(q, e.ObjectOld, e.ObjectNew)
+		},
+		DeleteFunc: func(_ context.Context, e event.DeleteEvent, q workqueue.TypedRateLimitingInterface[reconcile.Request]) {
+			enqueue(q, e.Object)
+		},
 	}
 }
 

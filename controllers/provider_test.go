@@ -184,6 +184,34 @@ var _ = Describe("Providers", func() {
 		Expect(meta.FindStatusCondition(status(Default).Conditions, kmsv1alpha1.ConditionReady).Message).To(ContainSubstring("for 1 selector(s)"))
 	})
 
+	It("counts a selector that moves to another provider under the new one only", func() {
+		f := newFixture(kmstest.WithKeys(keyA))
+		var providers []*kmsv1alpha1.KmsProvider
+		for _, name := range []string{"old", "new"} {
+			p := &kmsv1alpha1.KmsProvider{
+				ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: f.Namespace},
+				Spec: kmsv1alpha1.KmsProviderSpec{
+					KMSLocation: kmsv1alpha1.KMSLocation{ProjectID: kmstest.DefaultProjectID, Endpoint: f.KMS.URL},
+					Auth:        kmsv1alpha1.KmsProviderAuth{SecretRef: &kmsv1alpha1.SecretReference{Name: testkit.CredentialsSecretName}},
+				},
+			}
+			Expect(k8sClient.Create(ctx(), p)).To(Succeed())
+			providers = append(providers, p)
+		}
+		selectors := func(p *kmsv1alpha1.KmsProvider) func(Gomega) int32 {
+			return func(g Gomega) int32 { return providerStatus(p, func() *kmsv1alpha1.KmsProviderStatus { return &p.Status })(g).Selectors }
+		}
+		sel := f.Create(f.Selector("mover", referTo(kmsv1alpha1.KindKmsProvider, "old")))
+		Eventually(selectors(providers[0])).Should(Equal(int32(1)))
+		Eventually(func(g Gomega) {
+			cur := f.Get(sel)(g)
+			cur.Spec.ProviderRef.Name = "new"
+			g.Expect(k8sClient.Update(ctx(), cur)).To(Succeed())
+		}).Should(Succeed())
+		Eventually(selectors(providers[1])).Should(Equal(int32(1)))
+		Eventually(selectors(providers[0])).Should(BeZero())
+	})
+
 	It("serves 100 selectors in 10 namespaces that share a provider and a filter with one listing a refresh", func() {
 		f := newFixture(kmstest.WithKeys(keyA, keyB, keyC))
 		label := "team-" + f.Namespace
