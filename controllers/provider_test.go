@@ -29,6 +29,18 @@ func referTo(kind, name string) func(*kmsv1alpha1.KmsKeySelector) {
 	}
 }
 
+// kmsProvider is a KmsProvider of a project of the emulator at endpoint, with the credentials
+// of a Secret of its namespace.
+func kmsProvider(namespace, name, endpoint, secret string) *kmsv1alpha1.KmsProvider {
+	return &kmsv1alpha1.KmsProvider{
+		ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: namespace},
+		Spec: kmsv1alpha1.KmsProviderSpec{
+			KMSLocation: kmsv1alpha1.KMSLocation{ProjectID: kmstest.DefaultProjectID, Endpoint: endpoint},
+			Auth:        kmsv1alpha1.KmsProviderAuth{SecretRef: &kmsv1alpha1.SecretReference{Name: secret}},
+		},
+	}
+}
+
 // sharedProvider is a ClusterKmsProvider of f's emulator, whose Secret is f's credentials
 // Secret, for the namespaces that carry label=yes.
 func sharedProvider(f *testkit.Fixture, label string) *kmsv1alpha1.ClusterKmsProvider {
@@ -114,13 +126,7 @@ var _ = Describe("Providers", func() {
 		Expect(testkit.ReadyCondition(f.Get(sel)(Default)).Message).To(ContainSubstring(`KmsProvider "team"`))
 		Expect(f.FilterCalls()).To(BeZero())
 
-		p := &kmsv1alpha1.KmsProvider{
-			ObjectMeta: metav1.ObjectMeta{Name: "team", Namespace: f.Namespace},
-			Spec: kmsv1alpha1.KmsProviderSpec{
-				KMSLocation: kmsv1alpha1.KMSLocation{ProjectID: kmstest.DefaultProjectID, Endpoint: f.KMS.URL},
-				Auth:        kmsv1alpha1.KmsProviderAuth{SecretRef: &kmsv1alpha1.SecretReference{Name: testkit.CredentialsSecretName}},
-			},
-		}
+		p := kmsProvider(f.Namespace, "team", f.KMS.URL, testkit.CredentialsSecretName)
 		Expect(k8sClient.Create(ctx(), p)).To(Succeed())
 		Eventually(f.States("ref")).Should(Equal(testkit.StatesOf(keyA)))
 		before := f.ConfigMap("ref")(Default)
@@ -133,13 +139,7 @@ var _ = Describe("Providers", func() {
 	It("validates a provider with one count call, and reports credentials KMS refuses", func() {
 		f := newFixture()
 		f.PutSecret("wrong", map[string]string{kmsv1alpha1.SecretToken: "not-" + f.Token})
-		p := &kmsv1alpha1.KmsProvider{
-			ObjectMeta: metav1.ObjectMeta{Name: "checked", Namespace: f.Namespace},
-			Spec: kmsv1alpha1.KmsProviderSpec{
-				KMSLocation: kmsv1alpha1.KMSLocation{ProjectID: kmstest.DefaultProjectID, Endpoint: f.KMS.URL},
-				Auth:        kmsv1alpha1.KmsProviderAuth{SecretRef: &kmsv1alpha1.SecretReference{Name: "wrong"}},
-			},
-		}
+		p := kmsProvider(f.Namespace, "checked", f.KMS.URL, "wrong")
 		Expect(k8sClient.Create(ctx(), p)).To(Succeed())
 		Eventually(providerStatus(p, func() *kmsv1alpha1.KmsProviderStatus { return &p.Status })).
 			Should(HaveField("Conditions", ContainElement(HaveField("Reason", kmsv1alpha1.ReasonCredentialsInvalid))))
@@ -158,13 +158,7 @@ var _ = Describe("Providers", func() {
 
 	It("revalidates a provider its selectors use once an interval, for free when they listed through it", func() {
 		f := newFixture(kmstest.WithKeys(keyA))
-		p := &kmsv1alpha1.KmsProvider{
-			ObjectMeta: metav1.ObjectMeta{Name: "used", Namespace: f.Namespace},
-			Spec: kmsv1alpha1.KmsProviderSpec{
-				KMSLocation: kmsv1alpha1.KMSLocation{ProjectID: kmstest.DefaultProjectID, Endpoint: f.KMS.URL},
-				Auth:        kmsv1alpha1.KmsProviderAuth{SecretRef: &kmsv1alpha1.SecretReference{Name: testkit.CredentialsSecretName}},
-			},
-		}
+		p := kmsProvider(f.Namespace, "used", f.KMS.URL, testkit.CredentialsSecretName)
 		Expect(k8sClient.Create(ctx(), p)).To(Succeed())
 		status := providerStatus(p, func() *kmsv1alpha1.KmsProviderStatus { return &p.Status })
 		Eventually(status).Should(HaveField("Conditions", ContainElement(HaveField("Reason", kmsv1alpha1.ReasonValidated))))
@@ -188,18 +182,14 @@ var _ = Describe("Providers", func() {
 		f := newFixture(kmstest.WithKeys(keyA))
 		var providers []*kmsv1alpha1.KmsProvider
 		for _, name := range []string{"old", "new"} {
-			p := &kmsv1alpha1.KmsProvider{
-				ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: f.Namespace},
-				Spec: kmsv1alpha1.KmsProviderSpec{
-					KMSLocation: kmsv1alpha1.KMSLocation{ProjectID: kmstest.DefaultProjectID, Endpoint: f.KMS.URL},
-					Auth:        kmsv1alpha1.KmsProviderAuth{SecretRef: &kmsv1alpha1.SecretReference{Name: testkit.CredentialsSecretName}},
-				},
-			}
+			p := kmsProvider(f.Namespace, name, f.KMS.URL, testkit.CredentialsSecretName)
 			Expect(k8sClient.Create(ctx(), p)).To(Succeed())
 			providers = append(providers, p)
 		}
 		selectors := func(p *kmsv1alpha1.KmsProvider) func(Gomega) int32 {
-			return func(g Gomega) int32 { return providerStatus(p, func() *kmsv1alpha1.KmsProviderStatus { return &p.Status })(g).Selectors }
+			return func(g Gomega) int32 {
+				return providerStatus(p, func() *kmsv1alpha1.KmsProviderStatus { return &p.Status })(g).Selectors
+			}
 		}
 		sel := f.Create(f.Selector("mover", referTo(kmsv1alpha1.KindKmsProvider, "old")))
 		Eventually(selectors(providers[0])).Should(Equal(int32(1)))
@@ -324,13 +314,7 @@ var _ = Describe("Providers", func() {
 
 		It("cannot name a KmsProvider of another namespace, nor a Secret of another namespace", func() {
 			other := newFixture(kmstest.WithKeys(keyA))
-			Expect(k8sClient.Create(ctx(), &kmsv1alpha1.KmsProvider{
-				ObjectMeta: metav1.ObjectMeta{Name: "theirs", Namespace: other.Namespace},
-				Spec: kmsv1alpha1.KmsProviderSpec{
-					KMSLocation: kmsv1alpha1.KMSLocation{ProjectID: kmstest.DefaultProjectID, Endpoint: other.KMS.URL},
-					Auth:        kmsv1alpha1.KmsProviderAuth{SecretRef: &kmsv1alpha1.SecretReference{Name: testkit.CredentialsSecretName}},
-				},
-			})).To(Succeed())
+			Expect(k8sClient.Create(ctx(), kmsProvider(other.Namespace, "theirs", other.KMS.URL, testkit.CredentialsSecretName))).To(Succeed())
 			strict := client.WithFieldValidation(user, metav1.FieldValidationStrict)
 
 			ref := &unstructured.Unstructured{Object: map[string]any{
