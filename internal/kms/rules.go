@@ -1,7 +1,6 @@
 package kms
 
-// The limits of ListKmsByTags, from the vendor's API page, read as docs/kms-api.md decides where
-// that page is ambiguous or contradicts itself. They are defined here once: the client's
+// The limits of ListKmsByTags, as docs/kms-api.md states them. They are defined here once: the client's
 // validation and the emulator use them directly, and a test keeps the CRD schema markers of
 // api/v1alpha1 in step with them.
 const (

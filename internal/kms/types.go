@@ -8,8 +8,7 @@ import (
 
 // Filter is one ListKmsByTags question.
 //
-// Semantics (decided in docs/kms-api.md, where the vendor's page says values are ANDed; the
-// emulator implements the same): different tag keys are ANDed, the values of one key are ORed,
+// Semantics (docs/kms-api.md; the emulator implements the same): different tag keys are ANDed, the values of one key are ORed,
 // and an empty Values list means "has the key, any value". A resource_name match is a
 // case-sensitive substring of the key alias. Matches are ANDed.
 type Filter struct {
