@@ -1,8 +1,8 @@
 package kms
 
-// The limits of ListKmsByTags, as docs/kms-api.md states them. They are defined here once: the client's
-// validation and the emulator use them directly, and a test keeps the CRD schema markers of
-// api/v1alpha1 in step with them.
+// The limits of ListKmsByTags, as docs/kms-api.md states them. They are defined here once: the
+// client's validation and the emulator use them directly, and a test keeps the CRD schema
+// markers of api/v1alpha1 in step with them.
 const (
 	// MaxTags is the most tag keys one filter may name.
 	MaxTags = 10

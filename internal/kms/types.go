@@ -8,9 +8,9 @@ import (
 
 // Filter is one ListKmsByTags question.
 //
-// Semantics (docs/kms-api.md; the emulator implements the same): different tag keys are ANDed, the values of one key are ORed,
-// and an empty Values list means "has the key, any value". A resource_name match is a
-// case-sensitive substring of the key alias. Matches are ANDed.
+// Semantics (docs/kms-api.md; the emulator implements the same): different tag keys are ANDed,
+// the values of one key are ORed, and an empty Values list means "has the key, any value". A
+// resource_name match is a case-sensitive substring of the key alias. Matches are ANDed.
 type Filter struct {
 	Tags    []TagFilter
 	Matches []Match
