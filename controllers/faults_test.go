@@ -548,6 +548,11 @@ var _ = Describe("Kubernetes-side faults", func() {
 		// The refresh interval is 5 minutes: only a listing prompted by the change gets there.
 		Eventually(f.States("respec"), 5*time.Second).Should(Equal(testkit.StatesOf(keyC)),
 			"the ConfigMap still holds the keys of the old spec while the status says generation %d was observed", f.Get(sel)(Default).Status.ObservedGeneration)
-		Expect(f.Get(sel)(Default).Status.KeyCount).To(Equal(ptr.To[int32](1)))
+		// The status is written after the ConfigMap, with the attempt's outcome.
+		Eventually(func(g Gomega) {
+			cur := f.Get(sel)(g)
+			g.Expect(cur.Status.ObservedGeneration).To(Equal(cur.Generation))
+			g.Expect(cur.Status.KeyCount).To(Equal(ptr.To[int32](1)))
+		}).Should(Succeed())
 	})
 })
