@@ -14,6 +14,7 @@ import (
 	"net/http"
 	"os"
 	"os/signal"
+	"slices"
 	"strings"
 	"syscall"
 	"time"
@@ -29,12 +30,27 @@ made with --access-key/--secret-key (plus X-Security-Token when --security-token
 --no-auth. Secrets may come from the environment instead of the command line:
 KMS_EMULATOR_TOKEN, KMS_EMULATOR_ACCESS_KEY, KMS_EMULATOR_SECRET_KEY, KMS_EMULATOR_SECURITY_TOKEN.
 
+Keyless credentials: unless --iam=false, the --listen port also serves an emulated IAM, ECS
+metadata service and CCE pod identity endpoint whose temporary credentials this KMS accepts
+for --project-id, each living --credential-lifetime:
+  POST /v3.0/OS-AUTH/id-token/tokens       OIDC id_token (header X-Idp-Id) -> IAM token
+  POST /v3.0/OS-CREDENTIAL/securitytokens  IAM token -> temporary AK/SK
+  PUT  /meta-data/latest/api/token         metadata token (X-Metadata-Token-Ttl-Seconds)
+  GET  /openstack/latest/securitykey       node agency AK/SK (X-Metadata-Token; --node-agency)
+  POST /v1/pod-identity/credentials        pod identity AK/SK (Authorization: --pod-identity-token,
+                                           or env KMS_EMULATOR_POD_IDENTITY_TOKEN)
+Identity providers (with their JWKS) and conversion rules are set with the admin API.
+
 Admin API: UNAUTHENTICATED, for local use only. Served under /admin/ on the --listen port, or on
 its own port with --admin-listen ADDR, or not at all with --admin-listen off. Routes:
   GET|POST|PUT|DELETE /admin/keys    GET|PATCH|DELETE /admin/keys/{id}
   GET|POST|DELETE /admin/faults      GET /admin/stats   POST /admin/reset-stats
   GET /admin/requests                GET|PUT /admin/shape   POST /admin/tokens
-See the package documentation of pkg/kmstest for bodies and fault kinds.
+  GET|PUT /admin/iam/identity-providers    DELETE /admin/iam/identity-providers/{id}
+  GET|PUT|DELETE /admin/iam/rules          GET|PUT /admin/iam/node-agency
+  PUT /admin/iam/pod-identity              GET|PUT /admin/iam/lifetime
+  GET|POST|DELETE /admin/iam/faults        GET /admin/iam/stats   POST /admin/iam/reset-stats
+See the package documentation of pkg/kmstest for bodies, fault kinds and IAM error codes.
 
 Flags:
 `
@@ -53,6 +69,11 @@ type config struct {
 	tlsCert       string
 	tlsKey        string
 	quiet         bool
+	// Keyless credentials.
+	iam                bool
+	credentialLifetime time.Duration
+	podIdentityToken   string
+	nodeAgency         bool
 }
 
 func main() {
@@ -92,6 +113,10 @@ func parseFlags(args []string, stderr io.Writer) (config, error) {
 	fs.StringVar(&c.tlsCert, "tls-cert", "", "TLS certificate file (with --tls-key); plain HTTP without")
 	fs.StringVar(&c.tlsKey, "tls-key", "", "TLS key file")
 	fs.BoolVar(&c.quiet, "quiet", false, "do not log requests")
+	fs.BoolVar(&c.iam, "iam", true, "serve the IAM, ECS metadata and pod identity routes on the --listen port")
+	fs.DurationVar(&c.credentialLifetime, "credential-lifetime", kmstest.DefaultCredentialLifetime, "lifetime of the temporary credentials the IAM routes issue")
+	fs.StringVar(&c.podIdentityToken, "pod-identity-token", "", "pod identity Authorization token, associated with --project-id (env KMS_EMULATOR_POD_IDENTITY_TOKEN)")
+	fs.BoolVar(&c.nodeAgency, "node-agency", false, "give the node an agency for --project-id: the metadata service issues credentials")
 	if err := fs.Parse(args); err != nil {
 		return c, err
 	}
@@ -104,6 +129,7 @@ func parseFlags(args []string, stderr io.Writer) (config, error) {
 	}
 	c.secretKey = firstNonEmpty(c.secretKey, os.Getenv("KMS_EMULATOR_SECRET_KEY"))
 	c.securityToken = firstNonEmpty(c.securityToken, os.Getenv("KMS_EMULATOR_SECURITY_TOKEN"))
+	c.podIdentityToken = firstNonEmpty(c.podIdentityToken, os.Getenv("KMS_EMULATOR_POD_IDENTITY_TOKEN"))
 	return c, c.check()
 }
 
@@ -114,7 +140,34 @@ func (c config) check() error {
 	if (c.tlsCert == "") != (c.tlsKey == "") {
 		return errors.New("--tls-cert and --tls-key go together")
 	}
+	if c.credentialLifetime <= 0 {
+		return errors.New("--credential-lifetime must be positive")
+	}
+	if !c.iam && (c.podIdentityToken != "" || c.nodeAgency) {
+		return errors.New("--pod-identity-token and --node-agency need --iam")
+	}
 	return nil
+}
+
+// newIAM returns the IAM the binary serves, trusted by emu, or nil with --iam=false. A nil
+// logger logs nothing.
+func (c config) newIAM(emu *kmstest.Emulator, logger *slog.Logger) *kmstest.IAM {
+	if !c.iam {
+		return nil
+	}
+	opts := []kmstest.IAMOption{kmstest.WithCredentialLifetime(c.credentialLifetime)}
+	if logger != nil {
+		opts = append(opts, kmstest.WithIAMLogger(logger))
+	}
+	iam := kmstest.NewIAM(opts...)
+	iam.Trust(emu)
+	if c.nodeAgency {
+		iam.SetNodeAgency(emu.ProjectID())
+	}
+	if c.podIdentityToken != "" {
+		iam.SetPodIdentity(c.podIdentityToken, emu.ProjectID())
+	}
+	return iam
 }
 
 // options turns the configuration into emulator options.
@@ -155,22 +208,61 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 			return err
 		}
 	}
-	if len(c.tokens) == 0 && c.accessKey == "" && !c.noAuth {
-		fmt.Fprintln(stderr, "kms-emulator: warning: no --token, --access-key or --no-auth: every request will get 403")
+	if len(c.tokens) == 0 && c.accessKey == "" && !c.noAuth && !c.iam {
+		fmt.Fprintln(stderr, "kms-emulator: warning: no --token, --access-key, --no-auth or --iam: every request will get 403")
 	}
-	return serve(ctx, c, emu, stdout)
+	return serve(ctx, c, emu, c.newIAM(emu, logger), stdout)
+}
+
+// iamPaths are the paths of the IAM routes.
+var iamPaths = []string{
+	kmstest.IAMPathIDToken, kmstest.IAMPathSecurityTokens, kmstest.IAMPathMetadataToken,
+	kmstest.IAMPathSecurityKey, kmstest.IAMPathPodIdentity,
+}
+
+// handlers returns the handlers of the API listener and of the admin listener (nil when the
+// admin API is off or shares the API listener). A nil iam serves no IAM routes.
+func handlers(c config, emu *kmstest.Emulator, iam *kmstest.IAM) (api, admin http.Handler) {
+	kms, kmsAdmin := http.Handler(emu), emu.AdminHandler()
+	if c.adminListen == "" {
+		kms = emu.Handler()
+	}
+	if iam == nil {
+		if c.adminListen != "" && c.adminListen != "off" {
+			admin = kmsAdmin
+		}
+		return kms, admin
+	}
+	iamAdmin := iam.AdminHandler()
+	adminBoth := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if strings.HasPrefix(r.URL.Path, kmstest.IAMAdminPrefix) {
+			iamAdmin.ServeHTTP(w, r)
+			return
+		}
+		kmsAdmin.ServeHTTP(w, r)
+	})
+	api = http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		switch {
+		case slices.Contains(iamPaths, r.URL.Path):
+			iam.ServeHTTP(w, r)
+		case c.adminListen == "" && strings.HasPrefix(r.URL.Path, kmstest.IAMAdminPrefix):
+			iamAdmin.ServeHTTP(w, r)
+		default:
+			kms.ServeHTTP(w, r)
+		}
+	})
+	if c.adminListen != "" && c.adminListen != "off" {
+		admin = adminBoth
+	}
+	return api, admin
 }
 
 // serve runs the API (and admin) listeners until ctx ends, then shuts them down.
-func serve(ctx context.Context, c config, emu *kmstest.Emulator, stdout io.Writer) error {
-	apiHandler := http.Handler(emu)
+func serve(ctx context.Context, c config, emu *kmstest.Emulator, iam *kmstest.IAM, stdout io.Writer) error {
+	apiHandler, adminHandler := handlers(c, emu, iam)
 	var servers []*http.Server
-	switch c.adminListen {
-	case "":
-		apiHandler = emu.Handler()
-	case "off":
-	default:
-		servers = append(servers, &http.Server{Addr: c.adminListen, Handler: emu.AdminHandler(), ReadHeaderTimeout: 10 * time.Second})
+	if adminHandler != nil {
+		servers = append(servers, &http.Server{Addr: c.adminListen, Handler: adminHandler, ReadHeaderTimeout: 10 * time.Second})
 	}
 	api := &http.Server{Addr: c.listen, Handler: apiHandler, ReadHeaderTimeout: 10 * time.Second}
 	servers = append([]*http.Server{api}, servers...)
@@ -183,7 +275,7 @@ func serve(ctx context.Context, c config, emu *kmstest.Emulator, stdout io.Write
 			return fmt.Errorf("listen: %w", err)
 		}
 		tls := i == 0 && c.tlsCert != ""
-		printURL(stdout, i == 0, tls, ln.Addr().String(), emu, c.adminListen)
+		printURL(stdout, i == 0, tls, ln.Addr().String(), emu, iam != nil, c.adminListen)
 		go func() { errc <- serveOne(srv, ln, tls, c) }()
 	}
 	select {
@@ -210,7 +302,7 @@ func serveOne(srv *http.Server, ln net.Listener, tls bool, c config) error {
 	return fmt.Errorf("serve %s: %w", ln.Addr(), err)
 }
 
-func printURL(w io.Writer, api, tls bool, addr string, emu *kmstest.Emulator, adminListen string) {
+func printURL(w io.Writer, api, tls bool, addr string, emu *kmstest.Emulator, iam bool, adminListen string) {
 	scheme := "http"
 	if tls {
 		scheme = "https"
@@ -222,6 +314,9 @@ func printURL(w io.Writer, api, tls bool, addr string, emu *kmstest.Emulator, ad
 	}
 	fmt.Fprintf(w, "kms-emulator serving %s (project %s, %d keys, shape %s)\n", base, emu.ProjectID(), emu.KeyCount(), emu.Shape())
 	fmt.Fprintf(w, "  ListKmsByTags: POST %s%s\n", base, emu.ActionPath())
+	if iam {
+		fmt.Fprintf(w, "  IAM, ECS metadata and pod identity: %s (POST %s)\n", base, kmstest.IAMPathIDToken)
+	}
 	if adminListen == "" {
 		fmt.Fprintf(w, "  admin API (unauthenticated, local use only): %s/admin/\n", base)
 	}

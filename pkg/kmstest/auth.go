@@ -38,21 +38,51 @@ const (
 	AuthAnonymous = "anonymous"
 )
 
+// expiredRetention is how long temporary credentials are kept after they expire, so that
+// requests with them get KMS.0303 rather than KMS.0302; older ones are forgotten when
+// temporary credentials are added.
+const expiredRetention = 24 * time.Hour
+
 // credentials are the accepted tokens and AK/SK pairs.
 type credentials struct {
 	mu       sync.RWMutex
-	tokens   map[string]bool // token -> expired
+	tokens   map[string]tokenEntry
 	aksk     map[string]akskEntry
 	disabled bool
+}
+
+type tokenEntry struct {
+	expired   bool      // ExpireToken
+	expiresAt time.Time // zero: never (AddToken)
 }
 
 type akskEntry struct {
 	sk            string
 	securityToken string
+	expiresAt     time.Time // zero: never (AddAKSK)
 }
 
 func newCredentials() *credentials {
-	return &credentials{tokens: make(map[string]bool), aksk: make(map[string]akskEntry)}
+	return &credentials{tokens: make(map[string]tokenEntry), aksk: make(map[string]akskEntry)}
+}
+
+// expiredAt reports whether a credential expiring at t (zero: never) has expired at now.
+func expiredAt(t, now time.Time) bool { return !t.IsZero() && !now.Before(t) }
+
+// prune forgets temporary credentials that expired more than expiredRetention before now.
+// The caller holds c.mu.
+func (c *credentials) prune(now time.Time) {
+	limit := now.Add(-expiredRetention)
+	for k, v := range c.tokens {
+		if !v.expiresAt.IsZero() && v.expiresAt.Before(limit) {
+			delete(c.tokens, k)
+		}
+	}
+	for k, v := range c.aksk {
+		if !v.expiresAt.IsZero() && v.expiresAt.Before(limit) {
+			delete(c.aksk, k)
+		}
+	}
 }
 
 // authResult says who a request authenticated as.
@@ -65,7 +95,17 @@ type authResult struct {
 func (e *Emulator) AddToken(token string) {
 	e.creds.mu.Lock()
 	defer e.creds.mu.Unlock()
-	e.creds.tokens[token] = false
+	e.creds.tokens[token] = tokenEntry{}
+}
+
+// AddTemporaryToken accepts an IAM token until expiresAt, by the emulator's clock (see
+// WithClock): from then on requests with it get 403 KMS.0303. IAM registers the tokens it
+// issues this way.
+func (e *Emulator) AddTemporaryToken(token string, expiresAt time.Time) {
+	e.creds.mu.Lock()
+	defer e.creds.mu.Unlock()
+	e.creds.prune(e.now())
+	e.creds.tokens[token] = tokenEntry{expiresAt: expiresAt}
 }
 
 // ExpireToken marks a token expired: requests with it get 403 KMS.0303. An unknown token is
@@ -73,7 +113,7 @@ func (e *Emulator) AddToken(token string) {
 func (e *Emulator) ExpireToken(token string) {
 	e.creds.mu.Lock()
 	defer e.creds.mu.Unlock()
-	e.creds.tokens[token] = true
+	e.creds.tokens[token] = tokenEntry{expired: true}
 }
 
 // RemoveToken forgets a token: requests with it get 403 KMS.0302.
@@ -89,6 +129,16 @@ func (e *Emulator) AddAKSK(ak, sk, securityToken string) {
 	e.creds.mu.Lock()
 	defer e.creds.mu.Unlock()
 	e.creds.aksk[ak] = akskEntry{sk: sk, securityToken: securityToken}
+}
+
+// AddTemporaryAKSK is AddAKSK for temporary credentials that expire at expiresAt, by the
+// emulator's clock (see WithClock): from then on requests signed with them get 403 KMS.0303.
+// IAM registers the AK/SK it issues this way.
+func (e *Emulator) AddTemporaryAKSK(ak, sk, securityToken string, expiresAt time.Time) {
+	e.creds.mu.Lock()
+	defer e.creds.mu.Unlock()
+	e.creds.prune(e.now())
+	e.creds.aksk[ak] = akskEntry{sk: sk, securityToken: securityToken, expiresAt: expiresAt}
 }
 
 // RemoveAKSK forgets an access key.
@@ -121,13 +171,15 @@ func (e *Emulator) checkToken(token string) *apiError {
 		return forbidden(CodeTokenMissing, "X-Auth-Token is empty")
 	}
 	e.creds.mu.RLock()
-	expired, ok := e.creds.tokens[token]
+	entry, ok := e.creds.tokens[token]
 	e.creds.mu.RUnlock()
 	switch {
 	case !ok:
 		return forbidden(CodeTokenInvalid, "X-Auth-Token is not valid")
-	case expired:
+	case entry.expired:
 		return forbidden(CodeTokenExpired, "X-Auth-Token has expired")
+	case expiredAt(entry.expiresAt, e.now()):
+		return forbidden(CodeTokenExpired, "X-Auth-Token has expired: the temporary credentials expired at %s", entry.expiresAt.UTC().Format(time.RFC3339))
 	default:
 		return nil
 	}
@@ -191,6 +243,9 @@ func (e *Emulator) checkSignature(r *http.Request, authz string, body []byte) (s
 	if !hmac.Equal([]byte(want.signature), []byte(h.signature)) ||
 		strings.Join(want.signedHeaders, ";") != strings.Join(h.signedHeaders, ";") {
 		return h.access, forbidden(CodeTokenInvalid, "the request signature does not match")
+	}
+	if expiredAt(entry.expiresAt, e.now()) {
+		return h.access, forbidden(CodeTokenExpired, "the temporary credentials of the access key expired at %s", entry.expiresAt.UTC().Format(time.RFC3339))
 	}
 	return h.access, nil
 }

@@ -1,0 +1,331 @@
+package kmstest
+
+import (
+	"crypto"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/rsa"
+	"crypto/sha256"
+	"encoding/base64"
+	"encoding/json"
+	"fmt"
+	"io"
+	"math/big"
+	"net/http"
+	"net/http/httptest"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+)
+
+// fakeClock is a clock a test moves by hand.
+type fakeClock struct {
+	mu sync.Mutex
+	t  time.Time
+}
+
+func newFakeClock() *fakeClock {
+	return &fakeClock{t: time.Date(2026, 5, 6, 7, 8, 9, 0, time.UTC)}
+}
+
+func (c *fakeClock) now() time.Time {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.t
+}
+
+func (c *fakeClock) advance(d time.Duration) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.t = c.t.Add(d)
+}
+
+// Test keys, generated once per test binary.
+var (
+	testRSAKey = sync.OnceValue(func() *rsa.PrivateKey { return mustRSAKey() })
+	testECKey  = sync.OnceValue(func() *ecdsa.PrivateKey { return mustECKey() })
+	otherRSA   = sync.OnceValue(func() *rsa.PrivateKey { return mustRSAKey() })
+)
+
+func mustRSAKey() *rsa.PrivateKey {
+	k, err := rsa.GenerateKey(rand.Reader, 2048)
+	if err != nil {
+		panic(err)
+	}
+	return k
+}
+
+func mustECKey() *ecdsa.PrivateKey {
+	k, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		panic(err)
+	}
+	return k
+}
+
+func b64(b []byte) string { return base64.RawURLEncoding.EncodeToString(b) }
+
+func rsaJWK(kid string, pub *rsa.PublicKey) map[string]any {
+	return map[string]any{
+		"kty": "RSA", "kid": kid, "use": "sig", "alg": AlgRS256,
+		"n": b64(pub.N.Bytes()), "e": b64(big.NewInt(int64(pub.E)).Bytes()),
+	}
+}
+
+func ecJWK(kid string, pub *ecdsa.PublicKey) map[string]any {
+	b, err := pub.Bytes()
+	if err != nil {
+		panic(err)
+	}
+	return map[string]any{"kty": "EC", "kid": kid, "crv": "P-256", "x": b64(b[1:33]), "y": b64(b[33:])}
+}
+
+func jwks(keys ...map[string]any) []byte {
+	b, err := json.Marshal(map[string]any{"keys": keys})
+	if err != nil {
+		panic(err)
+	}
+	return b
+}
+
+// makeJWT builds a compact JWS; sign signs the signing input (nil: an empty signature).
+func makeJWT(header, claims map[string]any, sign func([]byte) []byte) string {
+	h, _ := json.Marshal(header)
+	c, _ := json.Marshal(claims)
+	input := b64(h) + "." + b64(c)
+	var sig []byte
+	if sign != nil {
+		sig = sign([]byte(input))
+	}
+	return input + "." + b64(sig)
+}
+
+func signRS256(k *rsa.PrivateKey) func([]byte) []byte {
+	return func(input []byte) []byte {
+		d := sha256.Sum256(input)
+		sig, err := rsa.SignPKCS1v15(nil, k, crypto.SHA256, d[:])
+		if err != nil {
+			panic(err)
+		}
+		return sig
+	}
+}
+
+func signES256(k *ecdsa.PrivateKey) func([]byte) []byte {
+	return func(input []byte) []byte {
+		d := sha256.Sum256(input)
+		r, s, err := ecdsa.Sign(rand.Reader, k, d[:])
+		if err != nil {
+			panic(err)
+		}
+		sig := make([]byte, 64)
+		r.FillBytes(sig[:32])
+		s.FillBytes(sig[32:])
+		return sig
+	}
+}
+
+const (
+	testIdP      = "idp-cce"
+	testIssuer   = "https://kubernetes.default.svc.cluster.local"
+	testClientID = "kms-key-sync"
+	testSubject  = "system:serviceaccount:kms-key-sync:controller"
+	otherProject = "9f8e7d6c5b4a49382716a5b4c3d2e1f0"
+)
+
+// iamFixture is an IAM trusted by two emulators (DefaultProjectID and otherProject) sharing a
+// fake clock, with one identity provider (RSA kid "rsa1", EC kid "ec1") and a rule letting
+// testSubject into DefaultProjectID.
+type iamFixture struct {
+	clock *fakeClock
+	kms   *Server
+	other *Server
+	iam   *IAM
+	srv   *httptest.Server
+}
+
+func newIAMFixture(t *testing.T, opts ...IAMOption) *iamFixture {
+	t.Helper()
+	f := &iamFixture{clock: newFakeClock()}
+	f.kms = newSampleServer(t, WithClock(f.clock.now))
+	f.other = newTestServer(t, WithClock(f.clock.now), WithProjectID(otherProject))
+	f.iam = NewIAM(append([]IAMOption{WithIAMClock(f.clock.now)}, opts...)...)
+	f.iam.Trust(f.kms.Emulator, f.other.Emulator)
+	err := f.iam.PutIdentityProvider(IdentityProvider{
+		ID: testIdP, Issuer: testIssuer, ClientIDs: []string{"other-client", testClientID},
+		SigningKey: jwks(rsaJWK("rsa1", &testRSAKey().PublicKey), ecJWK("ec1", &testECKey().PublicKey)),
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	f.iam.Allow(testIdP, testSubject, DefaultProjectID)
+	f.srv = NewIAMServer(f.iam)
+	t.Cleanup(f.srv.Close)
+	return f
+}
+
+// claims returns valid claims at the fixture's time.
+func (f *iamFixture) claims() map[string]any {
+	now := f.clock.now().Unix()
+	return map[string]any{
+		"iss": testIssuer, "sub": testSubject, "aud": []string{testClientID},
+		"iat": now, "nbf": now, "exp": now + 600,
+	}
+}
+
+// jwt signs claims with the RSA key (kid rsa1).
+func (f *iamFixture) jwt(claims map[string]any) string {
+	return makeJWT(map[string]any{"alg": AlgRS256, "kid": "rsa1", "typ": "JWT"}, claims, signRS256(testRSAKey()))
+}
+
+func idTokenBody(jwt, project string) string {
+	if project == "" {
+		return fmt.Sprintf(`{"auth":{"id_token":{"id":%q}}}`, jwt)
+	}
+	return fmt.Sprintf(`{"auth":{"id_token":{"id":%q},"scope":{"project":{"id":%q}}}}`, jwt, project)
+}
+
+// call sends a request to the IAM server.
+func (f *iamFixture) call(t *testing.T, method, path, body string, header map[string]string) (int, http.Header, []byte) {
+	t.Helper()
+	var r io.Reader
+	if body != "" {
+		r = strings.NewReader(body)
+	}
+	req, err := http.NewRequest(method, f.srv.URL+path, r)
+	if err != nil {
+		t.Fatal(err)
+	}
+	req.Header.Set("Content-Type", "application/json;charset=UTF-8")
+	for k, v := range header {
+		req.Header.Set(k, v)
+	}
+	return do(t, f.srv.Client(), req)
+}
+
+// exchange posts an id_token for project and returns the status, headers and body.
+func (f *iamFixture) exchange(t *testing.T, jwt, project string) (int, http.Header, []byte) {
+	t.Helper()
+	return f.call(t, http.MethodPost, IAMPathIDToken, idTokenBody(jwt, project), map[string]string{HeaderIdpID: testIdP})
+}
+
+// mustExchange exchanges a valid id_token for an IAM token of project.
+func (f *iamFixture) mustExchange(t *testing.T, project string) string {
+	t.Helper()
+	status, h, body := f.exchange(t, f.jwt(f.claims()), project)
+	if status != http.StatusCreated {
+		t.Fatalf("exchange: %d %s", status, body)
+	}
+	return h.Get(HeaderSubjectToken)
+}
+
+type issuedCredential struct {
+	Access        string `json:"access"`
+	Secret        string `json:"secret"`
+	SecurityToken string `json:"securitytoken"`
+	ExpiresAt     string `json:"expires_at"`
+}
+
+func (c issuedCredential) expiry(t *testing.T) time.Time {
+	t.Helper()
+	exp, err := time.Parse(IAMTimeFormat, c.ExpiresAt)
+	if err != nil {
+		t.Fatalf("expires_at %q: %v", c.ExpiresAt, err)
+	}
+	return exp
+}
+
+// decodeCredential decodes {"<field>":{access, secret, securitytoken, expires_at}}.
+func decodeCredential(t *testing.T, body []byte, field string) issuedCredential {
+	t.Helper()
+	var m map[string]issuedCredential
+	if err := json.Unmarshal(body, &m); err != nil {
+		t.Fatalf("decode %s: %v", body, err)
+	}
+	c, ok := m[field]
+	if !ok || c.Access == "" || c.Secret == "" || c.SecurityToken == "" || c.ExpiresAt == "" {
+		t.Fatalf("incomplete %q in %s", field, body)
+	}
+	c.expiry(t)
+	return c
+}
+
+// securityTokens exchanges an IAM token for AK/SK; duration 0 sends no duration_seconds.
+func (f *iamFixture) securityTokens(t *testing.T, token string, duration int) (int, []byte) {
+	t.Helper()
+	d := ""
+	if duration != 0 {
+		d = fmt.Sprintf(`,"duration_seconds":%d`, duration)
+	}
+	body := fmt.Sprintf(`{"auth":{"identity":{"methods":["token"],"token":{"id":%q%s}}}}`, token, d)
+	status, _, b := f.call(t, http.MethodPost, IAMPathSecurityTokens, body, nil)
+	return status, b
+}
+
+func (f *iamFixture) mustSecurityTokens(t *testing.T, token string, duration int) issuedCredential {
+	t.Helper()
+	status, body := f.securityTokens(t, token, duration)
+	if status != http.StatusCreated {
+		t.Fatalf("securitytokens: %d %s", status, body)
+	}
+	return decodeCredential(t, body, "credential")
+}
+
+// metadataToken gets a metadata session token.
+func (f *iamFixture) metadataToken(t *testing.T, ttl string) (int, []byte) {
+	t.Helper()
+	status, _, body := f.call(t, http.MethodPut, IAMPathMetadataToken, "", map[string]string{HeaderMetadataTokenTTL: ttl})
+	return status, body
+}
+
+// kmsWithToken counts keys with an X-Auth-Token and returns the status and body.
+func kmsWithToken(t *testing.T, srv *Server, token string) (int, []byte) {
+	t.Helper()
+	req := tokenRequest(t, srv, countBody)
+	req.Header.Set(HeaderAuthToken, token)
+	status, _, body := do(t, srv.Client(), req)
+	return status, body
+}
+
+// kmsWithAKSK counts keys signing with temporary credentials at the clock's time.
+func kmsWithAKSK(t *testing.T, srv *Server, c issuedCredential, now time.Time) (int, []byte) {
+	t.Helper()
+	req := signedRequest(t, srv, countBody, signOpts{ak: c.Access, sk: c.Secret, securityToken: c.SecurityToken, date: now})
+	status, _, body := do(t, srv.Client(), req)
+	return status, body
+}
+
+// iamErrorOf decodes an IAM error body.
+func iamErrorOf(t *testing.T, body []byte) iamErrorBody {
+	t.Helper()
+	var e iamErrorBody
+	if err := json.Unmarshal(body, &e); err != nil || e.Code == "" || e.Message == "" {
+		t.Fatalf("not an IAM error body: %s", body)
+	}
+	return e
+}
+
+// wantIAMError asserts an IAM error answer.
+func wantIAMError(t *testing.T, status int, body []byte, wantStatus int, wantCode string) iamErrorBody {
+	t.Helper()
+	if status != wantStatus {
+		t.Fatalf("status %d, body %s; want %d %s", status, body, wantStatus, wantCode)
+	}
+	e := iamErrorOf(t, body)
+	if e.Code != wantCode {
+		t.Fatalf("code %s (%s), want %s", e.Code, e.Message, wantCode)
+	}
+	return e
+}
+
+// assertNoSecrets fails when body holds one of the secrets.
+func assertNoSecrets(t *testing.T, body []byte, secrets ...string) {
+	t.Helper()
+	for _, s := range secrets {
+		if s != "" && strings.Contains(string(body), s) {
+			t.Errorf("body holds a secret %.12q...: %s", s, body)
+		}
+	}
+}

@@ -1,0 +1,680 @@
+package kmstest
+
+import (
+	"bytes"
+	"encoding/json"
+	"log/slog"
+	"net/http"
+	"slices"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+)
+
+func TestIAMIDTokenExchange(t *testing.T) {
+	tests := []struct {
+		name string
+		jwt  func(f *iamFixture) string
+	}{
+		{"RS256 with kid", func(f *iamFixture) string { return f.jwt(f.claims()) }},
+		{"RS256 without kid", func(f *iamFixture) string {
+			return makeJWT(map[string]any{"alg": AlgRS256}, f.claims(), signRS256(testRSAKey()))
+		}},
+		{"ES256 with kid and a string aud", func(f *iamFixture) string {
+			c := f.claims()
+			c["aud"] = testClientID
+			return makeJWT(map[string]any{"alg": AlgES256, "kid": "ec1"}, c, signES256(testECKey()))
+		}},
+		{"kid not in the JWKS, a key without kid", func(f *iamFixture) string {
+			if err := f.iam.PutIdentityProvider(IdentityProvider{
+				ID: testIdP, Issuer: testIssuer, ClientIDs: []string{testClientID},
+				SigningKey: jwks(rsaJWK("", &otherRSA().PublicKey), rsaJWK("", &testRSAKey().PublicKey)),
+			}); err != nil {
+				panic(err)
+			}
+			return f.jwt(f.claims())
+		}},
+		{"iat and nbf within the leeway", func(f *iamFixture) string {
+			c := f.claims()
+			c["iat"], c["nbf"] = f.clock.now().Unix()+59, f.clock.now().Unix()+59
+			return f.jwt(c)
+		}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			f := newIAMFixture(t)
+			now := f.clock.now()
+			status, h, body := f.exchange(t, tt.jwt(f), DefaultProjectID)
+			if status != http.StatusCreated {
+				t.Fatalf("status %d %s", status, body)
+			}
+			token := h.Get(HeaderSubjectToken)
+			if token == "" || h.Get(HeaderRequestID) == "" {
+				t.Fatalf("headers %v", h)
+			}
+			var info tokenInfo
+			if err := json.Unmarshal(body, &info); err != nil {
+				t.Fatal(err)
+			}
+			tok := info.Token
+			if tok.ExpiresAt != now.Add(time.Hour).Format(IAMTimeFormat) || tok.IssuedAt != now.Format(IAMTimeFormat) ||
+				strings.Join(tok.Methods, ",") != "mapped" || tok.Project == nil || tok.Project.ID != DefaultProjectID ||
+				tok.Project.Name != DefaultProjectID || tok.User.Name != testSubject ||
+				tok.User.Federation.IdentityProvider.ID != testIdP || tok.User.Federation.Protocol.ID != "oidc" {
+				t.Errorf("token body %s", body)
+			}
+			if strings.Contains(string(body), token) {
+				t.Error("the body holds the token")
+			}
+			if status, body := kmsWithToken(t, f.kms, token); status != http.StatusOK {
+				t.Errorf("KMS with the IAM token: %d %s", status, body)
+			}
+			if status, body := kmsWithToken(t, f.other, token); status != http.StatusForbidden || errorOf(t, body).Code != CodeTokenInvalid {
+				t.Errorf("other project's KMS with the IAM token: %d %s", status, body)
+			}
+
+			c := f.mustSecurityTokens(t, token, 21600)
+			if c.expiry(t) != now.Add(time.Hour) {
+				t.Errorf("AK/SK expires_at %s, want the token's expiry", c.ExpiresAt)
+			}
+			if status, body := kmsWithAKSK(t, f.kms, c, now); status != http.StatusOK {
+				t.Errorf("KMS with the AK/SK: %d %s", status, body)
+			}
+			if status, body := kmsWithAKSK(t, f.other, c, now); status != http.StatusForbidden {
+				t.Errorf("other project's KMS with the AK/SK: %d %s", status, body)
+			}
+			if st := f.iam.Stats(); st.IDTokenExchanges != 1 || st.SecurityTokens != 1 || st.Refusals != 0 {
+				t.Errorf("stats %+v", st)
+			}
+		})
+	}
+}
+
+func TestIAMIDTokenRefusals(t *testing.T) {
+	f := newIAMFixture(t)
+	f.iam.Allow(testIdP, "system:serviceaccount:other:sa")
+	with := func(change func(c map[string]any)) string {
+		c := f.claims()
+		change(c)
+		return f.jwt(c)
+	}
+	now := f.clock.now().Unix()
+	good := f.jwt(f.claims())
+	parts := strings.Split(good, ".")
+
+	tests := []struct {
+		name    string
+		jwt     string
+		project string
+		idp     string // "" = testIdP; "-" = no header
+		body    string // replaces the request body
+		status  int
+		code    string
+		msg     string // a substring of the message
+	}{
+		{name: "tampered payload", jwt: parts[0] + "." + b64([]byte(`{"iss":"x"}`)) + "." + parts[2], status: 401, code: IAMCodeBadSignature, msg: "does not verify"},
+		{name: "tampered signature", jwt: parts[0] + "." + parts[1] + "." + b64([]byte("garbage-signature")), status: 401, code: IAMCodeBadSignature},
+		{name: "signed by another key", jwt: makeJWT(map[string]any{"alg": AlgRS256, "kid": "rsa1"}, f.claims(), signRS256(otherRSA())), status: 401, code: IAMCodeBadSignature},
+		{name: "unknown kid", jwt: makeJWT(map[string]any{"alg": AlgRS256, "kid": "rsa9"}, f.claims(), signRS256(testRSAKey())), status: 401, code: IAMCodeBadSignature, msg: `kid "rsa9"`},
+		{name: "ES256 header on an RSA kid", jwt: makeJWT(map[string]any{"alg": AlgES256, "kid": "rsa1"}, f.claims(), signES256(testECKey())), status: 401, code: IAMCodeBadSignature},
+		{name: "alg none", jwt: makeJWT(map[string]any{"alg": "none"}, f.claims(), nil), status: 401, code: IAMCodeUnsupportedAlg, msg: `"none"`},
+		{name: "alg HS256", jwt: makeJWT(map[string]any{"alg": "HS256"}, f.claims(), func([]byte) []byte { return []byte("mac") }), status: 401, code: IAMCodeUnsupportedAlg},
+		{name: "not a JWS", jwt: "not-a-jwt", status: 401, code: IAMCodeMalformedJWT, msg: "1 parts"},
+		{name: "header not base64", jwt: "!!." + parts[1] + "." + parts[2], status: 401, code: IAMCodeMalformedJWT},
+		{name: "payload not JSON", jwt: parts[0] + "." + b64([]byte("nope")) + "." + parts[2], status: 401, code: IAMCodeMalformedJWT},
+		{name: "no exp", jwt: with(func(c map[string]any) { delete(c, "exp") }), status: 401, code: IAMCodeMalformedJWT, msg: "exp"},
+		{name: "no sub", jwt: with(func(c map[string]any) { delete(c, "sub") }), status: 401, code: IAMCodeMalformedJWT, msg: "sub"},
+		{name: "expired", jwt: with(func(c map[string]any) { c["exp"] = now - 1 }), status: 401, code: IAMCodeJWTExpired, msg: "expired"},
+		{name: "exp now", jwt: with(func(c map[string]any) { c["exp"] = now }), status: 401, code: IAMCodeJWTExpired},
+		{name: "nbf in the future", jwt: with(func(c map[string]any) { c["nbf"] = now + 61 }), status: 401, code: IAMCodeJWTNotYetValid, msg: "nbf"},
+		{name: "iat in the future", jwt: with(func(c map[string]any) { c["iat"] = now + 3600 }), status: 401, code: IAMCodeJWTNotYetValid, msg: "iat"},
+		{name: "wrong issuer", jwt: with(func(c map[string]any) { c["iss"] = "https://evil.example" }), status: 401, code: IAMCodeWrongIssuer, msg: `"https://evil.example"`},
+		{name: "wrong audience", jwt: with(func(c map[string]any) { c["aud"] = "x" }), status: 401, code: IAMCodeWrongAudience,
+			msg: `aud ["x"] does not contain a client ID of identity provider idp-cce`},
+		{name: "no audience", jwt: with(func(c map[string]any) { delete(c, "aud") }), status: 401, code: IAMCodeMalformedJWT},
+		{name: "unknown identity provider", jwt: good, idp: "idp-none", status: 404, code: IAMCodeUnknownIdP, msg: `"idp-none"`},
+		{name: "no X-Idp-Id", jwt: good, idp: "-", status: 400, code: IAMCodeBadRequest, msg: HeaderIdpID},
+		{name: "body not JSON", body: "{", status: 400, code: IAMCodeBadRequest},
+		{name: "no id_token", body: `{"auth":{"scope":{"project":{"id":"p"}}}}`, status: 400, code: IAMCodeBadRequest, msg: "auth.id_token.id"},
+		{name: "domain scope", body: `{"auth":{"id_token":{"id":"x.y.z"},"scope":{"domain":{"id":"d"}}}}`, status: 400, code: IAMCodeBadRequest},
+		{name: "no rule for the subject", jwt: with(func(c map[string]any) { c["sub"] = "system:serviceaccount:x:y" }), status: 403, code: IAMCodeNoRule,
+			msg: `"system:serviceaccount:x:y"`},
+		{name: "project not allowed", jwt: good, project: otherProject, status: 403, code: IAMCodeProjectNotAllowed, msg: otherProject},
+		{name: "rule without projects", jwt: with(func(c map[string]any) { c["sub"] = "system:serviceaccount:other:sa" }), status: 403, code: IAMCodeProjectNotAllowed},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			project := tt.project
+			if project == "" {
+				project = DefaultProjectID
+			}
+			body := tt.body
+			if body == "" {
+				body = idTokenBody(tt.jwt, project)
+			}
+			header := map[string]string{HeaderIdpID: testIdP}
+			switch tt.idp {
+			case "-":
+				header = nil
+			case "":
+			default:
+				header[HeaderIdpID] = tt.idp
+			}
+			status, h, b := f.call(t, http.MethodPost, IAMPathIDToken, body, header)
+			e := wantIAMError(t, status, b, tt.status, tt.code)
+			if !strings.Contains(e.Message, tt.msg) {
+				t.Errorf("message %q does not contain %q", e.Message, tt.msg)
+			}
+			if h.Get(HeaderSubjectToken) != "" {
+				t.Error("a refusal carries X-Subject-Token")
+			}
+			jwtParts := strings.Split(tt.jwt, ".")
+			assertNoSecrets(t, b, append(jwtParts, tt.jwt)...)
+		})
+	}
+	if st := f.iam.Stats(); st.IDTokenRefusals != int64(len(tests)) || st.Refusals != int64(len(tests)) || st.IDTokenExchanges != 0 {
+		t.Errorf("stats %+v", st)
+	}
+}
+
+func TestIAMRevokeAndRules(t *testing.T) {
+	f := newIAMFixture(t)
+	token := f.mustExchange(t, DefaultProjectID)
+	f.iam.Revoke(testIdP, testSubject)
+	status, _, body := f.exchange(t, f.jwt(f.claims()), DefaultProjectID)
+	wantIAMError(t, status, body, http.StatusForbidden, IAMCodeNoRule)
+	if status, body := kmsWithToken(t, f.kms, token); status != http.StatusOK {
+		t.Errorf("a token issued before Revoke: %d %s", status, body)
+	}
+
+	// Allow replaces the rule: now only otherProject.
+	f.iam.Allow(testIdP, testSubject, otherProject)
+	status, _, body = f.exchange(t, f.jwt(f.claims()), DefaultProjectID)
+	wantIAMError(t, status, body, http.StatusForbidden, IAMCodeProjectNotAllowed)
+	other := f.mustExchange(t, otherProject)
+	if status, body := kmsWithToken(t, f.other, other); status != http.StatusOK {
+		t.Errorf("other project's KMS: %d %s", status, body)
+	}
+	if got := f.iam.Rules(); len(got) != 1 || got[0].Projects[0] != otherProject {
+		t.Errorf("rules %+v", got)
+	}
+
+	f.iam.DeleteIdentityProvider(testIdP)
+	status, _, body = f.exchange(t, f.jwt(f.claims()), otherProject)
+	wantIAMError(t, status, body, http.StatusNotFound, IAMCodeUnknownIdP)
+}
+
+func TestIAMUnscopedToken(t *testing.T) {
+	f := newIAMFixture(t)
+	f.iam.Allow(testIdP, testSubject, DefaultProjectID, otherProject)
+	status, h, body := f.exchange(t, f.jwt(f.claims()), "")
+	if status != http.StatusCreated {
+		t.Fatalf("unscoped exchange: %d %s", status, body)
+	}
+	if strings.Contains(string(body), `"project"`) {
+		t.Errorf("unscoped token body has a project: %s", body)
+	}
+	token := h.Get(HeaderSubjectToken)
+	if status, _ := kmsWithToken(t, f.kms, token); status != http.StatusForbidden {
+		t.Errorf("KMS accepted an unscoped token: %d", status)
+	}
+	c := f.mustSecurityTokens(t, token, 0)
+	for _, srv := range []*Server{f.kms, f.other} {
+		if status, body := kmsWithAKSK(t, srv, c, f.clock.now()); status != http.StatusOK {
+			t.Errorf("KMS %s with the AK/SK of an unscoped token: %d %s", srv.ProjectID(), status, body)
+		}
+	}
+}
+
+func TestIAMSecurityTokens(t *testing.T) {
+	f := newIAMFixture(t, WithCredentialLifetime(10*time.Minute))
+	start := f.clock.now()
+	token := f.mustExchange(t, DefaultProjectID)
+
+	short := f.mustSecurityTokens(t, token, 300) // duration_seconds wins
+	if short.expiry(t) != start.Add(5*time.Minute) {
+		t.Errorf("expires_at %s, want +5m", short.ExpiresAt)
+	}
+	// The SDK's layout reads it too.
+	if _, err := time.Parse("2006-01-02T15:04:05Z", short.ExpiresAt); err != nil {
+		t.Errorf("the SDK cannot parse expires_at: %v", err)
+	}
+	if c := f.mustSecurityTokens(t, token, 1<<62); c.expiry(t) != start.Add(10*time.Minute) {
+		t.Errorf("a huge duration_seconds: expires_at %s, want +10m", c.ExpiresAt)
+	}
+	long := f.mustSecurityTokens(t, token, 0) // the lifetime
+	if long.expiry(t) != start.Add(10*time.Minute) {
+		t.Errorf("expires_at %s, want +10m", long.ExpiresAt)
+	}
+	if short.Access == long.Access || short.Secret == long.Secret || short.SecurityToken == long.SecurityToken {
+		t.Error("two issues share a credential")
+	}
+
+	// In the X-Auth-Token header, when the body has no id.
+	status, _, body := f.call(t, http.MethodPost, IAMPathSecurityTokens,
+		`{"auth":{"identity":{"methods":["token"],"token":{"duration_seconds":900}}}}`, map[string]string{HeaderAuthToken: token})
+	if status != http.StatusCreated {
+		t.Errorf("token in the header: %d %s", status, body)
+	}
+
+	f.clock.advance(5 * time.Minute)
+	if status, body := kmsWithAKSK(t, f.kms, short, f.clock.now()); status != http.StatusForbidden || errorOf(t, body).Code != CodeTokenExpired {
+		t.Errorf("expired AK/SK: %d %s", status, body)
+	} else {
+		assertNoSecrets(t, body, short.Secret, short.SecurityToken)
+		if !strings.Contains(errorOf(t, body).Message, "temporary credentials") {
+			t.Errorf("message %q", errorOf(t, body).Message)
+		}
+	}
+	if status, body := kmsWithAKSK(t, f.kms, long, f.clock.now()); status != http.StatusOK {
+		t.Errorf("AK/SK still valid: %d %s", status, body)
+	}
+	// Capped by the token's remaining life.
+	f.clock.advance(3 * time.Minute)
+	capped := f.mustSecurityTokens(t, token, 0)
+	if capped.expiry(t) != start.Add(10*time.Minute) {
+		t.Errorf("expires_at %s, want the token's expiry", capped.ExpiresAt)
+	}
+
+	f.clock.advance(2 * time.Minute)
+	if status, body := kmsWithToken(t, f.kms, token); status != http.StatusForbidden || errorOf(t, body).Code != CodeTokenExpired {
+		t.Errorf("expired token: %d %s", status, body)
+	}
+	if status, body := kmsWithAKSK(t, f.kms, long, f.clock.now()); status != http.StatusForbidden || errorOf(t, body).Code != CodeTokenExpired {
+		t.Errorf("expired AK/SK: %d %s", status, body)
+	}
+	status, body = f.securityTokens(t, token, 0)
+	wantIAMError(t, status, body, http.StatusUnauthorized, IAMCodeTokenExpired)
+	assertNoSecrets(t, body, token)
+
+	status, body = f.securityTokens(t, "MIIunknown", 0)
+	wantIAMError(t, status, body, http.StatusUnauthorized, IAMCodeInvalidToken)
+	assertNoSecrets(t, body, "MIIunknown")
+
+	for _, bad := range []string{`{`, `{"auth":{}}`, `{"auth":{"identity":{"methods":["password"]}}}`, `{"auth":{"identity":{"methods":["token"]}}}`} {
+		status, _, body := f.call(t, http.MethodPost, IAMPathSecurityTokens, bad, nil)
+		wantIAMError(t, status, body, http.StatusBadRequest, IAMCodeBadRequest)
+	}
+	status, h, body := f.call(t, http.MethodGet, IAMPathSecurityTokens, "", nil)
+	wantIAMError(t, status, body, http.StatusMethodNotAllowed, IAMCodeMethodNotAllowed)
+	if h.Get("Allow") != http.MethodPost {
+		t.Errorf("Allow %q", h.Get("Allow"))
+	}
+
+	// A new lifetime applies to what is issued next.
+	f.iam.SetCredentialLifetime(2 * time.Minute)
+	fresh := f.mustExchange(t, DefaultProjectID)
+	if c := f.mustSecurityTokens(t, fresh, 0); c.expiry(t) != f.clock.now().Add(2*time.Minute) {
+		t.Errorf("expires_at %s, want +2m", c.ExpiresAt)
+	}
+}
+
+func TestIAMMetadata(t *testing.T) {
+	f := newIAMFixture(t, WithCredentialLifetime(30*time.Minute))
+	getKey := func(token string) (int, []byte) {
+		h := map[string]string{}
+		if token != "" {
+			h[HeaderMetadataToken] = token
+		}
+		status, _, body := f.call(t, http.MethodGet, IAMPathSecurityKey, "", h)
+		return status, body
+	}
+	wantUnauthorized := func(status int, body []byte, agency bool) {
+		t.Helper()
+		var e metadataErrorBody
+		if err := json.Unmarshal(body, &e); status != http.StatusUnauthorized || err != nil || e.Error.Code != 401 {
+			t.Fatalf("want 401 with a metadata error body, got %d %s", status, body)
+		}
+		if strings.Contains(string(body), MetadataAgencyError) != agency {
+			t.Errorf("agency phrase present = %v, want %v: %s", !agency, agency, body)
+		}
+	}
+
+	for _, ttl := range []string{"", "0", "-1", "21601", "abc", "1.5"} {
+		status, body := f.metadataToken(t, ttl)
+		if status != http.StatusBadRequest {
+			t.Errorf("TTL %q: %d %s", ttl, status, body)
+		}
+	}
+	status, body := f.metadataToken(t, "60")
+	if status != http.StatusOK || len(body) < 20 {
+		t.Fatalf("metadata token: %d %s", status, body)
+	}
+	token := string(body)
+
+	// The node has no agency yet.
+	status, body = getKey(token)
+	wantUnauthorized(status, body, true)
+	if string(body) != `{"error":{"code":401,"message":"Please configure Cloud Service Agency first"}}` {
+		t.Errorf("no-agency body %s", body)
+	}
+
+	f.iam.SetNodeAgency(DefaultProjectID)
+	status, body = getKey(token)
+	if status != http.StatusOK {
+		t.Fatalf("securitykey: %d %s", status, body)
+	}
+	c := decodeCredential(t, body, "credential")
+	if c.expiry(t) != f.clock.now().Add(30*time.Minute) {
+		t.Errorf("expires_at %s", c.ExpiresAt)
+	}
+	if status, body := kmsWithAKSK(t, f.kms, c, f.clock.now()); status != http.StatusOK {
+		t.Errorf("KMS with metadata credentials: %d %s", status, body)
+	}
+	if status, _ := kmsWithAKSK(t, f.other, c, f.clock.now()); status != http.StatusForbidden {
+		t.Errorf("other project accepted the node's credentials: %d", status)
+	}
+
+	status, body = getKey("")
+	wantUnauthorized(status, body, false)
+	status, body = getKey("unknown-token")
+	wantUnauthorized(status, body, false)
+	assertNoSecrets(t, body, "unknown-token", c.Secret)
+
+	f.clock.advance(time.Minute)
+	status, body = getKey(token)
+	wantUnauthorized(status, body, false)
+	assertNoSecrets(t, body, token)
+
+	f.clock.advance(29 * time.Minute)
+	if status, body := kmsWithAKSK(t, f.kms, c, f.clock.now()); status != http.StatusForbidden || errorOf(t, body).Code != CodeTokenExpired {
+		t.Errorf("expired metadata credentials: %d %s", status, body)
+	}
+
+	// Another project's agency.
+	f.iam.SetNodeAgency(otherProject)
+	_, body = f.metadataToken(t, "21600")
+	if status, body = getKey(string(body)); status != http.StatusOK {
+		t.Fatalf("securitykey: %d %s", status, body)
+	}
+	c = decodeCredential(t, body, "credential")
+	if status, _ := kmsWithAKSK(t, f.kms, c, f.clock.now()); status != http.StatusForbidden {
+		t.Errorf("KMS accepted credentials of another project's agency: %d", status)
+	}
+	if status, body := kmsWithAKSK(t, f.other, c, f.clock.now()); status != http.StatusOK {
+		t.Errorf("other project's KMS: %d %s", status, body)
+	}
+	status, _, _ = f.call(t, http.MethodPost, IAMPathSecurityKey, "", nil)
+	if status != http.StatusMethodNotAllowed {
+		t.Errorf("POST securitykey: %d", status)
+	}
+	if st := f.iam.Stats(); st.MetadataTokens != 2 || st.MetadataCredentials != 2 || st.Refusals != 6+5 {
+		t.Errorf("stats %+v", st)
+	}
+}
+
+func TestIAMPodIdentity(t *testing.T) {
+	f := newIAMFixture(t, WithCredentialLifetime(15*time.Minute))
+	const podToken = "pod-identity-token-0123456789"
+	post := func(auth string) (int, []byte) {
+		h := map[string]string{}
+		if auth != "" {
+			h["Authorization"] = auth
+		}
+		status, _, body := f.call(t, http.MethodPost, IAMPathPodIdentity, "{}", h)
+		return status, body
+	}
+
+	// No association configured: no token is right.
+	status, body := post(podToken)
+	wantIAMError(t, status, body, http.StatusUnauthorized, IAMCodePodIdentityUnauthorized)
+
+	f.iam.SetPodIdentity(podToken)
+	status, body = post(podToken)
+	wantIAMError(t, status, body, http.StatusForbidden, IAMCodeNoPodIdentity)
+	status, body = post("wrong-token")
+	wantIAMError(t, status, body, http.StatusUnauthorized, IAMCodePodIdentityUnauthorized)
+	assertNoSecrets(t, body, podToken, "wrong-token")
+	status, body = post("")
+	wantIAMError(t, status, body, http.StatusUnauthorized, IAMCodePodIdentityUnauthorized)
+
+	f.iam.SetPodIdentity(" "+podToken+"\n", DefaultProjectID)
+	status, body = post(podToken + " \t")
+	if status != http.StatusOK {
+		t.Fatalf("pod identity: %d %s", status, body)
+	}
+	c := decodeCredential(t, body, "credentials")
+	if c.expiry(t) != f.clock.now().Add(15*time.Minute) {
+		t.Errorf("expires_at %s", c.ExpiresAt)
+	}
+	if status, body := kmsWithAKSK(t, f.kms, c, f.clock.now()); status != http.StatusOK {
+		t.Errorf("KMS with pod identity credentials: %d %s", status, body)
+	}
+	f.clock.advance(15 * time.Minute)
+	if status, body := kmsWithAKSK(t, f.kms, c, f.clock.now()); status != http.StatusForbidden || errorOf(t, body).Code != CodeTokenExpired {
+		t.Errorf("expired pod identity credentials: %d %s", status, body)
+	}
+	status, _, _ = f.call(t, http.MethodGet, IAMPathPodIdentity, "", nil)
+	if status != http.StatusMethodNotAllowed {
+		t.Errorf("GET: %d", status)
+	}
+	if st := f.iam.Stats(); st.PodIdentityCredentials != 1 || st.Refusals != 5 {
+		t.Errorf("stats %+v", st)
+	}
+}
+
+func TestIAMFaults(t *testing.T) {
+	f := newIAMFixture(t)
+	f.iam.SetNodeAgency(DefaultProjectID)
+	f.iam.SetPodIdentity("pod", DefaultProjectID)
+	f.iam.InjectFault(IAMFault{Route: IAMRouteIDToken, Status: 503, Count: 2})
+	f.iam.InjectFault(IAMFault{Route: IAMRouteMetadata, Status: 500, Count: 2})
+	f.iam.InjectFault(IAMFault{Route: IAMRoutePodIdentity, Status: 502})
+	f.iam.InjectFault(IAMFault{Route: "nope", Status: 500})               // ignored
+	f.iam.InjectFault(IAMFault{Route: IAMRouteSecurityTokens, Count: -1}) // ignored
+	if got := f.iam.Faults(); len(got) != 3 {
+		t.Fatalf("faults %+v", got)
+	}
+
+	jwt := f.jwt(f.claims())
+	for range 2 {
+		status, _, body := f.exchange(t, jwt, DefaultProjectID)
+		wantIAMError(t, status, body, http.StatusServiceUnavailable, "IAM.0503")
+		assertNoSecrets(t, body, jwt)
+	}
+	token := f.mustExchange(t, DefaultProjectID)
+	f.mustSecurityTokens(t, token, 0)
+
+	// Both metadata routes share the fault.
+	status, body := f.metadataToken(t, "60")
+	if status != http.StatusInternalServerError || !strings.Contains(string(body), `"code":500`) {
+		t.Errorf("metadata fault: %d %s", status, body)
+	}
+	status, _, body = f.call(t, http.MethodGet, IAMPathSecurityKey, "", nil)
+	if status != http.StatusInternalServerError {
+		t.Errorf("securitykey fault: %d %s", status, body)
+	}
+	if status, _ := f.metadataToken(t, "60"); status != http.StatusOK {
+		t.Errorf("metadata after the fault: %d", status)
+	}
+
+	// Count 0 acts until cleared.
+	for range 3 {
+		status, _, body := f.call(t, http.MethodPost, IAMPathPodIdentity, "{}", map[string]string{"Authorization": "pod"})
+		wantIAMError(t, status, body, http.StatusBadGateway, "IAM.0502")
+	}
+	if got := f.iam.Faults(); len(got) != 1 || got[0].Route != IAMRoutePodIdentity {
+		t.Errorf("pending %+v", got)
+	}
+	f.iam.ClearFaults()
+	status, _, body = f.call(t, http.MethodPost, IAMPathPodIdentity, "{}", map[string]string{"Authorization": "pod"})
+	if status != http.StatusOK {
+		t.Errorf("pod identity after ClearFaults: %d %s", status, body)
+	}
+
+	want := IAMStats{
+		IDTokenExchanges: 1, IDTokenRefusals: 2, SecurityTokens: 1, MetadataTokens: 1,
+		PodIdentityCredentials: 1, Refusals: 2 + 2 + 3, FaultsApplied: 7,
+	}
+	if got := f.iam.Stats(); got != want {
+		t.Errorf("stats %+v, want %+v", got, want)
+	}
+	f.iam.ResetStats()
+	if got := f.iam.Stats(); got != (IAMStats{}) {
+		t.Errorf("after ResetStats %+v", got)
+	}
+}
+
+// TestIAMErrorsHoldNoSecrets checks every error answer, after credentials were issued, for the
+// id_token and everything IAM issued.
+func TestIAMErrorsHoldNoSecrets(t *testing.T) {
+	var logs bytes.Buffer
+	f := newIAMFixture(t, WithIAMLogger(slog.New(slog.NewTextHandler(&logs, nil))))
+	f.iam.SetNodeAgency(DefaultProjectID)
+	f.iam.SetPodIdentity("pod-secret-token", DefaultProjectID)
+	jwt := f.jwt(f.claims())
+	status, h, body := f.exchange(t, jwt, DefaultProjectID)
+	if status != http.StatusCreated {
+		t.Fatalf("exchange: %d %s", status, body)
+	}
+	token := h.Get(HeaderSubjectToken)
+	c := f.mustSecurityTokens(t, token, 0)
+	_, meta := f.metadataToken(t, "60")
+	secrets := []string{jwt, token, c.Access, c.Secret, c.SecurityToken, string(meta), "pod-secret-token"}
+	secrets = append(secrets, strings.Split(jwt, ".")...)
+
+	f.clock.advance(2 * time.Hour)
+	var bodies [][]byte
+	collect := func(_ int, _ http.Header, b []byte) { bodies = append(bodies, b) }
+	collect(f.exchange(t, jwt, DefaultProjectID))
+	collect(f.exchange(t, jwt, otherProject))
+	collect(f.call(t, http.MethodPost, IAMPathSecurityTokens, `{"auth":{"identity":{"methods":["token"],"token":{"id":"`+token+`"}}}}`, nil))
+	collect(f.call(t, http.MethodGet, IAMPathSecurityKey, "", map[string]string{HeaderMetadataToken: string(meta)}))
+	collect(f.call(t, http.MethodPost, IAMPathPodIdentity, "{}", map[string]string{"Authorization": "pod-secret-token-x"}))
+	collect(f.call(t, http.MethodPost, IAMPathIDToken, `{"auth":{"id_token":{"id":"`+jwt+`"}`, map[string]string{HeaderIdpID: testIdP}))
+	for _, b := range bodies {
+		assertNoSecrets(t, b, secrets...)
+	}
+	if n := strings.Count(logs.String(), "iam request"); n != 3+len(bodies) || !strings.Contains(logs.String(), "code=IAM.0104") {
+		t.Errorf("%d log lines:\n%s", n, logs.String())
+	}
+	assertNoSecrets(t, logs.Bytes(), secrets...)
+	for _, srv := range []*Server{f.kms, f.other} {
+		status, body := kmsWithAKSK(t, srv, c, f.clock.now())
+		if status == http.StatusOK {
+			t.Errorf("%s accepted expired credentials", srv.ProjectID())
+		}
+		assertNoSecrets(t, body, secrets...)
+		status, body = kmsWithToken(t, srv, token)
+		if status == http.StatusOK {
+			t.Errorf("%s accepted an expired token", srv.ProjectID())
+		}
+		assertNoSecrets(t, body, secrets...)
+	}
+}
+
+func TestIAMUnknownPath(t *testing.T) {
+	f := newIAMFixture(t)
+	status, _, body := f.call(t, http.MethodGet, "/v3/auth/tokens", "", nil)
+	wantIAMError(t, status, body, http.StatusNotFound, IAMCodeUnknownPath)
+	if st := f.iam.Stats(); st != (IAMStats{}) {
+		t.Errorf("an unknown path was counted: %+v", st)
+	}
+}
+
+func TestTemporaryCredentials(t *testing.T) {
+	clock := newFakeClock()
+	now := clock.now()
+	srv := newSampleServer(t, WithClock(clock.now))
+	srv.AddTemporaryToken("tmp-token", now.Add(time.Minute))
+	srv.AddTemporaryAKSK("AKTMP", "SKTMPSECRET", "STSTMPSECRET", now.Add(2*time.Minute))
+	aksk := issuedCredential{Access: "AKTMP", Secret: "SKTMPSECRET", SecurityToken: "STSTMPSECRET"}
+	tests := []struct {
+		at                time.Duration
+		tokenOK, akskOK   bool
+		tokenCode, akCode string
+	}{
+		{0, true, true, "", ""},
+		{59 * time.Second, true, true, "", ""},
+		{time.Minute, false, true, CodeTokenExpired, ""},
+		{2 * time.Minute, false, false, CodeTokenExpired, CodeTokenExpired},
+		{48 * time.Hour, false, false, CodeTokenExpired, CodeTokenExpired},
+	}
+	for _, tt := range tests {
+		at := now.Add(tt.at)
+		clock.mu.Lock()
+		clock.t = at
+		clock.mu.Unlock()
+		status, body := kmsWithToken(t, srv, "tmp-token")
+		checkAnswer(t, status, body, tt.tokenCode)
+		status, body = kmsWithAKSK(t, srv, aksk, at)
+		checkAnswer(t, status, body, tt.akCode)
+		assertNoSecrets(t, body, "tmp-token", "SKTMPSECRET", "STSTMPSECRET")
+		if tt.akCode != "" && !strings.Contains(errorOf(t, body).Message, "temporary credentials") {
+			t.Errorf("message %q", errorOf(t, body).Message)
+		}
+	}
+	// Credentials long expired are forgotten once new ones are added.
+	srv.AddTemporaryToken("fresh", clock.now().Add(time.Hour))
+	status, body := kmsWithToken(t, srv, "tmp-token")
+	checkAnswer(t, status, body, CodeTokenInvalid)
+}
+
+func TestIAMConcurrentUse(t *testing.T) {
+	f := newIAMFixture(t)
+	f.iam.SetNodeAgency(DefaultProjectID)
+	jwt := f.jwt(f.claims())
+	const workers = 8
+	errs := make(chan string, workers*3)
+	seen := make(chan string, workers*2)
+	var wg sync.WaitGroup
+	for range workers {
+		wg.Go(func() {
+			status, h, body := f.exchange(t, jwt, DefaultProjectID)
+			if status != http.StatusCreated {
+				errs <- string(body)
+				return
+			}
+			status, body = f.securityTokens(t, h.Get(HeaderSubjectToken), 0)
+			if status != http.StatusCreated {
+				errs <- string(body)
+				return
+			}
+			seen <- h.Get(HeaderSubjectToken)
+			seen <- decodeCredential(t, body, "credential").Access
+			f.iam.SetCredentialLifetime(time.Hour)
+			_ = f.iam.Stats()
+		})
+	}
+	wg.Wait()
+	close(errs)
+	close(seen)
+	for e := range errs {
+		t.Error(e)
+	}
+	distinct := map[string]bool{}
+	for s := range seen {
+		distinct[s] = true
+	}
+	if len(distinct) != workers*2 {
+		t.Errorf("%d distinct tokens and access keys, want %d", len(distinct), workers*2)
+	}
+	if st := f.iam.Stats(); st.IDTokenExchanges != workers || st.SecurityTokens != workers {
+		t.Errorf("stats %+v", st)
+	}
+}
+
+func TestIAMSecretsListsWhatItWasSentAndIssued(t *testing.T) {
+	f := newIAMFixture(t)
+	jwt := f.jwt(f.claims())
+	status, h, body := f.exchange(t, jwt, DefaultProjectID)
+	if status != http.StatusCreated {
+		t.Fatalf("exchange: %d %s", status, body)
+	}
+	token := h.Get(HeaderSubjectToken)
+	status, body = f.securityTokens(t, token, 900)
+	if status != http.StatusCreated {
+		t.Fatalf("securitytokens: %d %s", status, body)
+	}
+	c := decodeCredential(t, body, "credential")
+	secrets := f.iam.Secrets()
+	for name, want := range map[string]string{"id_token": jwt, "IAM token": token, "secret key": c.Secret, "security token": c.SecurityToken} {
+		if !slices.Contains(secrets, want) {
+			t.Errorf("Secrets() lacks the %s", name)
+		}
+	}
+	if slices.Contains(secrets, c.Access) {
+		t.Error("Secrets() lists the access key, which is not a secret")
+	}
+}
