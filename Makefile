@@ -47,7 +47,7 @@ envtest: ## Build the envtest control plane into bin/k8s (once; about 5 minutes)
 
 .PHONY: test
 test: manifests generate fmt vet envtest helm kustomize build ## Run all tests against a real API server and the KMS emulator (the deploy tests run bin/manager).
-	KUBEBUILDER_ASSETS="$$(hack/setup-envtest.sh)" go test ./... -coverprofile cover.out
+	KUBEBUILDER_ASSETS="$$(hack/setup-envtest.sh)" go test ./... -timeout 30m -coverprofile cover.out
 	$(MAKE) fuzz FUZZTIME=$(TEST_FUZZTIME)
 
 # The bench is a documented command, not a test: it runs the real operator binary against a local

@@ -15,6 +15,7 @@ import (
 
 	kmsv1alpha1 "github.com/kms-key-sync/kms-key-sync/api/v1alpha1"
 	"github.com/kms-key-sync/kms-key-sync/controllers"
+	"github.com/kms-key-sync/kms-key-sync/internal/identity"
 	"github.com/kms-key-sync/kms-key-sync/internal/keysource"
 	"github.com/kms-key-sync/kms-key-sync/internal/kms"
 	"github.com/kms-key-sync/kms-key-sync/internal/operator"
@@ -54,7 +55,7 @@ func newFlagSet(f *flags) *flag.FlagSet {
 	fs.StringVar(&f.ProbeAddr, "health-probe-bind-address", ":8081", "The address the health and readiness probes bind to.")
 	fs.StringVar(&f.PprofAddr, "pprof-bind-address", "0", "The address net/http/pprof binds to, for profiling; \"0\" disables it.")
 	fs.BoolVar(&f.LeaderElection, "leader-elect", false, "Enable leader election, so that only one replica syncs at a time.")
-	fs.BoolVar(&f.AllowInsecureEndpoints, "allow-insecure-endpoints", false, "Allow plain http:// KMS endpoints, which send credentials in clear text. For emulators and tests only.")
+	fs.BoolVar(&f.AllowInsecureEndpoints, "allow-insecure-endpoints", false, "Allow plain http:// KMS and IAM endpoints, which send credentials in clear text. For emulators and tests only.")
 	fs.IntVar(&f.MaxConcurrentReconciles, "max-concurrent-reconciles", 4, "How many selectors are synced at the same time.")
 	fs.DurationVar(&f.SyncTimeout, "sync-timeout", controllers.DefaultSyncTimeout, "The longest a selector waits for one complete listing of its keys.")
 	fs.DurationVar(&f.KMS.RequestTimeout, "kms-request-timeout", kms.DefaultRequestTimeout, "The longest one KMS API request may take.")
@@ -66,7 +67,8 @@ func newFlagSet(f *flags) *flag.FlagSet {
 		f.WatchNamespaces = splitList(v)
 		return nil
 	})
-	fs.StringVar(&f.kmsCAFile, "kms-ca-file", "", "A PEM file of CA certificates to trust for KMS endpoints, besides the system roots.")
+	fs.StringVar(&f.kmsCAFile, "kms-ca-file", "", "A PEM file of CA certificates to trust for KMS and IAM endpoints and the pod identity endpoint, besides the system roots.")
+	fs.StringVar(&f.MetadataEndpoint, "metadata-endpoint", identity.DefaultMetadataEndpoint, "The ECS metadata service that ClusterKmsProviders with spec.auth.nodeAgency take the node's credentials from.")
 	f.zap.BindFlags(fs)
 	config.RegisterFlags(fs)
 	return fs
@@ -126,6 +128,9 @@ func run(f flags) error {
 	f.LeaderElectionReleaseOnCancel = true
 	f.KMS.Transport = transport
 	f.KMS.Logger = ctrl.Log.WithName("kms")
+	// CCE Pod Identity names its endpoint and token file in the environment.
+	f.PodIdentityURI = os.Getenv(identity.PodIdentityURIEnv)
+	f.PodIdentityTokenFile = os.Getenv(identity.PodIdentityTokenFileEnv)
 
 	cfg, err := ctrl.GetConfig()
 	if err != nil {

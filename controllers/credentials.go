@@ -1,16 +1,98 @@
 package controllers
 
 import (
+	"context"
 	"errors"
 	"fmt"
+	"net/url"
 	"strings"
 	"unicode/utf8"
 
+	"github.com/go-logr/logr"
 	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	kmsv1alpha1 "github.com/kms-key-sync/kms-key-sync/api/v1alpha1"
+	"github.com/kms-key-sync/kms-key-sync/internal/identity"
 	"github.com/kms-key-sync/kms-key-sync/internal/kms"
 )
+
+// Identities hands out the temporary credentials of keyless identities, cached per identity.
+type Identities interface {
+	Credentials(ctx context.Context, src identity.Source) (kms.Credentials, error)
+}
+
+var _ Identities = (*identity.Broker)(nil)
+
+// credentialsOf reads a provider's Secret, or obtains the credentials of its keyless identity.
+func credentialsOf(ctx context.Context, reader client.Reader, identities Identities, p provider, allowInsecure bool) (kms.Credentials, error) {
+	if p.secret != nil {
+		return readCredentials(ctx, reader, p)
+	}
+	src, err := identitySource(p, allowInsecure)
+	if err != nil {
+		return kms.Credentials{}, err
+	}
+	creds, err := identities.Credentials(ctx, src)
+	if err != nil {
+		if ctx.Err() != nil {
+			return kms.Credentials{}, ctx.Err()
+		}
+		return kms.Credentials{}, failed(kmsv1alpha1.ReasonIdentityExchangeFailed, fmt.Errorf("%s: %w", p.authField, err))
+	}
+	return creds, nil
+}
+
+// identitySource is the keyless identity of a provider, with its IAM endpoint resolved.
+func identitySource(p provider, allowInsecure bool) (identity.Source, error) {
+	if p.workload == nil {
+		return p.keyless, nil
+	}
+	w := p.workload
+	endpoint := w.iamEndpoint
+	if endpoint == "" {
+		var err error
+		if endpoint, err = identity.IAMEndpointForRegion(p.location.Region); err != nil {
+			return nil, failedf(kmsv1alpha1.ReasonInvalidSpec, "%s.iamEndpoint is not set and %s.region gives no IAM endpoint: %v", p.authField, p.fields, err)
+		}
+	}
+	u, err := url.Parse(endpoint)
+	if err != nil || (u.Scheme != "https" && u.Scheme != "http") || u.Host == "" {
+		return nil, failedf(kmsv1alpha1.ReasonInvalidSpec, "%s.iamEndpoint %q is not an absolute http or https URL", p.authField, endpoint)
+	}
+	if u.Scheme == "http" && !allowInsecure {
+		return nil, failedf(kmsv1alpha1.ReasonInsecureEndpoint,
+			"%s.iamEndpoint %q is plain http and would send tokens in clear text; use https, or run the operator with --allow-insecure-endpoints", p.authField, endpoint)
+	}
+	return identity.WorkloadIdentity{
+		Namespace:          w.serviceAccount.Namespace,
+		ServiceAccount:     w.serviceAccount.Name,
+		Audiences:          w.audiences,
+		IdentityProviderID: w.identityProviderID,
+		IAMEndpoint:        endpoint,
+		ProjectID:          p.location.ProjectID,
+	}, nil
+}
+
+// readCredentials reads the provider's Secret.
+func readCredentials(ctx context.Context, reader client.Reader, p provider) (kms.Credentials, error) {
+	secret := &corev1.Secret{}
+	// client-go dumps response bodies at high verbosity; the Secret's must never reach a log.
+	quiet := logr.NewContext(ctx, logr.Discard())
+	if err := reader.Get(quiet, *p.secret, secret); err != nil {
+		if apierrors.IsNotFound(err) {
+			return kms.Credentials{}, failedf(kmsv1alpha1.ReasonCredentialsNotFound,
+				"secret %q named by %s does not exist in namespace %q", p.secret.Name, p.authField, p.secret.Namespace)
+		}
+		return kms.Credentials{}, fmt.Errorf("getting secret %q: %w", p.secret.Name, err)
+	}
+	creds, err := credentialsFromSecret(secret)
+	if err != nil {
+		return kms.Credentials{}, failed(kmsv1alpha1.ReasonCredentialsInvalid, fmt.Errorf("secret %q: %w", p.secret.Name, err))
+	}
+	return creds, nil
+}
 
 // credentialsFromSecret reads either an AK/SK pair (with an optional security token) or a token.
 // Surrounding white space, such as the newline a file leaves, is trimmed. Errors name the Secret's

@@ -47,7 +47,9 @@ type KmsKeySelectorReconciler struct {
 	APIReader client.Reader
 	Recorder  events.EventRecorder
 	Keys      KeyLister
-	Options   Options
+	// Identities hands out the credentials of keyless providers.
+	Identities Identities
+	Options    Options
 
 	memory memory
 }
@@ -56,6 +58,7 @@ type KmsKeySelectorReconciler struct {
 // +kubebuilder:rbac:groups=kms.keysync.dev,resources=kmskeyselectors/status,verbs=get;update;patch
 // +kubebuilder:rbac:groups=kms.keysync.dev,resources=kmskeyselectors/finalizers,verbs=update
 // +kubebuilder:rbac:groups="",resources=secrets,verbs=get
+// +kubebuilder:rbac:groups="",resources=serviceaccounts/token,verbs=create
 // +kubebuilder:rbac:groups="",resources=configmaps,verbs=get;list;watch;create;patch
 // +kubebuilder:rbac:groups=events.k8s.io,resources=events,verbs=create;patch
 // +kubebuilder:rbac:groups=kms.keysync.dev,resources=kmsproviders;clusterkmsproviders,verbs=get;list;watch

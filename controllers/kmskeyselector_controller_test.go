@@ -272,7 +272,7 @@ var _ = Describe("KmsKeySelector", func() {
 	It("reports a missing Secret, and recovers when it appears", func() {
 		f := newFixture(kmstest.WithKeys(keyA))
 		sel := f.Create(f.Selector("nosecret", func(s *kmsv1alpha1.KmsKeySelector) {
-			s.Spec.Provider.CredentialsSecretRef.Name = "later"
+			s.Spec.Provider.CredentialsSecretRef = &kmsv1alpha1.SecretReference{Name: "later"}
 		}))
 		Eventually(f.ReadyReason(sel)).Should(Equal(kmsv1alpha1.ReasonCredentialsNotFound))
 		Expect(f.ReadyCondition(sel)(Default).Message).To(ContainSubstring(`secret "later"`))

@@ -43,7 +43,9 @@ type ProviderReconciler struct {
 	APIReader client.Reader
 	Recorder  events.EventRecorder
 	Keys      KeyCounter
-	Options   Options
+	// Identities hands out the credentials of keyless providers.
+	Identities Identities
+	Options    Options
 }
 
 // +kubebuilder:rbac:groups=kms.keysync.dev,resources=kmsproviders;clusterkmsproviders,verbs=get;list;watch
@@ -116,7 +118,7 @@ func (r *ProviderReconciler) reconcileKmsProvider(ctx context.Context, req ctrl.
 	}
 	return r.reconcile(ctx, providerUnderValidation{
 		obj: p, status: &p.Status, kind: kmsv1alpha1.KindKmsProvider,
-		resolve: func() (provider, error) { return namespacedProvider(p), nil },
+		resolve: func() (provider, error) { return namespacedProvider(p) },
 	})
 }
 
@@ -201,7 +203,7 @@ func (r *ProviderReconciler) count(ctx context.Context, p providerUnderValidatio
 	if err != nil {
 		return err
 	}
-	creds, err := readCredentials(ctx, r.APIReader, resolved)
+	creds, err := credentialsOf(ctx, r.APIReader, r.Identities, resolved, r.Options.AllowInsecureEndpoints)
 	if err != nil {
 		return err
 	}

@@ -16,30 +16,50 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/reconcile"
 
 	kmsv1alpha1 "github.com/kms-key-sync/kms-key-sync/api/v1alpha1"
+	"github.com/kms-key-sync/kms-key-sync/internal/identity"
 )
 
-// provider is what a selector lists with: a KMS location, and the Secret that holds the
-// credentials. Its fields name, for messages, where each setting comes from.
+// provider is what a selector lists with: a KMS location, and how to authenticate to it. Its
+// fields name, for messages, where each setting comes from.
 type provider struct {
 	location kmsv1alpha1.KMSLocation
-	secret   types.NamespacedName
 	// fields is the path of the settings: "spec.provider" for an inline provider, or
 	// `ClusterKmsProvider "shared" spec`.
 	fields string
-	// secretField is the path of the field that names the Secret.
-	secretField string
+	// authField is the path of the authentication method in use, such as
+	// "spec.provider.credentialsSecretRef".
+	authField string
+	// Exactly one method is set: a Secret, a workload identity, or the node's or the operator's
+	// own identity (keyless).
+	secret   *types.NamespacedName
+	workload *workloadIdentity
+	keyless  identity.Source
+}
+
+// workloadIdentity is a WorkloadIdentity whose service account's namespace is resolved.
+type workloadIdentity struct {
+	serviceAccount     types.NamespacedName
+	audiences          []string
+	identityProviderID string
+	iamEndpoint        string
 }
 
 // resolveProvider finds the provider a selector lists with, and checks that the selector's
 // namespace may use it.
 func (r *KmsKeySelectorReconciler) resolveProvider(ctx context.Context, sel *kmsv1alpha1.KmsKeySelector) (provider, error) {
 	if p := sel.Spec.Provider; p != nil {
-		return provider{
-			location:    p.KMSLocation,
-			secret:      types.NamespacedName{Namespace: sel.Namespace, Name: p.CredentialsSecretRef.Name},
-			fields:      "spec.provider",
-			secretField: "spec.provider.credentialsSecretRef",
-		}, nil
+		out := provider{location: p.KMSLocation, fields: "spec.provider"}
+		switch {
+		case p.WorkloadIdentity != nil:
+			out.authField = "spec.provider.workloadIdentity"
+			out.workload = workloadOf(*p.WorkloadIdentity, sel.Namespace)
+		case p.CredentialsSecretRef != nil:
+			out.authField = "spec.provider.credentialsSecretRef"
+			out.secret = &types.NamespacedName{Namespace: sel.Namespace, Name: p.CredentialsSecretRef.Name}
+		default:
+			return provider{}, failedf(kmsv1alpha1.ReasonInvalidSpec, "set one of spec.provider.workloadIdentity and spec.provider.credentialsSecretRef")
+		}
+		return out, nil
 	}
 	ref := sel.Spec.ProviderRef
 	if ref == nil {
@@ -51,7 +71,7 @@ func (r *KmsKeySelectorReconciler) resolveProvider(ctx context.Context, sel *kms
 		if err := r.Get(ctx, types.NamespacedName{Namespace: sel.Namespace, Name: ref.Name}, p); err != nil {
 			return provider{}, providerGetError(err, "KmsProvider %q named by spec.providerRef does not exist in namespace %q", ref.Name, sel.Namespace)
 		}
-		return namespacedProvider(p), nil
+		return namespacedProvider(p)
 	case kmsv1alpha1.KindClusterKmsProvider:
 		p := &kmsv1alpha1.ClusterKmsProvider{}
 		if err := r.Get(ctx, types.NamespacedName{Name: ref.Name}, p); err != nil {
@@ -77,42 +97,80 @@ func providerGetError(err error, notFound string, args ...any) error {
 	return fmt.Errorf("getting provider: %w", err)
 }
 
-func namespacedProvider(p *kmsv1alpha1.KmsProvider) provider {
-	var secret string
-	if p.Spec.Auth.SecretRef != nil {
-		secret = p.Spec.Auth.SecretRef.Name
+func namespacedProvider(p *kmsv1alpha1.KmsProvider) (provider, error) {
+	out := provider{location: p.Spec.KMSLocation, fields: fmt.Sprintf("KmsProvider %q spec", p.Name)}
+	auth := p.Spec.Auth
+	switch {
+	case auth.WorkloadIdentity != nil:
+		out.authField = out.fields + ".auth.workloadIdentity"
+		out.workload = workloadOf(*auth.WorkloadIdentity, p.Namespace)
+	case auth.SecretRef != nil:
+		out.authField = out.fields + ".auth.secretRef"
+		out.secret = &types.NamespacedName{Namespace: p.Namespace, Name: auth.SecretRef.Name}
+	default:
+		return provider{}, failedf(kmsv1alpha1.ReasonInvalidSpec, "%s.auth sets no authentication method", out.fields)
 	}
-	return provider{
-		location:    p.Spec.KMSLocation,
-		secret:      types.NamespacedName{Namespace: p.Namespace, Name: secret},
-		fields:      fmt.Sprintf("KmsProvider %q spec", p.Name),
-		secretField: fmt.Sprintf("KmsProvider %q spec.auth.secretRef", p.Name),
+	return out, nil
+}
+
+// workloadOf resolves a namespaced WorkloadIdentity: its service account is in namespace.
+func workloadOf(w kmsv1alpha1.WorkloadIdentity, namespace string) *workloadIdentity {
+	return &workloadIdentity{
+		serviceAccount:     types.NamespacedName{Namespace: namespace, Name: w.ServiceAccountRef.Name},
+		audiences:          w.ServiceAccountRef.Audiences,
+		identityProviderID: w.IdentityProviderID,
+		iamEndpoint:        w.IAMEndpoint,
 	}
 }
 
-// clusterProvider resolves a ClusterKmsProvider; its Secret's namespace defaults to the
-// operator's cluster resource namespace.
+// clusterProvider resolves a ClusterKmsProvider; the namespace of its Secret or service account
+// defaults to the operator's cluster resource namespace.
 func (r *KmsKeySelectorReconciler) clusterProvider(p *kmsv1alpha1.ClusterKmsProvider) (provider, error) {
 	return clusterProviderOf(p, r.Options.ClusterResourceNamespace)
 }
 
 func clusterProviderOf(p *kmsv1alpha1.ClusterKmsProvider, clusterResourceNamespace string) (provider, error) {
-	out := provider{
-		location:    p.Spec.KMSLocation,
-		fields:      fmt.Sprintf("ClusterKmsProvider %q spec", p.Name),
-		secretField: fmt.Sprintf("ClusterKmsProvider %q spec.auth.secretRef", p.Name),
+	out := provider{location: p.Spec.KMSLocation, fields: fmt.Sprintf("ClusterKmsProvider %q spec", p.Name)}
+	auth := p.Spec.Auth
+	// namespace defaults the namespace set at field to the cluster resource namespace.
+	namespace := func(field, ns string) (string, error) {
+		switch {
+		case ns != "":
+			return ns, nil
+		case clusterResourceNamespace != "":
+			return clusterResourceNamespace, nil
+		}
+		return "", failedf(kmsv1alpha1.ReasonInvalidSpec,
+			"%s.namespace is not set and the operator runs without --cluster-resource-namespace", field)
 	}
-	ref := p.Spec.Auth.SecretRef
-	if ref == nil {
-		return provider{}, failedf(kmsv1alpha1.ReasonInvalidSpec, "%s is not set", out.secretField)
-	}
-	out.secret = types.NamespacedName{Namespace: ref.Namespace, Name: ref.Name}
-	if out.secret.Namespace == "" {
-		out.secret.Namespace = clusterResourceNamespace
-	}
-	if out.secret.Namespace == "" {
-		return provider{}, failedf(kmsv1alpha1.ReasonInvalidSpec,
-			"%s.namespace is not set and the operator runs without --cluster-resource-namespace", out.secretField)
+	switch {
+	case auth.WorkloadIdentity != nil:
+		w := auth.WorkloadIdentity
+		out.authField = out.fields + ".auth.workloadIdentity"
+		ns, err := namespace(out.authField+".serviceAccountRef", w.ServiceAccountRef.Namespace)
+		if err != nil {
+			return provider{}, err
+		}
+		out.workload = workloadOf(kmsv1alpha1.WorkloadIdentity{
+			ServiceAccountRef:  w.ServiceAccountRef.ServiceAccountReference,
+			IdentityProviderID: w.IdentityProviderID,
+			IAMEndpoint:        w.IAMEndpoint,
+		}, ns)
+	case auth.NodeAgency != nil:
+		out.authField = out.fields + ".auth.nodeAgency"
+		out.keyless = identity.NodeAgency{}
+	case auth.PodIdentity != nil:
+		out.authField = out.fields + ".auth.podIdentity"
+		out.keyless = identity.PodIdentity{}
+	case auth.SecretRef != nil:
+		out.authField = out.fields + ".auth.secretRef"
+		ns, err := namespace(out.authField, auth.SecretRef.Namespace)
+		if err != nil {
+			return provider{}, err
+		}
+		out.secret = &types.NamespacedName{Namespace: ns, Name: auth.SecretRef.Name}
+	default:
+		return provider{}, failedf(kmsv1alpha1.ReasonInvalidSpec, "%s.auth sets no authentication method", out.fields)
 	}
 	return out, nil
 }

@@ -8,6 +8,7 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
 	kmsv1alpha1 "github.com/kms-key-sync/kms-key-sync/api/v1alpha1"
+	"github.com/kms-key-sync/kms-key-sync/internal/identity"
 )
 
 func TestAllowsNamespace(t *testing.T) {
@@ -89,5 +90,57 @@ func TestProviderValidationFollowsItsSelectors(t *testing.T) {
 	}
 	if _, n := recentSuccesses(users, now.Add(-30*time.Second)); n != 0 {
 		t.Errorf("a success older than the interval counted")
+	}
+}
+
+func TestClusterWorkloadIdentityDefaultsToTheClusterResourceNamespace(t *testing.T) {
+	p := &kmsv1alpha1.ClusterKmsProvider{Spec: kmsv1alpha1.ClusterKmsProviderSpec{
+		KMSLocation: kmsv1alpha1.KMSLocation{Region: "cn-north-4", ProjectID: "p1"},
+		Auth: kmsv1alpha1.ClusterKmsProviderAuth{WorkloadIdentity: &kmsv1alpha1.ClusterWorkloadIdentity{
+			ServiceAccountRef: kmsv1alpha1.ClusterServiceAccountReference{
+				ServiceAccountReference: kmsv1alpha1.ServiceAccountReference{Name: "kms", Audiences: []string{"a"}},
+			},
+			IdentityProviderID: "idp",
+		}},
+	}}
+	p.Name = "shared"
+	got, err := clusterProviderOf(p, "kms-key-sync-system")
+	if err != nil || got.workload == nil || got.workload.serviceAccount.String() != "kms-key-sync-system/kms" {
+		t.Fatalf("workload = %+v, %v; want the service account kms-key-sync-system/kms", got.workload, err)
+	}
+	src, err := identitySource(got, false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	w, ok := src.(identity.WorkloadIdentity)
+	if !ok || w.IAMEndpoint != "https://iam.cn-north-4.myhuaweicloud.com" || w.ProjectID != "p1" || w.Namespace != "kms-key-sync-system" {
+		t.Errorf("source = %+v, want the region's IAM endpoint, the project and the namespace", src)
+	}
+	if _, err := clusterProviderOf(p, ""); err == nil || !strings.Contains(err.Error(), `ClusterKmsProvider "shared" spec.auth.workloadIdentity.serviceAccountRef.namespace is not set`) {
+		t.Errorf("no namespace anywhere: err = %v, want InvalidSpec naming the field", err)
+	}
+}
+
+func TestWorkloadIdentityIAMEndpoint(t *testing.T) {
+	at := func(region, endpoint, iam string) provider {
+		return provider{
+			location: kmsv1alpha1.KMSLocation{Region: region, Endpoint: endpoint, ProjectID: "p1"},
+			fields:   "spec.provider", authField: "spec.provider.workloadIdentity",
+			workload: &workloadIdentity{iamEndpoint: iam},
+		}
+	}
+	if _, err := identitySource(at("", "https://kms.example", ""), false); reasonOf(err) != kmsv1alpha1.ReasonInvalidSpec ||
+		!strings.Contains(err.Error(), "spec.provider.workloadIdentity.iamEndpoint is not set") {
+		t.Errorf("no region and no iamEndpoint: err = %v, want InvalidSpec naming iamEndpoint", err)
+	}
+	if _, err := identitySource(at("", "https://kms.example", "http://iam.example"), false); reasonOf(err) != kmsv1alpha1.ReasonInsecureEndpoint {
+		t.Errorf("plain http IAM: err = %v, want InsecureEndpoint", err)
+	}
+	if _, err := identitySource(at("", "https://kms.example", "http://iam.example"), true); err != nil {
+		t.Errorf("plain http IAM with --allow-insecure-endpoints: %v", err)
+	}
+	src, err := identitySource(at("eu-west-101", "", ""), false)
+	if w, _ := src.(identity.WorkloadIdentity); err != nil || w.IAMEndpoint != "https://iam.eu-west-101.myhuaweicloud.eu" {
+		t.Errorf("eu-west-101: %+v, %v", src, err)
 	}
 }

@@ -26,7 +26,7 @@ var _ = Describe("Security", func() {
 		Expect(k8sClient.Create(ctx(), testkit.Secret(b.Namespace, "only-in-b", map[string]string{"token": a.Token}))).To(Succeed())
 
 		sel := a.Create(a.Selector("cross-ns", func(s *kmsv1alpha1.KmsKeySelector) {
-			s.Spec.Provider.CredentialsSecretRef.Name = "only-in-b"
+			s.Spec.Provider.CredentialsSecretRef = &kmsv1alpha1.SecretReference{Name: "only-in-b"}
 		}))
 		deleteSelectorAtCleanup(sel)
 		Eventually(a.ReadyReason(sel)).Should(Equal(kmsv1alpha1.ReasonCredentialsNotFound))
@@ -74,7 +74,9 @@ var _ = Describe("Security", func() {
 		Expect(err).NotTo(HaveOccurred())
 		Expect(role.Kind).To(Equal("ClusterRole"))
 		Expect(testkit.ResourceVerbs(role.Rules)).To(Equal(map[string][]string{
-			"/secrets":                               {"get"},
+			"/secrets": {"get"},
+			// Workload identity mints tokens of the service accounts that providers name.
+			"/serviceaccounts/token":                 {"create"},
 			"/configmaps":                            {"create", "get", "list", "patch", "watch"},
 			"events.k8s.io/events":                   {"create", "patch"},
 			"kms.keysync.dev/kmskeyselectors":        {"get", "list", "watch"},

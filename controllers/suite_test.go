@@ -2,6 +2,8 @@ package controllers_test
 
 import (
 	"net/http"
+	"net/http/httptest"
+	"path/filepath"
 	"testing"
 	"time"
 
@@ -14,6 +16,7 @@ import (
 	"github.com/kms-key-sync/kms-key-sync/internal/kms"
 	"github.com/kms-key-sync/kms-key-sync/internal/operator"
 	"github.com/kms-key-sync/kms-key-sync/internal/testkit"
+	"github.com/kms-key-sync/kms-key-sync/pkg/kmstest"
 )
 
 // The suite runs the real operator (operator.New, as main does) in this process, authenticated as
@@ -29,6 +32,11 @@ var (
 	operatorManager *testkit.RunningManager
 	// metricsURL is the operator's metrics endpoint.
 	metricsURL string
+
+	// agencyIAM serves the operator's node agency (its --metadata-endpoint) and pod identity.
+	agencyIAM *kmstest.IAM
+	// podIdentityTokenFile is the operator's HC_CONTAINER_AUTHORIZATION_TOKEN_FILE.
+	podIdentityTokenFile string
 )
 
 // clusterResourceNamespace holds the Secrets of ClusterKmsProviders that name no namespace.
@@ -70,6 +78,14 @@ var _ = BeforeSuite(func() {
 	Expect(err).NotTo(HaveOccurred())
 	metricsURL = "http://" + metricsAddr + "/metrics"
 	Expect(k8sClient.Create(ctx(), testkit.Namespace(clusterResourceNamespace))).To(Succeed())
+
+	agencyIAM = kmstest.NewIAM()
+	podIdentity := testkit.ServeTLS(agencyIAM.Handler())
+	DeferCleanup(podIdentity.Close)
+	// The metadata service is plain http, as on ECS.
+	metadata := httptest.NewServer(agencyIAM.Handler())
+	DeferCleanup(metadata.Close)
+	podIdentityTokenFile = filepath.Join(GinkgoT().TempDir(), "pod-identity-token")
 	mgr, err := operator.New(env.OperatorConfig, operator.Options{
 		ClusterResourceNamespace: clusterResourceNamespace,
 		MetricsAddr:              metricsAddr,
@@ -78,6 +94,9 @@ var _ = BeforeSuite(func() {
 		SyncTimeout:              10 * time.Second,
 		Backoff:                  testBackoff,
 		CoalesceWindow:           coalesceWindow,
+		MetadataEndpoint:         metadata.URL,
+		PodIdentityURI:           podIdentity.URL + kmstest.IAMPathPodIdentity,
+		PodIdentityTokenFile:     podIdentityTokenFile,
 		KMS: kms.Config{
 			Transport:      http.RoundTripper(transport),
 			RequestTimeout: 2 * time.Second,

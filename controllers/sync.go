@@ -6,11 +6,7 @@ import (
 	"net/url"
 	"time"
 
-	"github.com/go-logr/logr"
-	corev1 "k8s.io/api/core/v1"
-	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	kmsv1alpha1 "github.com/kms-key-sync/kms-key-sync/api/v1alpha1"
 	"github.com/kms-key-sync/kms-key-sync/internal/keysource"
@@ -100,27 +96,9 @@ func endpointOf(p provider, allowInsecure bool) (string, error) {
 	return u.String(), nil
 }
 
-// credentials reads the provider's Secret.
+// credentials reads the provider's Secret, or obtains its keyless identity's credentials.
 func (r *KmsKeySelectorReconciler) credentials(ctx context.Context, p provider) (kms.Credentials, error) {
-	return readCredentials(ctx, r.APIReader, p)
-}
-
-func readCredentials(ctx context.Context, reader client.Reader, p provider) (kms.Credentials, error) {
-	secret := &corev1.Secret{}
-	// client-go dumps response bodies at high verbosity; the Secret's must never reach a log.
-	quiet := logr.NewContext(ctx, logr.Discard())
-	if err := reader.Get(quiet, p.secret, secret); err != nil {
-		if apierrors.IsNotFound(err) {
-			return kms.Credentials{}, failedf(kmsv1alpha1.ReasonCredentialsNotFound,
-				"secret %q named by %s does not exist in namespace %q", p.secret.Name, p.secretField, p.secret.Namespace)
-		}
-		return kms.Credentials{}, fmt.Errorf("getting secret %q: %w", p.secret.Name, err)
-	}
-	creds, err := credentialsFromSecret(secret)
-	if err != nil {
-		return kms.Credentials{}, failed(kmsv1alpha1.ReasonCredentialsInvalid, fmt.Errorf("secret %q: %w", p.secret.Name, err))
-	}
-	return creds, nil
+	return credentialsOf(ctx, r.APIReader, r.Identities, p, r.Options.AllowInsecureEndpoints)
 }
 
 // list runs the listing within the sync timeout.

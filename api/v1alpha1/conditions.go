@@ -35,6 +35,9 @@ const (
 	// ReasonProviderNotAllowed: the ClusterKmsProvider named by spec.providerRef does not allow
 	// the selector's namespace.
 	ReasonProviderNotAllowed = "ProviderNotAllowed"
+	// ReasonIdentityExchangeFailed: temporary credentials could not be obtained for a keyless
+	// provider (workload identity, node agency or pod identity); the message names what to check.
+	ReasonIdentityExchangeFailed = "IdentityExchangeFailed"
 	// ReasonValidated: a provider's credentials were accepted by KMS.
 	ReasonValidated = "Validated"
 )

@@ -65,15 +65,22 @@ type KmsKeySelectorSpec struct {
 	Target TargetSpec `json:"target,omitempty"`
 }
 
-// ProviderSpec locates the KMS API and its credentials.
+// ProviderSpec locates the KMS API and says how to authenticate to it: with a workload identity
+// of the selector's namespace, or with the credentials of a Secret there.
 // +kubebuilder:validation:XValidation:rule="has(self.region) || has(self.endpoint)",message="one of spec.provider.region or spec.provider.endpoint is required"
+// +kubebuilder:validation:XValidation:rule="has(self.workloadIdentity) != has(self.credentialsSecretRef)",message="set exactly one of spec.provider.workloadIdentity and spec.provider.credentialsSecretRef"
 type ProviderSpec struct {
 	KMSLocation `json:",inline"`
 
+	// WorkloadIdentity exchanges a token of a service account of the selector's namespace for
+	// temporary credentials at IAM (OIDC federation): no long-lived key is stored in the cluster.
+	// +optional
+	WorkloadIdentity *WorkloadIdentity `json:"workloadIdentity,omitempty"`
+
 	// CredentialsSecretRef names a Secret in the selector's namespace that holds either
 	// accessKey and secretKey (and optionally securityToken), or token.
-	// +required
-	CredentialsSecretRef SecretReference `json:"credentialsSecretRef"`
+	// +optional
+	CredentialsSecretRef *SecretReference `json:"credentialsSecretRef,omitempty"`
 }
 
 // ProviderReference names a KmsProvider or a ClusterKmsProvider.

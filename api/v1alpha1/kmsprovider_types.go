@@ -32,9 +32,15 @@ type KMSLocation struct {
 }
 
 // KmsProviderAuth says how the operator authenticates to KMS for a KmsProvider. Exactly one
-// method is set.
-// +kubebuilder:validation:XValidation:rule="[has(self.secretRef)].filter(m, m).size() == 1",message="set exactly one authentication method in spec.auth: secretRef"
+// method is set. The node's and the operator's own cloud identities (nodeAgency, podIdentity) are
+// offered only by ClusterKmsProvider, so that a namespace user can never borrow them.
+// +kubebuilder:validation:XValidation:rule="[has(self.workloadIdentity), has(self.secretRef)].filter(m, m).size() == 1",message="set exactly one authentication method in spec.auth: workloadIdentity or secretRef"
 type KmsProviderAuth struct {
+	// WorkloadIdentity exchanges a token of a service account of the provider's namespace for
+	// temporary credentials at IAM (OIDC federation): no long-lived key is stored in the cluster.
+	// +optional
+	WorkloadIdentity *WorkloadIdentity `json:"workloadIdentity,omitempty"`
+
 	// SecretRef names a Secret in the provider's own namespace that holds either accessKey and
 	// secretKey (and optionally securityToken), or token.
 	// +optional
@@ -43,13 +49,120 @@ type KmsProviderAuth struct {
 
 // ClusterKmsProviderAuth says how the operator authenticates to KMS for a ClusterKmsProvider.
 // Exactly one method is set.
-// +kubebuilder:validation:XValidation:rule="[has(self.secretRef)].filter(m, m).size() == 1",message="set exactly one authentication method in spec.auth: secretRef"
+// +kubebuilder:validation:XValidation:rule="[has(self.workloadIdentity), has(self.nodeAgency), has(self.podIdentity), has(self.secretRef)].filter(m, m).size() == 1",message="set exactly one authentication method in spec.auth: workloadIdentity, nodeAgency, podIdentity or secretRef"
 type ClusterKmsProviderAuth struct {
+	// WorkloadIdentity exchanges a token of the named service account for temporary credentials
+	// at IAM (OIDC federation).
+	// +optional
+	WorkloadIdentity *ClusterWorkloadIdentity `json:"workloadIdentity,omitempty"`
+
+	// NodeAgency uses the temporary credentials of the IAM agency of the node the operator runs
+	// on, from the ECS metadata service.
+	// +optional
+	NodeAgency *NodeAgency `json:"nodeAgency,omitempty"`
+
+	// PodIdentity uses the temporary credentials that CCE Pod Identity gives the operator's own
+	// service account, through a pod identity association.
+	// +optional
+	PodIdentity *PodIdentity `json:"podIdentity,omitempty"`
+
 	// SecretRef names a Secret that holds either accessKey and secretKey (and optionally
 	// securityToken), or token.
 	// +optional
 	SecretRef *ClusterSecretReference `json:"secretRef,omitempty"`
 }
+
+// WorkloadIdentity is OIDC federation with a Kubernetes service account token: the operator
+// requests a short-lived token for the service account (TokenRequest), exchanges it at IAM for
+// credentials scoped to the project, and caches them until shortly before they expire.
+type WorkloadIdentity struct {
+	// ServiceAccountRef names the service account of the selector's namespace to act as.
+	// +required
+	ServiceAccountRef ServiceAccountReference `json:"serviceAccountRef"`
+
+	// IdentityProviderID is the ID of the IAM OIDC identity provider that trusts the cluster's
+	// service account issuer.
+	// +required
+	// +kubebuilder:validation:MinLength=1
+	// +kubebuilder:validation:MaxLength=128
+	// +kubebuilder:validation:Pattern=`^[A-Za-z0-9._-]+$`
+	IdentityProviderID string `json:"identityProviderId"`
+
+	// IAMEndpoint overrides the IAM endpoint https://iam.<region>.myhuaweicloud.com, for private
+	// or dedicated clouds and for the emulator. Plain http:// is refused unless the operator runs
+	// with --allow-insecure-endpoints.
+	// +optional
+	// +kubebuilder:validation:MaxLength=2048
+	// +kubebuilder:validation:XValidation:rule="isURL(self) && url(self).getScheme() in ['https', 'http'] && url(self).getHostname() != ''",message="must be an absolute http or https URL"
+	// +kubebuilder:validation:XValidation:rule="!self.contains('?') && !self.contains('#')",message="must not contain a query or fragment"
+	IAMEndpoint string `json:"iamEndpoint,omitempty"`
+}
+
+// ClusterWorkloadIdentity is WorkloadIdentity for a ClusterKmsProvider, whose service account
+// may live in any namespace.
+type ClusterWorkloadIdentity struct {
+	// ServiceAccountRef names the service account to act as.
+	// +required
+	ServiceAccountRef ClusterServiceAccountReference `json:"serviceAccountRef"`
+
+	// IdentityProviderID is the ID of the IAM OIDC identity provider that trusts the cluster's
+	// service account issuer.
+	// +required
+	// +kubebuilder:validation:MinLength=1
+	// +kubebuilder:validation:MaxLength=128
+	// +kubebuilder:validation:Pattern=`^[A-Za-z0-9._-]+$`
+	IdentityProviderID string `json:"identityProviderId"`
+
+	// IAMEndpoint overrides the IAM endpoint https://iam.<region>.myhuaweicloud.com.
+	// +optional
+	// +kubebuilder:validation:MaxLength=2048
+	// +kubebuilder:validation:XValidation:rule="isURL(self) && url(self).getScheme() in ['https', 'http'] && url(self).getHostname() != ''",message="must be an absolute http or https URL"
+	// +kubebuilder:validation:XValidation:rule="!self.contains('?') && !self.contains('#')",message="must not contain a query or fragment"
+	IAMEndpoint string `json:"iamEndpoint,omitempty"`
+}
+
+// ServiceAccountReference names a service account of the selector's namespace and the audiences
+// of the tokens minted for it.
+type ServiceAccountReference struct {
+	// Name of the service account.
+	// +required
+	// +kubebuilder:validation:MinLength=1
+	// +kubebuilder:validation:MaxLength=253
+	// +kubebuilder:validation:Pattern=`^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$`
+	Name string `json:"name"`
+
+	// Audiences of the token: the client ID that the IAM identity provider expects.
+	// +required
+	// +listType=set
+	// +kubebuilder:validation:MinItems=1
+	// +kubebuilder:validation:MaxItems=8
+	// +kubebuilder:validation:items:MinLength=1
+	// +kubebuilder:validation:items:MaxLength=256
+	Audiences []string `json:"audiences"`
+}
+
+// ClusterServiceAccountReference names a service account of any namespace and the audiences of
+// the tokens minted for it.
+type ClusterServiceAccountReference struct {
+	ServiceAccountReference `json:",inline"`
+
+	// Namespace of the service account; it defaults to the operator's cluster resource namespace
+	// (--cluster-resource-namespace).
+	// +optional
+	// +kubebuilder:validation:MinLength=1
+	// +kubebuilder:validation:MaxLength=63
+	// +kubebuilder:validation:Pattern=`^[a-z0-9]([-a-z0-9]*[a-z0-9])?$`
+	Namespace string `json:"namespace,omitempty"`
+}
+
+// NodeAgency takes the credentials of the node's IAM agency from the ECS metadata service
+// (--metadata-endpoint). It has no settings.
+type NodeAgency struct{}
+
+// PodIdentity takes the credentials that CCE Pod Identity gives the operator's own service
+// account, from the endpoint and token file that CCE names in the operator's environment
+// (HC_CONTAINER_CREDENTIALS_FULL_URI, HC_CONTAINER_AUTHORIZATION_TOKEN_FILE). It has no settings.
+type PodIdentity struct{}
 
 // ClusterSecretReference names a Secret of a cluster-scoped provider.
 type ClusterSecretReference struct {

@@ -60,6 +60,8 @@ type result struct {
 	eventReasons     []string
 	// shared are the selectors of step 7, which list through one ClusterKmsProvider.
 	shared []*kmsv1alpha1.KmsKeySelector
+	// keyless is what step 8 saw of a selector that lists with a workload identity.
+	keyless keylessResult
 }
 
 // demo holds what the steps start; cleanup stops it in reverse order.
@@ -119,6 +121,10 @@ func run(ctx context.Context, o options, out io.Writer) (res result, err error) 
 	if err != nil {
 		return res, err
 	}
+	k, err := loadKeyless(filepath.Join(o.root, "config", "samples", "keyless"))
+	if err != nil {
+		return res, err
+	}
 	if err := d.startControlPlane(ctx); err != nil {
 		return res, err
 	}
@@ -144,6 +150,9 @@ func run(ctx context.Context, o options, out io.Writer) (res result, err error) 
 	if res.shared, err = d.shareProvider(ctx, m, s.selector.Spec.Provider.ProjectID); err != nil {
 		return res, err
 	}
+	if res.keyless, err = d.goKeyless(ctx, k, s.selector.Spec.Provider.ProjectID); err != nil {
+		return res, err
+	}
 	if o.keepRunning {
 		return res, d.serveUntilInterrupted(interrupted, failed, sel, res.data)
 	}
@@ -151,7 +160,7 @@ func run(ctx context.Context, o options, out io.Writer) (res result, err error) 
 }
 
 func (d *demo) step(n int, format string, args ...any) {
-	fmt.Fprintf(d.out, "\n[%d/8] %s\n", n, fmt.Sprintf(format, args...))
+	fmt.Fprintf(d.out, "\n[%d/%d] %s\n", n, steps, fmt.Sprintf(format, args...))
 }
 
 func (d *demo) printf(format string, args ...any) {
@@ -246,12 +255,15 @@ func (d *demo) startOperator(ctx context.Context) error {
 	return nil
 }
 
-// cleanup stops what the steps started, last started first (step 7).
+// steps is the number of steps, the last being the cleanup.
+const steps = 9
+
+// cleanup stops what the steps started, last started first (the last step).
 func (d *demo) cleanup() error {
 	if len(d.cleanups) == 0 {
 		return nil
 	}
-	d.step(8, "Cleaning up")
+	d.step(steps, "Cleaning up")
 	var errs []error
 	for i := len(d.cleanups) - 1; i >= 0; i-- {
 		errs = append(errs, d.cleanups[i]())

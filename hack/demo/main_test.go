@@ -47,10 +47,17 @@ func TestDemo(t *testing.T) {
 			t.Errorf("shared selector %s/%s is not Synced: %v", sel.Namespace, sel.Name, c)
 		}
 	}
+	k := res.keyless
+	if c := testkit.ReadyCondition(k.selector); k.selector == nil || c == nil || c.Reason != "Synced" {
+		t.Errorf("the keyless selector is not Synced: %v", c)
+	}
+	if k.secrets != 0 || k.exchanges != 1 || !k.signed {
+		t.Errorf("keyless step: %d Secrets, %d exchanges, all signed %v; want 0 Secrets, 1 exchange, every request signed", k.secrets, k.exchanges, k.signed)
+	}
 	if res.applyToConfigMap <= 0 || res.applyToConfigMap > waitTimeout {
 		t.Errorf("apply to ConfigMap took %s", res.applyToConfigMap)
 	}
-	for _, want := range []string{"[8/8] Cleaning up", "operator stopped", "KMS emulator stopped", "control plane stopped",
+	for _, want := range []string{"[9/9] Cleaning up", "IAM emulator stopped", "kubectl get kmsproviders,kks -n orders", "orders-kms", "operator stopped", "KMS emulator stopped", "control plane stopped",
 		"NAME", "READY", "REASON", "KEYS", "LAST SYNC", "AGE", "payments   True",
 		"kubectl get clusterkmsproviders,kks -A", "SELECTORS", "platform-kms", "PAYMENTS_DB_KEY_ID: "} {
 		if !strings.Contains(out.String(), want) {
@@ -67,7 +74,7 @@ func TestRunStopsWhenCancelled(t *testing.T) {
 	if _, err := run(ctx, options{root: "../.."}, &out); err == nil {
 		t.Fatalf("run succeeded with a cancelled context:\n%s", out.String())
 	}
-	if strings.Contains(out.String(), "[2/8]") {
+	if strings.Contains(out.String(), "[2/9]") {
 		t.Errorf("run went past step 1 after being cancelled:\n%s", out.String())
 	}
 	if !strings.Contains(out.String(), "control plane stopped") {

@@ -6,7 +6,11 @@ import (
 	"encoding/hex"
 	"encoding/json"
 	"fmt"
+	"maps"
 	"net/http"
+	"net/http/httptest"
+	"os"
+	"path/filepath"
 	"regexp"
 	"strings"
 	"time"
@@ -15,6 +19,7 @@ import (
 	. "github.com/onsi/gomega"
 	"go.uber.org/zap/zapcore"
 	eventsv1 "k8s.io/api/events/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/klog/v2"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	logf "sigs.k8s.io/controller-runtime/pkg/log"
@@ -33,6 +38,8 @@ const (
 	canarySK      = "CanarySK-3Np6Rt1Ye8Ku5Io0"
 	canarySTS     = "CanarySTS-9Ha4Jd7Fk2Lq6Mw3"
 	canaryWrongSK = "CanaryWrongSK-1Zx8Cv5Bn2Mq7"
+	// canaryPodToken is the operator's pod identity token, as CCE would write it to a file.
+	canaryPodToken = "CanaryPodTok-4Gs8Hn3Vc6Xe1Pl"
 )
 
 // echo is an error message in which a server repeats credentials back.
@@ -40,7 +47,7 @@ func echo(secrets ...string) string { return "credentials echoed: " + strings.Jo
 
 var canaries = map[string]string{
 	"token": canaryToken, "access key": canaryAK, "secret key": canarySK,
-	"security token": canarySTS, "wrong secret key": canaryWrongSK,
+	"security token": canarySTS, "wrong secret key": canaryWrongSK, "pod identity token": canaryPodToken,
 }
 
 // encodings lists the forms a leaked value would take: as is, and base64 (Secret data as the
@@ -53,13 +60,18 @@ func encodings(v string) map[string]string {
 	}
 }
 
-// leaks lists every canary, in any encoding, that appears in a haystack. Hex dumps (client-go
-// logs response bodies that way at V(8)) are decoded first, since they split values over lines.
-func leaks(haystacks map[string]string) []string {
+// leaks lists every canary, and every other secret given, in any encoding, that appears in a
+// haystack. Hex dumps (client-go logs response bodies that way at V(8)) are decoded first, since
+// they split values over lines.
+func leaks(haystacks map[string]string, others ...string) []string {
+	secrets := maps.Clone(canaries)
+	for i, v := range others {
+		secrets[fmt.Sprintf("keyless secret %d", i)] = v
+	}
 	var out []string
 	for where, text := range haystacks {
 		text += "\n" + undumpAll(text)
-		for what, v := range canaries {
+		for what, v := range secrets {
 			for enc, needle := range encodings(v) {
 				if i := strings.Index(text, needle); i >= 0 {
 					out = append(out, fmt.Sprintf("the %s (%s) appears in the %s: ...%s...", what, enc, where,
@@ -134,11 +146,24 @@ var _ = Describe("Secrets", func() {
 		o, err := operatorOptions(metricsAddr, f.Namespace)
 		Expect(err).NotTo(HaveOccurred())
 		o.Logger, o.KMS.Logger = logger, logger.WithName("kms")
+		// Keyless credentials: one IAM emulator serves the workload identity exchange, the node's
+		// metadata service and the operator's pod identity; its credentials last seconds, so the
+		// spec sees them replaced and refused.
+		iam, iamTLS, err := testkit.StartIAM(bg(), env.Config, f.KMS)
+		Expect(err).NotTo(HaveOccurred())
+		DeferCleanup(iamTLS.Close)
+		metadata := httptest.NewServer(iam.Handler())
+		DeferCleanup(metadata.Close)
+		iam.SetCredentialLifetime(3 * time.Second)
+		podToken := filepath.Join(GinkgoT().TempDir(), "token")
+		Expect(os.WriteFile(podToken, []byte(canaryPodToken), 0o600)).To(Succeed())
+		o.MetadataEndpoint = metadata.URL
+		o.PodIdentityURI, o.PodIdentityTokenFile = iamTLS.URL+kmstest.IAMPathPodIdentity, podToken
 		op := runOperator(o)
 
 		using := func(secret string, endpoint string) func(*kmsv1alpha1.KmsKeySelector) {
 			return func(s *kmsv1alpha1.KmsKeySelector) {
-				s.Spec.Provider.CredentialsSecretRef.Name = secret
+				s.Spec.Provider.CredentialsSecretRef = &kmsv1alpha1.SecretReference{Name: secret}
 				s.Spec.Provider.Endpoint = endpoint
 			}
 		}
@@ -194,6 +219,51 @@ var _ = Describe("Secrets", func() {
 			}
 		}
 
+		By("keyless credentials: obtained, replaced, and refused")
+		f.ServiceAccount("leak")
+		sub := testkit.ServiceAccountSubject(f.Namespace, "leak")
+		iam.Allow(testkit.IdentityProviderID, sub, f.KMS.ProjectID())
+		iam.SetNodeAgency(f.KMS.ProjectID())
+		iam.SetPodIdentity(canaryPodToken, f.KMS.ProjectID())
+		keyless := []*kmsv1alpha1.KmsKeySelector{f.Create(f.Selector("workload", testkit.WithWorkloadIdentity("leak", iamTLS.URL)))}
+		for _, auth := range []kmsv1alpha1.ClusterKmsProviderAuth{{NodeAgency: &kmsv1alpha1.NodeAgency{}}, {PodIdentity: &kmsv1alpha1.PodIdentity{}}} {
+			p := &kmsv1alpha1.ClusterKmsProvider{
+				ObjectMeta: metav1.ObjectMeta{GenerateName: "leak-"},
+				Spec: kmsv1alpha1.ClusterKmsProviderSpec{
+					KMSLocation: kmsv1alpha1.KMSLocation{ProjectID: f.KMS.ProjectID(), Endpoint: f.KMS.URL},
+					Auth:        auth,
+				},
+			}
+			Expect(k8sClient.Create(bg(), p)).To(Succeed())
+			DeferCleanup(func() { _ = k8sClient.Delete(bg(), p) })
+			keyless = append(keyless, f.Create(f.Selector(p.Name, func(s *kmsv1alpha1.KmsKeySelector) {
+				s.Spec.Provider = nil
+				s.Spec.ProviderRef = &kmsv1alpha1.ProviderReference{Kind: kmsv1alpha1.KindClusterKmsProvider, Name: p.Name}
+			})))
+		}
+		for _, s := range keyless {
+			Eventually(f.ReadyReason(s)).Should(Equal(kmsv1alpha1.ReasonSynced))
+		}
+		issued := iam.Stats()
+		Eventually(func(g Gomega) {
+			for _, s := range keyless {
+				f.ForceSync(s)
+			}
+			st := iam.Stats()
+			g.Expect(st.IDTokenExchanges).To(BeNumerically(">", issued.IDTokenExchanges))
+			g.Expect(st.MetadataCredentials).To(BeNumerically(">", issued.MetadataCredentials))
+			g.Expect(st.PodIdentityCredentials).To(BeNumerically(">", issued.PodIdentityCredentials))
+		}, 30*time.Second, time.Second).Should(Succeed(), "the credentials were replaced as they expired")
+		iam.Revoke(testkit.IdentityProviderID, sub)
+		iam.SetNodeAgency()
+		iam.SetPodIdentity("another-"+canaryPodToken, f.KMS.ProjectID())
+		for _, s := range keyless {
+			Eventually(func(g Gomega) string {
+				f.ForceSync(s)
+				return f.ReadyReason(s)(g)
+			}, 30*time.Second, time.Second).Should(Equal(kmsv1alpha1.ReasonIdentityExchangeFailed))
+		}
+
 		By("stopping the operator")
 		metricsText, err := testkit.MetricsText(bg(), nil, "http://"+metricsAddr+"/metrics")
 		Expect(err).NotTo(HaveOccurred())
@@ -218,7 +288,9 @@ var _ = Describe("Secrets", func() {
 		Expect(logText).To(ContainSubstring(`kms request failed, retrying`))
 		Expect(strings.Count(logText, "\n")).To(BeNumerically(">", 100))
 		Expect(processText).To(And(ContainSubstring("Leak test started: controller-runtime's logger"), ContainSubstring("Leak test started: klog")))
-		Expect(string(eventsJSON)).To(And(ContainSubstring("CredentialsInvalid"), ContainSubstring("KMSRequestFailed"), ContainSubstring("[redacted]")))
+		Expect(string(eventsJSON)).To(And(ContainSubstring("CredentialsInvalid"), ContainSubstring("KMSRequestFailed"), ContainSubstring("[redacted]"),
+			ContainSubstring("IdentityExchangeFailed"), ContainSubstring("the node has no IAM agency")))
+		Expect(len(iam.Secrets())).To(BeNumerically(">=", 10), "the IAM emulator saw tokens and issued keys")
 		Expect(string(selectorsJSON)).To(ContainSubstring(`"reason":"Synced"`))
 		Expect(string(metricsText)).To(And(ContainSubstring("kms_key_sync_kms_requests_total"), ContainSubstring(`namespace="`+f.Namespace+`"`)))
 
@@ -229,7 +301,7 @@ var _ = Describe("Secrets", func() {
 			"selectors":    string(selectorsJSON),
 			"metrics":      string(metricsText),
 			"errors":       clientErrors(f.KMS, aksk),
-		})).To(BeEmpty())
+		}, iam.Secrets()...)).To(BeEmpty())
 	})
 
 	// A zap logger renders a struct without a String or MarshalLog method by reflection, as JSON.

@@ -77,7 +77,7 @@ type Direct struct {
 // bursts of burst); qps 0 means no limit.
 func NewDirect(base kms.Config, qps float64, burst int) *Direct {
 	if qps > 0 {
-		base.Transport = &limitedTransport{next: transportOf(base), limiter: rate.NewLimiter(rate.Limit(qps), max(burst, 1))}
+		base.Transport = &limitedTransport{next: TransportOf(base), limiter: rate.NewLimiter(rate.Limit(qps), max(burst, 1))}
 	}
 	return &Direct{Base: base}
 }
@@ -101,7 +101,8 @@ func (d *Direct) ListKeys(ctx context.Context, req Request) ([]kms.Key, error) {
 	return c.ListKeys(ctx, req.Filter)
 }
 
-func transportOf(cfg kms.Config) http.RoundTripper {
+// TransportOf is the transport a client of cfg uses: cfg.Transport, or the default one.
+func TransportOf(cfg kms.Config) http.RoundTripper {
 	if cfg.Transport != nil {
 		return cfg.Transport
 	}

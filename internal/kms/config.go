@@ -92,14 +92,18 @@ var projectIDPattern = regexp.MustCompile(`^[A-Za-z0-9._~-]+$`)
 // EndpointForRegion returns the public KMS endpoint of a Huawei Cloud region:
 // https://kms.{region}.myhuaweicloud.com, except eu-west-101 which lives under
 // myhuaweicloud.eu.
-func EndpointForRegion(region string) (string, error) {
+func EndpointForRegion(region string) (string, error) { return ServiceEndpoint("kms", region) }
+
+// ServiceEndpoint returns the public endpoint of a Huawei Cloud service, such as kms or iam, in a
+// region: https://{service}.{region}.myhuaweicloud.com, or myhuaweicloud.eu for eu-west-101.
+func ServiceEndpoint(service, region string) (string, error) {
 	if !regionPattern.MatchString(region) {
 		return "", fmt.Errorf("region %q: must be lower-case letters, digits and dashes", region)
 	}
 	if region == "eu-west-101" {
-		return "https://kms.eu-west-101.myhuaweicloud.eu", nil
+		return "https://" + service + ".eu-west-101.myhuaweicloud.eu", nil
 	}
-	return "https://kms." + region + ".myhuaweicloud.com", nil
+	return "https://" + service + "." + region + ".myhuaweicloud.com", nil
 }
 
 // settings is a validated Config with defaults applied.

@@ -5,6 +5,7 @@ package operator
 import (
 	"context"
 	"fmt"
+	"net/http"
 	"time"
 
 	"github.com/go-logr/logr"
@@ -26,6 +27,7 @@ import (
 
 	kmsv1alpha1 "github.com/kms-key-sync/kms-key-sync/api/v1alpha1"
 	"github.com/kms-key-sync/kms-key-sync/controllers"
+	"github.com/kms-key-sync/kms-key-sync/internal/identity"
 	"github.com/kms-key-sync/kms-key-sync/internal/keysource"
 	"github.com/kms-key-sync/kms-key-sync/internal/kms"
 	"github.com/kms-key-sync/kms-key-sync/internal/metrics"
@@ -72,7 +74,16 @@ type Options struct {
 	KMSQPS   float64
 	KMSBurst int
 	// KMS is the base configuration of every KMS client: transport, timeouts, retries, observer.
+	// IAM and the pod identity endpoint are called through the same transport.
 	KMS kms.Config
+	// MetadataEndpoint is the ECS metadata service that node agency credentials come from;
+	// empty means identity.DefaultMetadataEndpoint.
+	MetadataEndpoint string
+	// PodIdentityURI and PodIdentityTokenFile are where CCE Pod Identity gives the operator its
+	// credentials; main reads them from HC_CONTAINER_CREDENTIALS_FULL_URI and
+	// HC_CONTAINER_AUTHORIZATION_TOKEN_FILE.
+	PodIdentityURI       string
+	PodIdentityTokenFile string
 	// Logger is the manager's logger, which its controller, cache and event recorder log
 	// through; the zero value means controller-runtime's global logger, as main uses.
 	Logger logr.Logger
@@ -111,22 +122,25 @@ func New(cfg *rest.Config, o Options) (ctrl.Manager, error) {
 		ClusterResourceNamespace: o.ClusterResourceNamespace,
 	}
 	direct := newDirect(o)
+	identities := newBroker(o, mgr.GetClient())
 	selectors := &controllers.KmsKeySelectorReconciler{
-		Client:    mgr.GetClient(),
-		APIReader: mgr.GetAPIReader(),
-		Recorder:  mgr.GetEventRecorder("kms-key-sync"),
-		Keys:      coalesced(o, direct),
-		Options:   options,
+		Client:     mgr.GetClient(),
+		APIReader:  mgr.GetAPIReader(),
+		Recorder:   mgr.GetEventRecorder("kms-key-sync"),
+		Keys:       coalesced(o, direct),
+		Identities: identities,
+		Options:    options,
 	}
 	if err := selectors.SetupWithManager(mgr); err != nil {
 		return nil, fmt.Errorf("setting up the selector controller: %w", err)
 	}
 	providers := &controllers.ProviderReconciler{
-		Client:    mgr.GetClient(),
-		APIReader: mgr.GetAPIReader(),
-		Recorder:  mgr.GetEventRecorder("kms-key-sync"),
-		Keys:      direct,
-		Options:   options,
+		Client:     mgr.GetClient(),
+		APIReader:  mgr.GetAPIReader(),
+		Recorder:   mgr.GetEventRecorder("kms-key-sync"),
+		Keys:       direct,
+		Identities: identities,
+		Options:    options,
 	}
 	if err := providers.SetupWithManager(mgr); err != nil {
 		return nil, fmt.Errorf("setting up the provider controllers: %w", err)
@@ -149,6 +163,37 @@ func newDirect(o Options) *keysource.Direct {
 	base.Observer = metrics.KMSObserver{Next: o.KMS.Observer}
 	return keysource.NewDirect(base, o.KMSQPS, o.KMSBurst)
 }
+
+// newBroker returns the cache of keyless credentials that selectors and providers share, so an
+// identity costs one exchange per credential lifetime however many use it.
+func newBroker(o Options, c client.Client) *identity.Broker {
+	metadata := o.MetadataEndpoint
+	if metadata == "" {
+		metadata = identity.DefaultMetadataEndpoint
+	}
+	return &identity.Broker{
+		HTTP: &http.Client{
+			Transport: keysource.TransportOf(o.KMS),
+			Timeout:   o.KMS.RequestTimeout,
+			// A redirect would resend a token elsewhere.
+			CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse },
+		},
+		// The metadata service answers on a link-local address, without a proxy, or not at all.
+		Metadata: &http.Client{
+			Transport:     &http.Transport{Proxy: nil},
+			Timeout:       metadataTimeout,
+			CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse },
+		},
+		MetadataEndpoint:     metadata,
+		PodIdentityURI:       o.PodIdentityURI,
+		PodIdentityTokenFile: o.PodIdentityTokenFile,
+		Tokens:               identity.ServiceAccountTokens{Client: c},
+		Now:                  time.Now,
+	}
+}
+
+// metadataTimeout bounds each call to the metadata service, as the official SDK does.
+const metadataTimeout = 3 * time.Second
 
 // coalesced stands coalescing in front of direct, for the selectors' listings.
 func coalesced(o Options, direct *keysource.Direct) *keysource.Coalescing {

@@ -51,7 +51,7 @@ func Selector(namespace, name, endpoint string, mutate ...func(*kmsv1alpha1.KmsK
 		Spec: kmsv1alpha1.KmsKeySelectorSpec{
 			Provider: &kmsv1alpha1.ProviderSpec{
 				KMSLocation:          kmsv1alpha1.KMSLocation{ProjectID: kmstest.DefaultProjectID, Endpoint: endpoint},
-				CredentialsSecretRef: kmsv1alpha1.SecretReference{Name: CredentialsSecretName},
+				CredentialsSecretRef: &kmsv1alpha1.SecretReference{Name: CredentialsSecretName},
 			},
 		},
 	}
@@ -83,7 +83,9 @@ func WithPageSize(n int32) func(*kmsv1alpha1.KmsKeySelector) {
 
 // WithCredentialsSecret sets spec.provider.credentialsSecretRef.name.
 func WithCredentialsSecret(name string) func(*kmsv1alpha1.KmsKeySelector) {
-	return func(s *kmsv1alpha1.KmsKeySelector) { s.Spec.Provider.CredentialsSecretRef.Name = name }
+	return func(s *kmsv1alpha1.KmsKeySelector) {
+		s.Spec.Provider.CredentialsSecretRef = &kmsv1alpha1.SecretReference{Name: name}
+	}
 }
 
 // Key returns a KMS key as the emulator stores it, with the spec, usage and origin of an

@@ -1,0 +1,147 @@
+package identity
+
+import (
+	"context"
+	"net/http"
+	"sync"
+	"time"
+
+	"github.com/kms-key-sync/kms-key-sync/internal/kms"
+)
+
+// Refresh margins: credentials are refreshed a quarter of their lifetime before they expire, but
+// never earlier than the official SDK's 40 minutes before.
+const (
+	maxRefreshMargin     = 40 * time.Minute
+	refreshMarginDivisor = 4
+)
+
+// fetchTimeout bounds one refresh, which runs for every caller waiting for it and so is not
+// tied to the context of the caller that started it.
+const fetchTimeout = 30 * time.Second
+
+// Temporary is a set of temporary credentials and when they stop working.
+type Temporary struct {
+	kms.Credentials
+	ExpiresAt time.Time
+}
+
+// Source is one cloud identity: it names itself for the cache and fetches new credentials.
+type Source interface {
+	// Key identifies the identity and every setting its credentials depend on; never a secret.
+	Key() string
+	fetch(ctx context.Context, b *Broker) (Temporary, error)
+}
+
+// TokenMinter mints short-lived service account tokens (the TokenRequest API).
+type TokenMinter interface {
+	ServiceAccountToken(ctx context.Context, namespace, name string, audiences []string, lifetime time.Duration) (string, error)
+}
+
+// Broker hands out the credentials of keyless identities, cached per identity.
+type Broker struct {
+	// HTTP calls IAM and the pod identity endpoint; it must verify TLS.
+	HTTP *http.Client
+	// Metadata calls the ECS metadata service, which is plain http on a link-local address.
+	Metadata *http.Client
+	// MetadataEndpoint is the metadata service's base URL, http://169.254.169.254 on ECS.
+	MetadataEndpoint string
+	// PodIdentityURI and PodIdentityTokenFile are what CCE injects into a pod with a pod
+	// identity association (HC_CONTAINER_CREDENTIALS_FULL_URI,
+	// HC_CONTAINER_AUTHORIZATION_TOKEN_FILE); empty when the operator has none.
+	PodIdentityURI       string
+	PodIdentityTokenFile string
+	// Tokens mints the service account tokens that workload identity exchanges.
+	Tokens TokenMinter
+	// Now is the clock the credentials' expiry is read against.
+	Now func() time.Time
+
+	mu      sync.Mutex
+	entries map[string]*entry
+}
+
+// entry is the cached credentials of one identity, and the refresh in progress, if any.
+type entry struct {
+	creds     Temporary
+	refreshAt time.Time
+	flight    *flight
+}
+
+type flight struct {
+	done  chan struct{}
+	creds Temporary
+	err   error
+}
+
+// Credentials returns valid credentials of src: cached ones until their refresh is due, else
+// new ones. Callers of one identity share one refresh; each waits for it only as long as its own
+// context allows.
+func (b *Broker) Credentials(ctx context.Context, src Source) (kms.Credentials, error) {
+	key := src.Key()
+	b.mu.Lock()
+	if b.entries == nil {
+		b.entries = map[string]*entry{}
+	}
+	e := b.entries[key]
+	if e == nil {
+		b.forgetExpired()
+		e = &entry{}
+		b.entries[key] = e
+	}
+	if e.creds.AccessKey != "" && b.Now().Before(e.refreshAt) {
+		creds := e.creds.Credentials
+		b.mu.Unlock()
+		return creds, nil
+	}
+	f := e.flight
+	if f == nil {
+		f = &flight{done: make(chan struct{})}
+		e.flight = f
+		go b.refresh(context.WithoutCancel(ctx), src, e, f)
+	}
+	b.mu.Unlock()
+	select {
+	case <-f.done:
+		return f.creds.Credentials, f.err
+	case <-ctx.Done():
+		return kms.Credentials{}, context.Cause(ctx)
+	}
+}
+
+func (b *Broker) refresh(ctx context.Context, src Source, e *entry, f *flight) {
+	ctx, cancel := context.WithTimeout(ctx, fetchTimeout)
+	defer cancel()
+	start := b.Now()
+	creds, err := src.fetch(ctx, b)
+	if err == nil && !creds.ExpiresAt.After(start) {
+		err = &Error{Method: methodOf(src), Step: "credentials", Message: "the credentials received have already expired; check the clocks of the node and of the cloud"}
+	}
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	e.flight = nil
+	if err != nil {
+		// Failures are not cached: the next call tries again.
+		f.err = err
+	} else {
+		e.creds = creds
+		e.refreshAt = creds.ExpiresAt.Add(-refreshMargin(creds.ExpiresAt.Sub(start)))
+		f.creds = creds
+	}
+	close(f.done)
+}
+
+// forgetExpired drops the entries of identities whose credentials have expired and that nobody
+// is refreshing, such as those of deleted providers. The caller holds b.mu.
+func (b *Broker) forgetExpired() {
+	now := b.Now()
+	for key, e := range b.entries {
+		if e.flight == nil && !e.creds.ExpiresAt.After(now) {
+			delete(b.entries, key)
+		}
+	}
+}
+
+// refreshMargin is how long before expiry credentials of the given lifetime are refreshed.
+func refreshMargin(lifetime time.Duration) time.Duration {
+	return min(maxRefreshMargin, lifetime/refreshMarginDivisor)
+}

@@ -1,0 +1,195 @@
+package identity
+
+import (
+	"bytes"
+	"context"
+	"encoding/base64"
+	"encoding/json"
+	"fmt"
+	"net/http"
+	"slices"
+	"strings"
+	"time"
+
+	"github.com/kms-key-sync/kms-key-sync/internal/kms"
+)
+
+// The IAM calls of workload identity.
+const (
+	idTokenPath        = "/v3.0/OS-AUTH/id-token/tokens"
+	securityTokensPath = "/v3.0/OS-CREDENTIAL/securitytokens"
+	contentType        = "application/json;charset=UTF-8"
+)
+
+// ServiceAccountTokenLifetime is the lifetime asked of each service account token: the shortest
+// the API server issues. A token is exchanged once, right after it is minted.
+const ServiceAccountTokenLifetime = 10 * time.Minute
+
+// SecurityTokenDuration is the lifetime asked of the temporary AK/SK bought with an IAM token;
+// IAM may answer with less.
+const SecurityTokenDuration = time.Hour
+
+// WorkloadIdentity federates a Kubernetes service account with IAM through an OIDC identity
+// provider.
+type WorkloadIdentity struct {
+	Namespace      string
+	ServiceAccount string
+	Audiences      []string
+	// IdentityProviderID is IAM's ID of the identity provider that trusts the cluster's issuer.
+	IdentityProviderID string
+	// IAMEndpoint is IAM's base URL, such as https://iam.cn-north-4.myhuaweicloud.com.
+	IAMEndpoint string
+	// ProjectID is the project that the credentials are scoped to.
+	ProjectID string
+}
+
+// Key identifies the identity: credentials scoped to one project of one identity provider, for
+// one service account, are never handed to another.
+func (w WorkloadIdentity) Key() string {
+	out, _ := json.Marshal([]any{"workload", w.Namespace, w.ServiceAccount, w.Audiences, w.IdentityProviderID, w.IAMEndpoint, w.ProjectID})
+	return string(out)
+}
+
+func (w WorkloadIdentity) subject() string {
+	return "system:serviceaccount:" + w.Namespace + ":" + w.ServiceAccount
+}
+
+func (w WorkloadIdentity) fetch(ctx context.Context, b *Broker) (Temporary, error) {
+	if err := checkAudiences(w.Audiences, ""); err != nil {
+		return Temporary{}, err
+	}
+	jwt, err := b.Tokens.ServiceAccountToken(ctx, w.Namespace, w.ServiceAccount, w.Audiences, ServiceAccountTokenLifetime)
+	if err != nil {
+		return Temporary{}, &Error{Method: methodWorkloadIdentity, Step: "TokenRequest", Message: err.Error()}
+	}
+	if err := checkAudiences(w.Audiences, issuerOf(jwt)); err != nil {
+		return Temporary{}, err
+	}
+	token, err := w.exchange(ctx, b, jwt)
+	if err != nil {
+		return Temporary{}, err
+	}
+	return w.securityTokens(ctx, b, token, jwt)
+}
+
+// apiServerAudiences are the audiences Kubernetes API servers accept by default, besides their
+// service account issuer.
+var apiServerAudiences = []string{
+	"https://kubernetes.default.svc",
+	"https://kubernetes.default.svc.cluster.local",
+	"kubernetes.default.svc",
+	"kubernetes.default.svc.cluster.local",
+	"kubernetes",
+	"api",
+}
+
+// checkAudiences refuses audiences that the cluster's API server would accept: a token for one
+// of them, sent to an IAM endpoint of the spec's choosing, would act on the cluster as the
+// service account. An API server accepts its issuer as an audience unless configured otherwise.
+func checkAudiences(audiences []string, issuer string) error {
+	for _, a := range audiences {
+		if slices.Contains(apiServerAudiences, strings.TrimRight(a, "/")) || (issuer != "" && strings.TrimRight(a, "/") == strings.TrimRight(issuer, "/")) {
+			return &Error{Method: methodWorkloadIdentity, Step: "TokenRequest",
+				Message: fmt.Sprintf("audience %q is one the Kubernetes API server accepts; a token for it is never sent outside the cluster", a),
+				Hint:    "use the client ID of the IAM identity provider, such as kms-key-sync"}
+		}
+	}
+	return nil
+}
+
+// issuerOf reads the iss claim of a token the API server just minted; "" when it has none.
+func issuerOf(jwt string) string {
+	parts := strings.Split(jwt, ".")
+	if len(parts) != 3 {
+		return ""
+	}
+	payload, err := base64.RawURLEncoding.DecodeString(parts[1])
+	if err != nil {
+		return ""
+	}
+	var claims struct {
+		Issuer string `json:"iss"`
+	}
+	if json.Unmarshal(payload, &claims) != nil {
+		return ""
+	}
+	return claims.Issuer
+}
+
+// exchange trades the service account token for an IAM token scoped to the project.
+func (w WorkloadIdentity) exchange(ctx context.Context, b *Broker, jwt string) (string, error) {
+	const step = "IAM id-token exchange"
+	body, _ := json.Marshal(map[string]any{"auth": map[string]any{
+		"id_token": map[string]string{"id": jwt},
+		"scope":    map[string]any{"project": map[string]string{"id": w.ProjectID}},
+	}})
+	req, err := http.NewRequest(http.MethodPost, strings.TrimRight(w.IAMEndpoint, "/")+idTokenPath, bytes.NewReader(body))
+	if err != nil {
+		return "", &Error{Method: methodWorkloadIdentity, Step: step, Message: err.Error()}
+	}
+	req.Header.Set("Content-Type", contentType)
+	req.Header.Set("X-Idp-Id", w.IdentityProviderID)
+	header, data, failure := call(ctx, b.HTTP, req, methodWorkloadIdentity, step, []string{jwt}, http.StatusCreated)
+	if failure != nil {
+		failure.Hint = w.hint(failure.Status)
+		return "", failure
+	}
+	token := header.Get("X-Subject-Token")
+	var answer struct {
+		Token struct {
+			ExpiresAt string `json:"expires_at"`
+		} `json:"token"`
+	}
+	if token == "" || json.Unmarshal(data, &answer) != nil || answer.Token.ExpiresAt == "" {
+		return "", &Error{Method: methodWorkloadIdentity, Step: step, Status: http.StatusCreated,
+			Message: "the answer lacks the X-Subject-Token header or token.expires_at"}
+	}
+	return token, nil
+}
+
+// securityTokens buys temporary AK/SK with the IAM token, as the official SDK does, so that KMS
+// requests are signed rather than carrying a bearer token.
+func (w WorkloadIdentity) securityTokens(ctx context.Context, b *Broker, token, jwt string) (Temporary, error) {
+	const step = "IAM securitytokens"
+	body, _ := json.Marshal(map[string]any{"auth": map[string]any{"identity": map[string]any{
+		"methods": []string{"token"},
+		"token":   map[string]any{"id": token, "duration_seconds": int(SecurityTokenDuration / time.Second)},
+	}}})
+	req, err := http.NewRequest(http.MethodPost, strings.TrimRight(w.IAMEndpoint, "/")+securityTokensPath, bytes.NewReader(body))
+	if err != nil {
+		return Temporary{}, &Error{Method: methodWorkloadIdentity, Step: step, Message: err.Error()}
+	}
+	req.Header.Set("Content-Type", contentType)
+	_, data, failure := call(ctx, b.HTTP, req, methodWorkloadIdentity, step, []string{jwt, token}, http.StatusCreated, http.StatusOK)
+	if failure != nil {
+		return Temporary{}, failure
+	}
+	creds, err := decodeCredential(data, "credential")
+	if err != nil {
+		return Temporary{}, &Error{Method: methodWorkloadIdentity, Step: step, Message: err.Error()}
+	}
+	return creds, nil
+}
+
+// hint says what to check after IAM refused an exchange.
+func (w WorkloadIdentity) hint(status int) string {
+	switch {
+	case status == 0:
+		return fmt.Sprintf("check that IAM answers at %s", w.IAMEndpoint)
+	case status == http.StatusNotFound:
+		return fmt.Sprintf("check that identityProviderId %q names an OIDC identity provider of IAM", w.IdentityProviderID)
+	case status == http.StatusBadRequest || status == http.StatusUnauthorized:
+		return fmt.Sprintf("check that identity provider %q trusts the cluster's service account issuer and signing keys, and that its client ID is one of the audiences %s",
+			w.IdentityProviderID, strings.Join(w.Audiences, ", "))
+	case status == http.StatusForbidden:
+		return fmt.Sprintf("check that a conversion rule of identity provider %q maps %q to a user group that may list KMS keys in project %q",
+			w.IdentityProviderID, w.subject(), w.ProjectID)
+	case status >= 500:
+		return "IAM is unavailable; the operator retries with backoff"
+	}
+	return fmt.Sprintf("check identity provider %q, the audiences and its conversion rule for %q", w.IdentityProviderID, w.subject())
+}
+
+// IAMEndpointForRegion returns the IAM endpoint of a region: https://iam.{region}.myhuaweicloud.com,
+// except eu-west-101, which lives under myhuaweicloud.eu.
+func IAMEndpointForRegion(region string) (string, error) { return kms.ServiceEndpoint("iam", region) }
