@@ -3,6 +3,7 @@ package identity
 import (
 	"context"
 	"net/http"
+	"strings"
 	"sync"
 	"time"
 
@@ -55,6 +56,9 @@ type Broker struct {
 	Tokens TokenMinter
 	// Now is the clock the credentials' expiry is read against.
 	Now func() time.Time
+	// OnRefresh, when set, is told of every refresh: the method (workload_identity, node_agency
+	// or pod_identity) and its error, nil on success.
+	OnRefresh func(method string, err error)
 
 	mu      sync.Mutex
 	entries map[string]*entry
@@ -115,6 +119,9 @@ func (b *Broker) refresh(ctx context.Context, src Source, e *entry, f *flight) {
 	creds, err := src.fetch(ctx, b)
 	if err == nil && !creds.ExpiresAt.After(start) {
 		err = &Error{Method: methodOf(src), Step: "credentials", Message: "the credentials received have already expired; check the clocks of the node and of the cloud"}
+	}
+	if b.OnRefresh != nil {
+		b.OnRefresh(strings.ReplaceAll(methodOf(src), " ", "_"), err)
 	}
 	b.mu.Lock()
 	defer b.mu.Unlock()

@@ -152,10 +152,15 @@ func TestFailuresAreNotCachedAndACallerMayGiveUpOnARefresh(t *testing.T) {
 	src.fail = &atomic.Bool{}
 	src.fail.Store(true)
 
+	var refreshes []string
+	b.OnRefresh = func(method string, err error) { refreshes = append(refreshes, fmt.Sprint(method, " ", err == nil)) }
 	_, err := b.Credentials(context.Background(), src)
 	var e *Error
 	if !errors.As(err, &e) || e.Status != 503 {
 		t.Fatalf("err = %v, want the fetch's *Error", err)
+	}
+	if len(refreshes) != 1 || refreshes[0] != "identity false" {
+		t.Errorf("OnRefresh saw %v, want one failed refresh", refreshes)
 	}
 	src.fail.Store(false)
 	if _, err := b.Credentials(context.Background(), src); err != nil {

@@ -54,11 +54,24 @@ var (
 		Name: "kms_key_sync_coalesced_requests_total",
 		Help: "Listings answered by an identical listing in flight or just finished, instead of calling KMS.",
 	})
+	CredentialRefreshes = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "kms_key_sync_credential_refreshes_total",
+		Help: "Refreshes of keyless credentials, by method (workload_identity, node_agency, pod_identity) and outcome (success, failure).",
+	}, []string{"method", "outcome"})
 )
 
 func init() {
 	ctrlmetrics.Registry.MustRegister(KMSRequests, KMSRequestDuration, Syncs, Keys, SelectorReady,
-		ConfigMapWrites, CoalescedRequests)
+		ConfigMapWrites, CoalescedRequests, CredentialRefreshes)
+}
+
+// ObserveCredentialRefresh records one refresh of keyless credentials.
+func ObserveCredentialRefresh(method string, err error) {
+	outcome := "success"
+	if err != nil {
+		outcome = "failure"
+	}
+	CredentialRefreshes.WithLabelValues(method, outcome).Inc()
 }
 
 // KMSObserver records every KMS request in KMSRequests and KMSRequestDuration, then tells Next,

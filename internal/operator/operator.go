@@ -189,6 +189,7 @@ func newBroker(o Options, c client.Client) *identity.Broker {
 		PodIdentityTokenFile: o.PodIdentityTokenFile,
 		Tokens:               identity.ServiceAccountTokens{Client: c},
 		Now:                  time.Now,
+		OnRefresh:            metrics.ObserveCredentialRefresh,
 	}
 }
 
