@@ -1,8 +1,12 @@
 package controllers_test
 
 import (
+	"encoding/base64"
+	"encoding/json"
 	"fmt"
+	"net/http"
 	"os"
+	"strings"
 	"time"
 
 	. "github.com/onsi/ginkgo/v2"
@@ -13,6 +17,7 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	kmsv1alpha1 "github.com/kms-key-sync/kms-key-sync/api/v1alpha1"
+	"github.com/kms-key-sync/kms-key-sync/internal/identity"
 	"github.com/kms-key-sync/kms-key-sync/internal/kms"
 	"github.com/kms-key-sync/kms-key-sync/internal/testkit"
 	"github.com/kms-key-sync/kms-key-sync/pkg/kmstest"
@@ -158,6 +163,22 @@ var _ = Describe("Keyless credentials", func() {
 		Expect(a.KMS.Stats().Total).To(Equal(calls), "no KMS call without credentials")
 		Expect(b.Warnings(other)(Default)).To(ContainElement(HaveField("Reason", kmsv1alpha1.ReasonIdentityExchangeFailed)))
 		Expect(a.ReadyReason(sels[0])(Default)).To(Equal(kmsv1alpha1.ReasonSynced))
+
+		By("letting a third namespace's service account into project a, with a's very filter")
+		c := a.Tenant(nil)
+		c.ServiceAccount("reader")
+		iam.Allow(testkit.IdentityProviderID, testkit.ServiceAccountSubject(c.Namespace, "reader"), a.KMS.ProjectID())
+		third := c.Create(c.Selector("keys", testkit.WithWorkloadIdentity("reader", iamURL), testkit.WithTags(testkit.Tag("env", "prod"))))
+		Eventually(c.States("keys")).Should(Equal(testkit.StatesOf(keyA)))
+		settle(Default, a, sels[0])
+		settle(Default, c, third)
+		signers := map[string]bool{}
+		for _, r := range a.KMS.Requests() {
+			if r.Action == kmstest.ActionFilter && r.Status == http.StatusOK {
+				signers[r.AccessKey] = true
+			}
+		}
+		Expect(signers).To(HaveLen(2), "each identity lists with its own credentials: no listing is shared across identities")
 	})
 
 	It("shares one identity's credentials between 100 selectors", func() {
@@ -184,6 +205,12 @@ var _ = Describe("Keyless credentials", func() {
 		sel := f.Create(f.Selector("revoked", testkit.WithWorkloadIdentity("revoked", iamURL)))
 		Eventually(f.States("revoked")).Should(Equal(testkit.StatesOf(keyA)))
 		before := f.ConfigMap("revoked")(Default)
+		refreshes := func(outcome string) float64 {
+			return testkit.Scrape(metricsURL)(Default).Sum("kms_key_sync_credential_refreshes_total",
+				map[string]string{"method": "workload_identity", "outcome": outcome})
+		}
+		succeeded, failed := refreshes("success"), refreshes("failure")
+		Expect(succeeded).To(BeNumerically(">=", 1))
 
 		iam.Revoke(testkit.IdentityProviderID, sub)
 		outliveCredentials()
@@ -194,9 +221,11 @@ var _ = Describe("Keyless credentials", func() {
 		awaitRetry(Default, f, sel)
 		Expect(f.KMS.Stats().Total).To(Equal(calls), "no KMS call while the exchange fails")
 		Expect(f.ConfigMap("revoked")(Default).ResourceVersion).To(Equal(before.ResourceVersion), "the data is kept")
+		Expect(refreshes("failure")).To(BeNumerically(">=", failed+2), "both failed attempts are counted")
 
 		iam.Allow(testkit.IdentityProviderID, sub, f.KMS.ProjectID())
 		Eventually(f.ReadyReason(sel)).Should(Equal(kmsv1alpha1.ReasonSynced))
+		Expect(refreshes("success")).To(BeNumerically(">", succeeded))
 	})
 
 	It("reports a missing service account and a refused token by name", func() {
@@ -274,6 +303,28 @@ var _ = Describe("Keyless credentials", func() {
 		Expect(os.WriteFile(podIdentityTokenFile, []byte("pod-token-2\n"), 0o600)).To(Succeed())
 		Eventually(f.ReadyReason(sel)).Should(Equal(kmsv1alpha1.ReasonSynced))
 		Expect(agencyIAM.Stats().PodIdentityCredentials).To(Equal(issued + 1))
+	})
+
+	It("mints tokens as the operator with exactly the configured audiences, for 10 minutes", func() {
+		f := newFixture()
+		f.ServiceAccount("minted")
+		operatorClient, err := client.New(env.OperatorConfig, client.Options{Scheme: k8sClient.Scheme()})
+		Expect(err).NotTo(HaveOccurred())
+		jwt, err := identity.ServiceAccountTokens{Client: operatorClient}.ServiceAccountToken(ctx(), f.Namespace, "minted",
+			[]string{testkit.TokenAudience}, identity.ServiceAccountTokenLifetime)
+		Expect(err).NotTo(HaveOccurred(), "the generated RBAC lets the operator mint the token")
+		payload, err := base64.RawURLEncoding.DecodeString(strings.Split(jwt, ".")[1])
+		Expect(err).NotTo(HaveOccurred())
+		var claims struct {
+			Sub string   `json:"sub"`
+			Aud []string `json:"aud"`
+			Iat int64    `json:"iat"`
+			Exp int64    `json:"exp"`
+		}
+		Expect(json.Unmarshal(payload, &claims)).To(Succeed())
+		Expect(claims.Sub).To(Equal(testkit.ServiceAccountSubject(f.Namespace, "minted")))
+		Expect(claims.Aud).To(Equal([]string{testkit.TokenAudience}))
+		Expect(time.Duration(claims.Exp-claims.Iat) * time.Second).To(Equal(10 * time.Minute))
 	})
 
 	It("offers the node's and the operator's identities on ClusterKmsProvider only", func() {
