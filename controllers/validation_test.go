@@ -104,6 +104,8 @@ var _ = Describe("KmsKeySelector schema", func() {
 		Entry("no credentialsSecretRef", "spec.provider", "set exactly one of spec.provider.workloadIdentity and spec.provider.credentialsSecretRef", remove("provider", "credentialsSecretRef")),
 		Entry("workloadIdentity without audiences", "spec.provider.workloadIdentity.serviceAccountRef.audiences", "Required", remove("provider", "credentialsSecretRef"),
 			set(map[string]any{"serviceAccountRef": map[string]any{"name": "sa"}, "identityProviderId": "idp"}, "provider", "workloadIdentity")),
+		Entry("workloadIdentity for the API server's audience", "spec.provider.workloadIdentity.serviceAccountRef.audiences", "an audience the Kubernetes API server accepts", remove("provider", "credentialsSecretRef"),
+			set(map[string]any{"serviceAccountRef": map[string]any{"name": "sa", "audiences": []any{"kms-key-sync", "https://kubernetes.default.svc"}}, "identityProviderId": "idp"}, "provider", "workloadIdentity")),
 		Entry("workloadIdentity without identityProviderId", "spec.provider.workloadIdentity.identityProviderId", "Required", remove("provider", "credentialsSecretRef"),
 			set(map[string]any{"serviceAccountRef": map[string]any{"name": "sa", "audiences": []any{"a"}}}, "provider", "workloadIdentity")),
 		Entry("workloadIdentity with an iamEndpoint that is not a URL", "spec.provider.workloadIdentity.iamEndpoint", "absolute http or https URL", remove("provider", "credentialsSecretRef"),

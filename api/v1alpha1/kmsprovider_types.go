@@ -131,13 +131,16 @@ type ServiceAccountReference struct {
 	// +kubebuilder:validation:Pattern=`^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$`
 	Name string `json:"name"`
 
-	// Audiences of the token: the client ID that the IAM identity provider expects.
+	// Audiences of the token: the client ID that the IAM identity provider expects. An audience
+	// that the Kubernetes API server accepts is refused: such a token is never sent outside the
+	// cluster. Besides the ones listed here, the operator refuses the cluster's issuer.
 	// +required
 	// +listType=set
 	// +kubebuilder:validation:MinItems=1
 	// +kubebuilder:validation:MaxItems=8
 	// +kubebuilder:validation:items:MinLength=1
 	// +kubebuilder:validation:items:MaxLength=256
+	// +kubebuilder:validation:XValidation:rule="self.all(a, !(a in ['https://kubernetes.default.svc', 'https://kubernetes.default.svc/', 'https://kubernetes.default.svc.cluster.local', 'https://kubernetes.default.svc.cluster.local/', 'kubernetes.default.svc', 'kubernetes.default.svc.cluster.local', 'kubernetes', 'api']))",message="must not hold an audience the Kubernetes API server accepts, such as https://kubernetes.default.svc: use the IAM identity provider's client ID"
 	Audiences []string `json:"audiences"`
 }
 
