@@ -12,14 +12,14 @@ import (
 // credential is the temporary AK/SK that IAM, the metadata service and the pod identity endpoint
 // all answer with. The names are those of the official SDK, which also accepts the alternatives.
 type credential struct {
-	Access          string `json:"access"`
-	AccessKeyID     string `json:"accessKeyId"`
-	Secret          string `json:"secret"`
-	SecretAccessKey string `json:"secretAccessKey"`
-	SecurityToken   string `json:"securitytoken"`
-	SecurityToken2  string `json:"securityToken"`
-	ExpiresAt       string `json:"expires_at"`
-	Expiration      string `json:"expiration"`
+	Access             string `json:"access"`
+	AccessKeyID        string `json:"accessKeyId"`
+	Secret             string `json:"secret"`
+	SecretAccessKey    string `json:"secretAccessKey"`
+	SecurityToken      string `json:"securitytoken"`
+	SecurityTokenCamel string `json:"securityToken"`
+	ExpiresAt          string `json:"expires_at"`
+	Expiration         string `json:"expiration"`
 }
 
 // temporary checks a credential and turns it into Temporary. Errors name the missing field,
@@ -31,7 +31,7 @@ func (c *credential) temporary() (Temporary, error) {
 	t := Temporary{Credentials: kms.Credentials{
 		AccessKey:     firstOf(c.Access, c.AccessKeyID),
 		SecretKey:     firstOf(c.Secret, c.SecretAccessKey),
-		SecurityToken: firstOf(c.SecurityToken, c.SecurityToken2),
+		SecurityToken: firstOf(c.SecurityToken, c.SecurityTokenCamel),
 	}}
 	switch {
 	case t.AccessKey == "":

@@ -10,6 +10,7 @@ import (
 	"net/http"
 	"strconv"
 	"strings"
+	"unicode"
 	"unicode/utf8"
 )
 
@@ -117,10 +118,17 @@ func codeString(v any) string {
 	return ""
 }
 
+// truncate keeps at most maxMessage bytes of s, on one line.
 func truncate(s string) string {
 	if !utf8.ValidString(s) {
 		return "(an answer that is not text)"
 	}
+	s = strings.Map(func(r rune) rune {
+		if unicode.IsControl(r) {
+			return ' '
+		}
+		return r
+	}, s)
 	if len(s) <= maxMessage {
 		return s
 	}
