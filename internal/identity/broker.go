@@ -17,6 +17,10 @@ const (
 	refreshMarginDivisor = 4
 )
 
+// maxRetrySpacing bounds the wait between refreshes that failed while the credentials still
+// work.
+const maxRetrySpacing = 30 * time.Second
+
 // fetchTimeout bounds one refresh, which runs for every caller waiting for it and so is not
 // tied to the context of the caller that started it.
 const fetchTimeout = 30 * time.Second
@@ -66,9 +70,23 @@ type Broker struct {
 
 // entry is the cached credentials of one identity, and the refresh in progress, if any.
 type entry struct {
-	creds     Temporary
-	refreshAt time.Time
-	flight    *flight
+	creds Temporary
+	// refreshAt is when a refresh is due; until usableUntil, a failed refresh leaves the
+	// credentials in use, and the next attempt waits until retryAt.
+	refreshAt   time.Time
+	usableUntil time.Time
+	retryAt     time.Time
+	flight      *flight
+}
+
+// cached returns the entry's credentials when they need no refresh now. The caller holds b.mu.
+func (e *entry) cached(now time.Time) (kms.Credentials, bool) {
+	if e.creds.AccessKey == "" {
+		return kms.Credentials{}, false
+	}
+	fresh := now.Before(e.refreshAt)
+	backingOff := now.Before(e.retryAt) && now.Before(e.usableUntil)
+	return e.creds.Credentials, fresh || backingOff
 }
 
 type flight struct {
@@ -79,7 +97,9 @@ type flight struct {
 
 // Credentials returns valid credentials of src: cached ones until their refresh is due, else
 // new ones. Callers of one identity share one refresh; each waits for it only as long as its own
-// context allows.
+// context allows. When a refresh fails while the cached credentials have more than half their
+// refresh margin left, those are returned, and refreshes are tried again at most every 30
+// seconds; after that, the failure is returned.
 func (b *Broker) Credentials(ctx context.Context, src Source) (kms.Credentials, error) {
 	key := src.Key()
 	b.mu.Lock()
@@ -92,8 +112,7 @@ func (b *Broker) Credentials(ctx context.Context, src Source) (kms.Credentials, 
 		e = &entry{}
 		b.entries[key] = e
 	}
-	if e.creds.AccessKey != "" && b.Now().Before(e.refreshAt) {
-		creds := e.creds.Credentials
+	if creds, ok := e.cached(b.Now()); ok {
 		b.mu.Unlock()
 		return creds, nil
 	}
@@ -126,13 +145,20 @@ func (b *Broker) refresh(ctx context.Context, src Source, e *entry, f *flight) {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	e.flight = nil
-	if err != nil {
+	switch {
+	case err == nil:
+		margin := refreshMargin(creds.ExpiresAt.Sub(start))
+		e.creds, e.retryAt = creds, time.Time{}
+		e.refreshAt, e.usableUntil = creds.ExpiresAt.Add(-margin), creds.ExpiresAt.Add(-margin/2)
+		f.creds = creds
+	case e.creds.AccessKey != "" && b.Now().Before(e.usableUntil):
+		// The credentials in hand still work for a while: keep using them, and try again soon
+		// rather than on every call.
+		e.retryAt = b.Now().Add(min(maxRetrySpacing, e.usableUntil.Sub(e.refreshAt)/4))
+		f.creds = e.creds
+	default:
 		// Failures are not cached: the next call tries again.
 		f.err = err
-	} else {
-		e.creds = creds
-		e.refreshAt = creds.ExpiresAt.Add(-refreshMargin(creds.ExpiresAt.Sub(start)))
-		f.creds = creds
 	}
 	close(f.done)
 }

@@ -231,3 +231,52 @@ func TestExpiredIdentitiesAreForgotten(t *testing.T) {
 		t.Errorf("entries = %d, holding the expired identity: %v; want only the new one", len(b.entries), ok)
 	}
 }
+
+func TestAFailedRefreshKeepsCredentialsThatStillWork(t *testing.T) {
+	clock := &fakeClock{t: time.Unix(1_800_000_000, 0)}
+	var failures int
+	b := &Broker{Now: clock.Now, OnRefresh: func(_ string, err error) {
+		if err != nil {
+			failures++
+		}
+	}}
+	// One hour: refreshed from 45 minutes on, and still used after a failed refresh until
+	// 52.5 minutes.
+	src := newSource(clock, time.Hour)
+	src.fail = &atomic.Bool{}
+	first, err := b.Credentials(context.Background(), src)
+	if err != nil {
+		t.Fatal(err)
+	}
+
+	src.fail.Store(true)
+	clock.Advance(46 * time.Minute)
+	c, err := b.Credentials(context.Background(), src)
+	if err != nil || c.AccessKey != first.AccessKey {
+		t.Fatalf("after a failed refresh within the margin: %v, %v; want the credentials in hand", c.AccessKey, err)
+	}
+	clock.Advance(10 * time.Second)
+	if _, err := b.Credentials(context.Background(), src); err != nil {
+		t.Fatal(err)
+	}
+	if got := src.fetches.Load(); got != 2 {
+		t.Errorf("fetches = %d, want 2: no new attempt within 30 s of a failed one", got)
+	}
+	clock.Advance(30 * time.Second)
+	if _, err := b.Credentials(context.Background(), src); err != nil {
+		t.Fatal(err)
+	}
+	if got := src.fetches.Load(); got != 3 || failures != 2 {
+		t.Errorf("fetches = %d, failures reported = %d; want 3 and 2", got, failures)
+	}
+
+	clock.Advance(7 * time.Minute) // 53.7 minutes: too close to the expiry to keep using them
+	if _, err := b.Credentials(context.Background(), src); err == nil {
+		t.Error("credentials 6 minutes from expiry were used after a failed refresh")
+	}
+	src.fail.Store(false)
+	c, err = b.Credentials(context.Background(), src)
+	if err != nil || c.AccessKey == first.AccessKey {
+		t.Errorf("once IAM answers again: %v, %v; want new credentials", c.AccessKey, err)
+	}
+}

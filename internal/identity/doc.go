@@ -15,5 +15,6 @@
 // bearer IAM token never leaves this package. A Broker caches the credentials of each identity,
 // shares them between every caller of that identity, runs one refresh at a time per identity,
 // and refreshes a quarter of the credentials' lifetime before they expire (at most the SDK's
-// 40 minutes before), so that short-lived credentials are not fetched again on every call.
+// 40 minutes before), so that short-lived credentials are not fetched again on every call. A
+// refresh that fails while the credentials in hand have half that margin left keeps them in use.
 package identity

@@ -122,7 +122,7 @@ func New(cfg *rest.Config, o Options) (ctrl.Manager, error) {
 		ClusterResourceNamespace: o.ClusterResourceNamespace,
 	}
 	direct := newDirect(o)
-	identities := newBroker(o, mgr.GetClient())
+	identities := newBroker(o, mgr.GetClient(), mgr.GetLogger().WithName("identity"))
 	selectors := &controllers.KmsKeySelectorReconciler{
 		Client:     mgr.GetClient(),
 		APIReader:  mgr.GetAPIReader(),
@@ -166,7 +166,7 @@ func newDirect(o Options) *keysource.Direct {
 
 // newBroker returns the cache of keyless credentials that selectors and providers share, so an
 // identity costs one exchange per credential lifetime however many use it.
-func newBroker(o Options, c client.Client) *identity.Broker {
+func newBroker(o Options, c client.Client, log logr.Logger) *identity.Broker {
 	metadata := o.MetadataEndpoint
 	if metadata == "" {
 		metadata = identity.DefaultMetadataEndpoint
@@ -189,7 +189,14 @@ func newBroker(o Options, c client.Client) *identity.Broker {
 		PodIdentityTokenFile: o.PodIdentityTokenFile,
 		Tokens:               identity.ServiceAccountTokens{Client: c},
 		Now:                  time.Now,
-		OnRefresh:            metrics.ObserveCredentialRefresh,
+		OnRefresh: func(method string, err error) {
+			metrics.ObserveCredentialRefresh(method, err)
+			if err != nil {
+				// A failure the selectors do not see, while the credentials in hand still work,
+				// shows here and in the metric.
+				log.Info("Refreshing keyless credentials failed", "method", method, "error", err.Error())
+			}
+		},
 	}
 }
 
