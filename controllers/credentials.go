@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"net/url"
 	"strings"
 	"unicode/utf8"
 
@@ -57,13 +56,9 @@ func identitySource(p provider, allowInsecure bool) (identity.Source, error) {
 			return nil, failedf(kmsv1alpha1.ReasonInvalidSpec, "%s.iamEndpoint is not set and %s.region gives no IAM endpoint: %v", p.authField, p.fields, err)
 		}
 	}
-	u, err := url.Parse(endpoint)
-	if err != nil || (u.Scheme != "https" && u.Scheme != "http") || u.Host == "" {
-		return nil, failedf(kmsv1alpha1.ReasonInvalidSpec, "%s.iamEndpoint %q is not an absolute http or https URL", p.authField, endpoint)
-	}
-	if u.Scheme == "http" && !allowInsecure {
-		return nil, failedf(kmsv1alpha1.ReasonInsecureEndpoint,
-			"%s.iamEndpoint %q is plain http and would send tokens in clear text; use https, or run the operator with --allow-insecure-endpoints", p.authField, endpoint)
+	endpoint, err := allowedEndpoint(endpoint, p.authField+".iamEndpoint", allowInsecure)
+	if err != nil {
+		return nil, err
 	}
 	return identity.WorkloadIdentity{
 		Namespace:          w.serviceAccount.Namespace,

@@ -85,13 +85,26 @@ func (r *KmsKeySelectorReconciler) endpoint(p provider) (string, error) {
 }
 
 func endpointOf(p provider, allowInsecure bool) (string, error) {
-	u, err := endpointFor(p.location, p.fields)
-	if err != nil {
-		return "", failed(kmsv1alpha1.ReasonInvalidSpec, err)
+	raw := p.location.Endpoint
+	if raw == "" {
+		var err error
+		if raw, err = kms.EndpointForRegion(p.location.Region); err != nil {
+			return "", failedf(kmsv1alpha1.ReasonInvalidSpec, "%s.region: %v", p.fields, err)
+		}
+	}
+	return allowedEndpoint(raw, p.fields+".endpoint", allowInsecure)
+}
+
+// allowedEndpoint checks the URL, named by field, of a service the operator sends credentials
+// to: KMS or IAM.
+func allowedEndpoint(raw, field string, allowInsecure bool) (string, error) {
+	u, err := url.Parse(raw)
+	if err != nil || (u.Scheme != "https" && u.Scheme != "http") || u.Host == "" {
+		return "", failedf(kmsv1alpha1.ReasonInvalidSpec, "%s %q is not an absolute http or https URL", field, raw)
 	}
 	if u.Scheme == "http" && !allowInsecure {
 		return "", failedf(kmsv1alpha1.ReasonInsecureEndpoint,
-			"%s.endpoint %q is plain http and would send credentials in clear text; use https, or run the operator with --allow-insecure-endpoints", p.fields, u.String())
+			"%s %q is plain http and would send credentials in clear text; use https, or run the operator with --allow-insecure-endpoints", field, u.String())
 	}
 	return u.String(), nil
 }
@@ -113,20 +126,4 @@ func (r *KmsKeySelectorReconciler) list(ctx context.Context, req keysource.Reque
 		return nil, kmsFailure(err)
 	}
 	return keys, nil
-}
-
-// endpointFor is the endpoint of a location; fields is where the location's settings are.
-func endpointFor(l kmsv1alpha1.KMSLocation, fields string) (*url.URL, error) {
-	raw := l.Endpoint
-	if raw == "" {
-		var err error
-		if raw, err = kms.EndpointForRegion(l.Region); err != nil {
-			return nil, fmt.Errorf("%s.region: %w", fields, err)
-		}
-	}
-	u, err := url.Parse(raw)
-	if err != nil || (u.Scheme != "https" && u.Scheme != "http") || u.Host == "" {
-		return nil, fmt.Errorf("%s.endpoint %q is not an absolute http or https URL", fields, raw)
-	}
-	return u, nil
 }
