@@ -152,9 +152,7 @@ func clusterProviderOf(p *kmsv1alpha1.ClusterKmsProvider, clusterResourceNamespa
 			return provider{}, err
 		}
 		out.workload = workloadOf(kmsv1alpha1.WorkloadIdentity{
-			ServiceAccountRef:  w.ServiceAccountRef.ServiceAccountReference,
-			IdentityProviderID: w.IdentityProviderID,
-			IAMEndpoint:        w.IAMEndpoint,
+			ServiceAccountRef: w.ServiceAccountRef.ServiceAccountReference, IdentityFederation: w.IdentityFederation,
 		}, ns)
 	case auth.NodeAgency != nil:
 		out.authField = out.fields + ".auth.nodeAgency"

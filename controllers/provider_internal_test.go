@@ -100,7 +100,7 @@ func TestClusterWorkloadIdentityDefaultsToTheClusterResourceNamespace(t *testing
 			ServiceAccountRef: kmsv1alpha1.ClusterServiceAccountReference{
 				ServiceAccountReference: kmsv1alpha1.ServiceAccountReference{Name: "kms", Audiences: []string{"a"}},
 			},
-			IdentityProviderID: "idp",
+			IdentityFederation: kmsv1alpha1.IdentityFederation{IdentityProviderID: "idp"},
 		}},
 	}}
 	p.Name = "shared"

@@ -80,6 +80,22 @@ type WorkloadIdentity struct {
 	// +required
 	ServiceAccountRef ServiceAccountReference `json:"serviceAccountRef"`
 
+	IdentityFederation `json:",inline"`
+}
+
+// ClusterWorkloadIdentity is WorkloadIdentity for a ClusterKmsProvider, whose service account
+// may live in any namespace.
+type ClusterWorkloadIdentity struct {
+	// ServiceAccountRef names the service account to act as.
+	// +required
+	ServiceAccountRef ClusterServiceAccountReference `json:"serviceAccountRef"`
+
+	IdentityFederation `json:",inline"`
+}
+
+// IdentityFederation is the IAM side of a workload identity: the identity provider that trusts
+// the cluster, and where IAM is.
+type IdentityFederation struct {
 	// IdentityProviderID is the ID of the IAM OIDC identity provider that trusts the cluster's
 	// service account issuer.
 	// +required
@@ -91,29 +107,6 @@ type WorkloadIdentity struct {
 	// IAMEndpoint overrides the IAM endpoint https://iam.<region>.myhuaweicloud.com, for private
 	// or dedicated clouds and for the emulator. Plain http:// is refused unless the operator runs
 	// with --allow-insecure-endpoints.
-	// +optional
-	// +kubebuilder:validation:MaxLength=2048
-	// +kubebuilder:validation:XValidation:rule="isURL(self) && url(self).getScheme() in ['https', 'http'] && url(self).getHostname() != ''",message="must be an absolute http or https URL"
-	// +kubebuilder:validation:XValidation:rule="!self.contains('?') && !self.contains('#')",message="must not contain a query or fragment"
-	IAMEndpoint string `json:"iamEndpoint,omitempty"`
-}
-
-// ClusterWorkloadIdentity is WorkloadIdentity for a ClusterKmsProvider, whose service account
-// may live in any namespace.
-type ClusterWorkloadIdentity struct {
-	// ServiceAccountRef names the service account to act as.
-	// +required
-	ServiceAccountRef ClusterServiceAccountReference `json:"serviceAccountRef"`
-
-	// IdentityProviderID is the ID of the IAM OIDC identity provider that trusts the cluster's
-	// service account issuer.
-	// +required
-	// +kubebuilder:validation:MinLength=1
-	// +kubebuilder:validation:MaxLength=128
-	// +kubebuilder:validation:Pattern=`^[A-Za-z0-9._-]+$`
-	IdentityProviderID string `json:"identityProviderId"`
-
-	// IAMEndpoint overrides the IAM endpoint https://iam.<region>.myhuaweicloud.com.
 	// +optional
 	// +kubebuilder:validation:MaxLength=2048
 	// +kubebuilder:validation:XValidation:rule="isURL(self) && url(self).getScheme() in ['https', 'http'] && url(self).getHostname() != ''",message="must be an absolute http or https URL"

@@ -79,8 +79,7 @@ func ServiceAccountSubject(namespace, name string) string {
 func WorkloadIdentity(serviceAccount, iamURL string) *kmsv1alpha1.WorkloadIdentity {
 	return &kmsv1alpha1.WorkloadIdentity{
 		ServiceAccountRef:  kmsv1alpha1.ServiceAccountReference{Name: serviceAccount, Audiences: []string{TokenAudience}},
-		IdentityProviderID: IdentityProviderID,
-		IAMEndpoint:        iamURL,
+		IdentityFederation: kmsv1alpha1.IdentityFederation{IdentityProviderID: IdentityProviderID, IAMEndpoint: iamURL},
 	}
 }
 
