@@ -171,18 +171,11 @@ func TestIAMThroughHandler(t *testing.T) {
 	if status != http.StatusOK {
 		t.Fatalf("securitykey: %d %s", status, body)
 	}
-	var got struct {
-		Credential struct {
-			Access        string `json:"access"`
-			Secret        string `json:"secret"`
-			SecurityToken string `json:"securitytoken"`
-			ExpiresAt     string `json:"expires_at"`
-		} `json:"credential"`
-	}
+	var got map[string]kmstest.TemporaryCredential
 	if err := json.Unmarshal(body, &got); err != nil {
 		t.Fatal(err)
 	}
-	cred := got.Credential
+	cred := got["credential"]
 	exp, err := time.Parse(kmstest.IAMTimeFormat, cred.ExpiresAt)
 	if err != nil || time.Until(exp) > 10*time.Minute+time.Second || time.Until(exp) < 9*time.Minute {
 		t.Errorf("expires_at %q (%v), want in 10m", cred.ExpiresAt, err)

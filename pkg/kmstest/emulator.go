@@ -96,15 +96,21 @@ func New(opts ...Option) *Emulator {
 	for _, opt := range opts {
 		opt(e)
 	}
-	admin := e.AdminHandler()
-	e.handler = http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		if strings.HasPrefix(r.URL.Path, adminPrefix) {
-			admin.ServeHTTP(w, r)
+	e.handler = byPrefix(adminPrefix, e.AdminHandler(), http.HandlerFunc(e.ServeHTTP))
+	return e
+}
+
+// byPrefix sends the requests whose path starts with prefix to matched, and the others to other.
+// Paths are taken as sent, uncleaned, since the API's answers to odd paths are part of what is
+// emulated.
+func byPrefix(prefix string, matched, other http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if strings.HasPrefix(r.URL.Path, prefix) {
+			matched.ServeHTTP(w, r)
 			return
 		}
-		e.ServeHTTP(w, r)
+		other.ServeHTTP(w, r)
 	})
-	return e
 }
 
 // ProjectID returns the project the emulator serves.

@@ -33,18 +33,11 @@ func ExampleIAM() {
 	token := call(req)
 	req, _ = http.NewRequest(http.MethodGet, meta.URL+kmstest.IAMPathSecurityKey, nil)
 	req.Header.Set(kmstest.HeaderMetadataToken, token)
-	var got struct {
-		Credential struct {
-			Access        string `json:"access"`
-			Secret        string `json:"secret"`
-			SecurityToken string `json:"securitytoken"`
-			ExpiresAt     string `json:"expires_at"`
-		} `json:"credential"`
-	}
+	var got map[string]kmstest.TemporaryCredential
 	if err := json.Unmarshal([]byte(call(req)), &got); err != nil {
 		log.Fatal(err)
 	}
-	c := got.Credential
+	c := got["credential"]
 
 	// Sign a ListKmsByTags count with them.
 	body := `{"action":"count"}`

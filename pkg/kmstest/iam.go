@@ -264,14 +264,7 @@ func NewIAM(opts ...IAMOption) *IAM {
 	for _, opt := range opts {
 		opt(i)
 	}
-	admin := i.AdminHandler()
-	i.handler = http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		if strings.HasPrefix(r.URL.Path, IAMAdminPrefix) {
-			admin.ServeHTTP(w, r)
-			return
-		}
-		i.ServeHTTP(w, r)
-	})
+	i.handler = byPrefix(IAMAdminPrefix, i.AdminHandler(), http.HandlerFunc(i.ServeHTTP))
 	return i
 }
 
@@ -810,8 +803,10 @@ type securityTokensRequest struct {
 	} `json:"auth"`
 }
 
-// credentialBody is a temporary AK/SK as IAM, the metadata service and pod identity write it.
-type credentialBody struct {
+// TemporaryCredential is a temporary AK/SK as IAM's securitytokens, the metadata service's
+// securitykey and the pod identity endpoint answer with it, under "credential" (or
+// "credentials" for pod identity); ExpiresAt is in IAMTimeFormat.
+type TemporaryCredential struct {
 	Access        string `json:"access"`
 	Secret        string `json:"secret"`
 	SecurityToken string `json:"securitytoken"`
@@ -871,7 +866,7 @@ func (i *IAM) securityTokens(r *http.Request) (iamReply, *iamError) {
 		status:      http.StatusCreated,
 		contentType: contentTypeJSON,
 		header:      map[string]string{HeaderRequestID: randomHex(16)},
-		body:        marshal(map[string]credentialBody{"credential": c}),
+		body:        marshal(map[string]TemporaryCredential{"credential": c}),
 	}, nil
 }
 
@@ -927,7 +922,7 @@ func (i *IAM) securityKey(r *http.Request) (iamReply, *iamError) {
 	trusted := slices.Clone(i.trusted)
 	i.mu.Unlock()
 	c := i.issueCredential(trusted, projects, ceilSecond(now.Add(lifetime)))
-	return iamReply{status: http.StatusOK, contentType: contentTypeJSON, body: marshal(map[string]credentialBody{"credential": c})}, nil
+	return iamReply{status: http.StatusOK, contentType: contentTypeJSON, body: marshal(map[string]TemporaryCredential{"credential": c})}, nil
 }
 
 // podIdentity serves POST IAMPathPodIdentity.
@@ -959,13 +954,13 @@ func (i *IAM) podIdentity(r *http.Request) (iamReply, *iamError) {
 		return iamReply{}, ierr
 	}
 	c := i.issueCredential(trusted, projects, ceilSecond(now.Add(lifetime)))
-	return iamReply{status: http.StatusOK, contentType: contentTypeJSON, body: marshal(map[string]credentialBody{"credentials": c})}, nil
+	return iamReply{status: http.StatusOK, contentType: contentTypeJSON, body: marshal(map[string]TemporaryCredential{"credentials": c})}, nil
 }
 
 // issueCredential makes a new temporary AK/SK and registers it with the trusted Emulators of
 // the projects.
-func (i *IAM) issueCredential(trusted []*Emulator, projects []string, expiresAt time.Time) credentialBody {
-	c := credentialBody{
+func (i *IAM) issueCredential(trusted []*Emulator, projects []string, expiresAt time.Time) TemporaryCredential {
+	c := TemporaryCredential{
 		Access:        rand.Text()[:20],
 		Secret:        rand.Text() + rand.Text()[:14],
 		SecurityToken: randomText(192),

@@ -142,30 +142,31 @@ func (b *ruleBody) check() error {
 	return nil
 }
 
-func (i *IAM) adminAllow(w http.ResponseWriter, r *http.Request) {
+// decodeRule reads and checks a rule body; on false it has answered with the error.
+func decodeRule(w http.ResponseWriter, r *http.Request) (ruleBody, bool) {
 	var b ruleBody
 	if !decodeAdmin(w, r, &b) {
-		return
+		return b, false
 	}
 	if err := b.check(); err != nil {
 		adminError(w, http.StatusBadRequest, err)
-		return
+		return b, false
 	}
-	i.Allow(b.IdP, b.Subject, b.Projects...)
-	w.WriteHeader(http.StatusNoContent)
+	return b, true
+}
+
+func (i *IAM) adminAllow(w http.ResponseWriter, r *http.Request) {
+	if b, ok := decodeRule(w, r); ok {
+		i.Allow(b.IdP, b.Subject, b.Projects...)
+		w.WriteHeader(http.StatusNoContent)
+	}
 }
 
 func (i *IAM) adminRevoke(w http.ResponseWriter, r *http.Request) {
-	var b ruleBody
-	if !decodeAdmin(w, r, &b) {
-		return
+	if b, ok := decodeRule(w, r); ok {
+		i.Revoke(b.IdP, b.Subject)
+		w.WriteHeader(http.StatusNoContent)
 	}
-	if err := b.check(); err != nil {
-		adminError(w, http.StatusBadRequest, err)
-		return
-	}
-	i.Revoke(b.IdP, b.Subject)
-	w.WriteHeader(http.StatusNoContent)
 }
 
 func (i *IAM) adminSetNodeAgency(w http.ResponseWriter, r *http.Request) {

@@ -221,14 +221,8 @@ func (f *iamFixture) mustExchange(t *testing.T, project string) string {
 	return h.Get(HeaderSubjectToken)
 }
 
-type issuedCredential struct {
-	Access        string `json:"access"`
-	Secret        string `json:"secret"`
-	SecurityToken string `json:"securitytoken"`
-	ExpiresAt     string `json:"expires_at"`
-}
-
-func (c issuedCredential) expiry(t *testing.T) time.Time {
+// expiry parses the credential's expires_at.
+func expiry(t *testing.T, c TemporaryCredential) time.Time {
 	t.Helper()
 	exp, err := time.Parse(IAMTimeFormat, c.ExpiresAt)
 	if err != nil {
@@ -238,9 +232,9 @@ func (c issuedCredential) expiry(t *testing.T) time.Time {
 }
 
 // decodeCredential decodes {"<field>":{access, secret, securitytoken, expires_at}}.
-func decodeCredential(t *testing.T, body []byte, field string) issuedCredential {
+func decodeCredential(t *testing.T, body []byte, field string) TemporaryCredential {
 	t.Helper()
-	var m map[string]issuedCredential
+	var m map[string]TemporaryCredential
 	if err := json.Unmarshal(body, &m); err != nil {
 		t.Fatalf("decode %s: %v", body, err)
 	}
@@ -248,7 +242,7 @@ func decodeCredential(t *testing.T, body []byte, field string) issuedCredential 
 	if !ok || c.Access == "" || c.Secret == "" || c.SecurityToken == "" || c.ExpiresAt == "" {
 		t.Fatalf("incomplete %q in %s", field, body)
 	}
-	c.expiry(t)
+	expiry(t, c)
 	return c
 }
 
@@ -264,7 +258,7 @@ func (f *iamFixture) securityTokens(t *testing.T, token string, duration int) (i
 	return status, b
 }
 
-func (f *iamFixture) mustSecurityTokens(t *testing.T, token string, duration int) issuedCredential {
+func (f *iamFixture) mustSecurityTokens(t *testing.T, token string, duration int) TemporaryCredential {
 	t.Helper()
 	status, body := f.securityTokens(t, token, duration)
 	if status != http.StatusCreated {
@@ -290,7 +284,7 @@ func kmsWithToken(t *testing.T, srv *Server, token string) (int, []byte) {
 }
 
 // kmsWithAKSK counts keys signing with temporary credentials at the clock's time.
-func kmsWithAKSK(t *testing.T, srv *Server, c issuedCredential, now time.Time) (int, []byte) {
+func kmsWithAKSK(t *testing.T, srv *Server, c TemporaryCredential, now time.Time) (int, []byte) {
 	t.Helper()
 	req := signedRequest(t, srv, countBody, signOpts{ak: c.Access, sk: c.Secret, securityToken: c.SecurityToken, date: now})
 	status, _, body := do(t, srv.Client(), req)

@@ -75,7 +75,7 @@ func TestIAMIDTokenExchange(t *testing.T) {
 			}
 
 			c := f.mustSecurityTokens(t, token, 21600)
-			if c.expiry(t) != now.Add(time.Hour) {
+			if expiry(t, c) != now.Add(time.Hour) {
 				t.Errorf("AK/SK expires_at %s, want the token's expiry", c.ExpiresAt)
 			}
 			if status, body := kmsWithAKSK(t, f.kms, c, now); status != http.StatusOK {
@@ -233,18 +233,18 @@ func TestIAMSecurityTokens(t *testing.T) {
 	token := f.mustExchange(t, DefaultProjectID)
 
 	short := f.mustSecurityTokens(t, token, 300) // duration_seconds wins
-	if short.expiry(t) != start.Add(5*time.Minute) {
+	if expiry(t, short) != start.Add(5*time.Minute) {
 		t.Errorf("expires_at %s, want +5m", short.ExpiresAt)
 	}
 	// The SDK's layout reads it too.
 	if _, err := time.Parse("2006-01-02T15:04:05Z", short.ExpiresAt); err != nil {
 		t.Errorf("the SDK cannot parse expires_at: %v", err)
 	}
-	if c := f.mustSecurityTokens(t, token, 1<<62); c.expiry(t) != start.Add(10*time.Minute) {
+	if c := f.mustSecurityTokens(t, token, 1<<62); expiry(t, c) != start.Add(10*time.Minute) {
 		t.Errorf("a huge duration_seconds: expires_at %s, want +10m", c.ExpiresAt)
 	}
 	long := f.mustSecurityTokens(t, token, 0) // the lifetime
-	if long.expiry(t) != start.Add(10*time.Minute) {
+	if expiry(t, long) != start.Add(10*time.Minute) {
 		t.Errorf("expires_at %s, want +10m", long.ExpiresAt)
 	}
 	if short.Access == long.Access || short.Secret == long.Secret || short.SecurityToken == long.SecurityToken {
@@ -273,7 +273,7 @@ func TestIAMSecurityTokens(t *testing.T) {
 	// Capped by the token's remaining life.
 	f.clock.advance(3 * time.Minute)
 	capped := f.mustSecurityTokens(t, token, 0)
-	if capped.expiry(t) != start.Add(10*time.Minute) {
+	if expiry(t, capped) != start.Add(10*time.Minute) {
 		t.Errorf("expires_at %s, want the token's expiry", capped.ExpiresAt)
 	}
 
@@ -305,7 +305,7 @@ func TestIAMSecurityTokens(t *testing.T) {
 	// A new lifetime applies to what is issued next.
 	f.iam.SetCredentialLifetime(2 * time.Minute)
 	fresh := f.mustExchange(t, DefaultProjectID)
-	if c := f.mustSecurityTokens(t, fresh, 0); c.expiry(t) != f.clock.now().Add(2*time.Minute) {
+	if c := f.mustSecurityTokens(t, fresh, 0); expiry(t, c) != f.clock.now().Add(2*time.Minute) {
 		t.Errorf("expires_at %s, want +2m", c.ExpiresAt)
 	}
 }
@@ -356,7 +356,7 @@ func TestIAMMetadata(t *testing.T) {
 		t.Fatalf("securitykey: %d %s", status, body)
 	}
 	c := decodeCredential(t, body, "credential")
-	if c.expiry(t) != f.clock.now().Add(30*time.Minute) {
+	if expiry(t, c) != f.clock.now().Add(30*time.Minute) {
 		t.Errorf("expires_at %s", c.ExpiresAt)
 	}
 	if status, body := kmsWithAKSK(t, f.kms, c, f.clock.now()); status != http.StatusOK {
@@ -435,7 +435,7 @@ func TestIAMPodIdentity(t *testing.T) {
 		t.Fatalf("pod identity: %d %s", status, body)
 	}
 	c := decodeCredential(t, body, "credentials")
-	if c.expiry(t) != f.clock.now().Add(15*time.Minute) {
+	if expiry(t, c) != f.clock.now().Add(15*time.Minute) {
 		t.Errorf("expires_at %s", c.ExpiresAt)
 	}
 	if status, body := kmsWithAKSK(t, f.kms, c, f.clock.now()); status != http.StatusOK {
@@ -579,7 +579,7 @@ func TestTemporaryCredentials(t *testing.T) {
 	srv := newSampleServer(t, WithClock(clock.now))
 	srv.AddTemporaryToken("tmp-token", now.Add(time.Minute))
 	srv.AddTemporaryAKSK("AKTMP", "SKTMPSECRET", "STSTMPSECRET", now.Add(2*time.Minute))
-	aksk := issuedCredential{Access: "AKTMP", Secret: "SKTMPSECRET", SecurityToken: "STSTMPSECRET"}
+	aksk := TemporaryCredential{Access: "AKTMP", Secret: "SKTMPSECRET", SecurityToken: "STSTMPSECRET"}
 	tests := []struct {
 		at                time.Duration
 		tokenOK, akskOK   bool
