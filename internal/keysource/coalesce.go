@@ -46,7 +46,9 @@ type Coalescing struct {
 
 // flight is one listing in progress and the callers waiting for it.
 type flight struct {
-	done   chan struct{}
+	// started is when the listing began: what KMS said before then is all it can answer.
+	started time.Time
+	done    chan struct{}
 	keys   []kms.Key
 	err    error
 	cancel context.CancelFunc
@@ -58,7 +60,9 @@ type flight struct {
 
 type cached struct {
 	keys []kms.Key
-	at   time.Time
+	// at is when the listing began, not when it ended: a key that changed while the listing ran
+	// may or may not be in it, so it answers only requests made before it began.
+	at time.Time
 	// shared is set once the listing answered another request: it serves a group of selectors
 	// on one slot, and is kept for the group's stragglers.
 	shared bool
@@ -70,17 +74,26 @@ const groupWindow = time.Minute
 
 var _ Lister = (*Coalescing)(nil)
 
-// ListKeys returns a listing fresher than TTL for req, or one made since req.NotBefore, or lists.
-// A Fresh request takes only a listing made since req.NotBefore, but may share one in flight.
+// ListKeys returns a listing fresher than TTL for req, or one begun since req.NotBefore, or lists.
+// A Fresh request takes only a listing begun since req.NotBefore (since the request, when that is
+// zero), whether it is done or in flight: one begun earlier may miss the change the request is
+// about.
 func (c *Coalescing) ListKeys(ctx context.Context, req Request) ([]kms.Key, error) {
 	id := identity(req)
 	c.mu.Lock()
-	if keys, ok := c.lookup(id, req.NotBefore, req.Fresh); ok {
+	if req.Fresh && req.NotBefore.IsZero() {
+		// Nothing listed so far answers it; only a listing that begins now may.
+		req.NotBefore = c.clock()
+	} else if keys, ok := c.lookup(id, req.NotBefore, req.Fresh); ok {
 		c.mu.Unlock()
 		c.coalesced()
 		return keys, nil
 	}
 	f, joined := c.flights[id]
+	if joined && req.Fresh && f.started.Before(req.NotBefore) {
+		// Too old for this request. It runs on for its own callers; later ones join the new one.
+		joined = false
+	}
 	if joined {
 		f.waiters++
 		f.attempts = morePatient(f.attempts, req.MaxAttempts)
@@ -111,7 +124,7 @@ func (c *Coalescing) ListKeys(ctx context.Context, req Request) ([]kms.Key, erro
 // start begins a listing for req that outlives the caller's context; c.mu is held.
 func (c *Coalescing) start(ctx context.Context, id string, req Request) *flight {
 	listCtx, cancel := context.WithCancel(context.WithoutCancel(ctx))
-	f := &flight{done: make(chan struct{}), cancel: cancel, waiters: 1, attempts: req.MaxAttempts}
+	f := &flight{started: c.clock(), done: make(chan struct{}), cancel: cancel, waiters: 1, attempts: req.MaxAttempts}
 	if c.flights == nil {
 		c.flights = map[string]*flight{}
 	}
@@ -127,7 +140,7 @@ func (c *Coalescing) start(ctx context.Context, id string, req Request) *flight 
 		c.mu.Lock()
 		c.forgetFlight(id, f)
 		if err == nil {
-			c.store(id, keys)
+			c.store(id, keys, f.started)
 		}
 		f.keys, f.err = keys, err
 		c.mu.Unlock()
@@ -151,7 +164,7 @@ func morePatient(a, b int) int {
 	return max(a, b)
 }
 
-// lookup returns a listing made since notBefore within groupWindow or, unless fresh, one younger
+// lookup returns a listing begun since notBefore within groupWindow or, unless fresh, one younger
 // than TTL; c.mu is held.
 func (c *Coalescing) lookup(id string, notBefore time.Time, fresh bool) ([]kms.Key, bool) {
 	e, ok := c.cache[id]
@@ -168,8 +181,8 @@ func (c *Coalescing) lookup(id string, notBefore time.Time, fresh bool) ([]kms.K
 	return e.keys, true
 }
 
-// store keeps a successful listing; c.mu is held.
-func (c *Coalescing) store(id string, keys []kms.Key) {
+// store keeps a successful listing begun at started, unless a later one is kept; c.mu is held.
+func (c *Coalescing) store(id string, keys []kms.Key, started time.Time) {
 	now := c.clock()
 	if c.cache == nil {
 		c.cache = map[string]cached{}
@@ -181,7 +194,10 @@ func (c *Coalescing) store(id string, keys []kms.Key) {
 			delete(c.cache, k)
 		}
 	}
-	c.cache[id] = cached{keys: keys, at: now}
+	if e, ok := c.cache[id]; ok && e.at.After(started) {
+		return
+	}
+	c.cache[id] = cached{keys: keys, at: started}
 }
 
 func (c *Coalescing) ttl() time.Duration {

@@ -367,3 +367,86 @@ func TestFreshRequestTakesOnlyAListingMadeSinceItsTime(t *testing.T) {
 		t.Fatalf("listings = %d, want 2: the retry listed again", got)
 	}
 }
+
+// A listing that began before a force-sync may have missed the change the user asks about, even
+// when it ends after the request: neither its flight nor its cache entry may answer it.
+func TestFreshRequestNeverTakesAListingBegunBeforeIt(t *testing.T) {
+	next := &gatedLister{release: make(chan struct{}), started: make(chan struct{})}
+	now := time.Unix(1000, 0)
+	var mu sync.Mutex
+	clock := func() time.Time { mu.Lock(); defer mu.Unlock(); return now }
+	advance := func(d time.Duration) { mu.Lock(); defer mu.Unlock(); now = now.Add(d) }
+	c := &Coalescing{Next: next, TTL: 5 * time.Second, now: clock}
+
+	scheduled := make(chan error, 1)
+	go func() { _, err := c.ListKeys(context.Background(), request("t")); scheduled <- err }()
+	<-next.started // a scheduled listing is in flight, begun at 1000s
+	advance(time.Second)
+	forced := make(chan error, 1)
+	go func() {
+		req := request("t")
+		req.NotBefore, req.Fresh = clock(), true // a force-sync seen at 1001s
+		_, err := c.ListKeys(context.Background(), req)
+		forced <- err
+	}()
+	// The force-sync starts a listing of its own rather than joining the one in flight.
+	waitFor(t, func() bool { return next.calls.Load() == 2 })
+	close(next.release)
+	for _, ch := range []chan error{scheduled, forced} {
+		if err := <-ch; err != nil {
+			t.Fatal(err)
+		}
+	}
+
+	// A retry whose NotBefore is zero takes no listing begun before it, not even a cached one
+	// that is younger than the TTL.
+	retry := request("t")
+	retry.Fresh = true
+	advance(time.Second)
+	if _, err := c.ListKeys(context.Background(), retry); err != nil {
+		t.Fatal(err)
+	}
+	if got := next.calls.Load(); got != 3 {
+		t.Fatalf("listings = %d, want 3: a retry took a listing begun before it", got)
+	}
+}
+
+// The cache stamps a listing with its start: one begun before a request's NotBefore does not
+// answer it, however late it ended.
+func TestCacheStampsAListingWithItsStart(t *testing.T) {
+	release := make(chan struct{})
+	next := &gatedLister{release: release, started: make(chan struct{})}
+	now := time.Unix(1000, 0)
+	var mu sync.Mutex
+	clock := func() time.Time { mu.Lock(); defer mu.Unlock(); return now }
+	c := &Coalescing{Next: next, TTL: 5 * time.Second, now: clock}
+	done := make(chan error, 1)
+	go func() { _, err := c.ListKeys(context.Background(), request("t")); done <- err }()
+	<-next.started
+	mu.Lock()
+	now = now.Add(3 * time.Second) // the listing ends at 1003s
+	mu.Unlock()
+	close(release)
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+	req := request("t")
+	req.NotBefore, req.Fresh = time.Unix(1002, 0), true // asked at 1002s, while it ran
+	if _, err := c.ListKeys(context.Background(), req); err != nil {
+		t.Fatal(err)
+	}
+	if got := next.calls.Load(); got != 2 {
+		t.Fatalf("listings = %d, want 2: a listing begun at 1000s answered a request of 1002s", got)
+	}
+}
+
+func waitFor(t *testing.T, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatal("condition not met within 10s")
+		}
+		time.Sleep(time.Millisecond)
+	}
+}

@@ -36,8 +36,8 @@ type Request struct {
 	// attemptLimit, set by Coalescing, gives the MaxAttempts of a shared listing as it stands
 	// now, since a more patient caller may join it while it runs.
 	attemptLimit func() int
-	// Fresh refuses a listing that is merely recent: only one made since NotBefore answers it, or
-	// with NotBefore zero a new one. For spec changes and force-syncs, where the user expects what
+	// Fresh refuses a listing that is merely recent: only one begun since NotBefore answers it, or
+	// with NotBefore zero one begun since the request, done or still in flight. For spec changes and force-syncs, where the user expects what
 	// KMS says after the change, and for retries, which a listing older than the failure must not
 	// answer.
 	Fresh bool
