@@ -49,9 +49,9 @@ type flight struct {
 	// started is when the listing began: what KMS said before then is all it can answer.
 	started time.Time
 	done    chan struct{}
-	keys   []kms.Key
-	err    error
-	cancel context.CancelFunc
+	keys    []kms.Key
+	err     error
+	cancel  context.CancelFunc
 	// waiters and attempts are guarded by Coalescing.mu. attempts is the most any waiter allows,
 	// 0 standing for the client's default, which no explicit override exceeds.
 	waiters  int
