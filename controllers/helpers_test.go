@@ -13,7 +13,10 @@ import (
 	. "github.com/onsi/ginkgo/v2"
 	"github.com/onsi/ginkgo/v2/types"
 	. "github.com/onsi/gomega"
+	rbacv1 "k8s.io/api/rbac/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"sigs.k8s.io/controller-runtime/pkg/client"
+	"sigs.k8s.io/controller-runtime/pkg/envtest"
 
 	kmsv1alpha1 "github.com/kms-key-sync/kms-key-sync/api/v1alpha1"
 	"github.com/kms-key-sync/kms-key-sync/internal/testkit"
@@ -264,4 +267,31 @@ func (r *rowRun) cleanUp() {
 	for _, fn := range slices.Backward(cleanups) {
 		fn()
 	}
+}
+
+// namespaceUser returns a client of a user who, in namespace, may edit selectors and KmsProviders
+// (the roles the operator aggregates to admin and edit) and what the built-in edit role allows,
+// such as ConfigMaps: an application team.
+func namespaceUser(namespace string) client.Client {
+	GinkgoHelper()
+	name := "team-user-" + namespace
+	roles, err := testkit.ReadRoles(env.Root+"/config/rbac/kmskeyselector_editor_role.yaml", env.Root+"/config/rbac/kmsprovider_editor_role.yaml")
+	Expect(err).NotTo(HaveOccurred())
+	bind := func(kind, role string) {
+		Expect(k8sClient.Create(ctx(), &rbacv1.RoleBinding{
+			ObjectMeta: metav1.ObjectMeta{Name: role, Namespace: namespace},
+			RoleRef:    rbacv1.RoleRef{APIGroup: rbacv1.GroupName, Kind: kind, Name: role},
+			Subjects:   []rbacv1.Subject{{APIGroup: rbacv1.GroupName, Kind: "User", Name: name}},
+		})).To(Succeed())
+	}
+	for _, r := range roles {
+		Expect(k8sClient.Create(ctx(), &rbacv1.Role{ObjectMeta: metav1.ObjectMeta{Name: r.Name, Namespace: namespace}, Rules: r.Rules})).To(Succeed())
+		bind("Role", r.Name)
+	}
+	bind("ClusterRole", "edit")
+	authn, err := env.Environment.AddUser(envtest.User{Name: name}, nil)
+	Expect(err).NotTo(HaveOccurred())
+	user, err := client.New(authn.Config(), client.Options{Scheme: k8sClient.Scheme()})
+	Expect(err).NotTo(HaveOccurred())
+	return user
 }

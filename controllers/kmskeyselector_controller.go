@@ -113,13 +113,13 @@ func (r *KmsKeySelectorReconciler) reconcileNormal(ctx context.Context, sel *kms
 	// namespace may no longer use it.
 	p, err := r.resolveProvider(ctx, sel)
 	if err != nil {
-		return r.result(ctx, sel, now, err)
+		return r.result(ctx, sel, now, "", err)
 	}
 	target, err := r.currentTarget(ctx, sel)
 	if err != nil {
-		return r.result(ctx, sel, now, err)
+		return r.result(ctx, sel, now, p.digest(), err)
 	}
-	if due, wait := nextListing(sel, now); !due && !failedOnProvider(sel) {
+	if due, wait := nextListing(sel, now); !due && !failedOnProvider(sel) && !providerChanged(sel, p.digest()) {
 		switch err := r.keepTarget(ctx, sel, target); {
 		case err == nil:
 			return ctrl.Result{RequeueAfter: wait}, nil
@@ -128,15 +128,16 @@ func (r *KmsKeySelectorReconciler) reconcileNormal(ctx context.Context, sel *kms
 		}
 		log.FromContext(ctx).Info("Listing early to repair the ConfigMap", "configMap", targetName(sel))
 	}
-	return r.result(ctx, sel, now, r.sync(ctx, sel, p, target, now))
+	return r.result(ctx, sel, now, p.digest(), r.sync(ctx, sel, p, target, now))
 }
 
-// result turns the outcome of an attempt into the status and the next reconcile: a success waits
-// for the next refresh, a failure the status reports is retried with backoff, and any other error
-// goes back to the workqueue with the status unchanged.
-func (r *KmsKeySelectorReconciler) result(ctx context.Context, sel *kmsv1alpha1.KmsKeySelector, now time.Time, err error) (ctrl.Result, error) {
+// result turns the outcome of an attempt through the provider of providerDigest into the status
+// and the next reconcile: a success waits for the next refresh, a failure the status reports is
+// retried with backoff, and any other error goes back to the workqueue with the status unchanged.
+func (r *KmsKeySelectorReconciler) result(ctx context.Context, sel *kmsv1alpha1.KmsKeySelector, now time.Time, providerDigest string, err error) (ctrl.Result, error) {
 	switch {
 	case err == nil:
+		sel.Status.ProviderDigest = providerDigest
 		return ctrl.Result{RequeueAfter: sel.Status.NextSyncTime.Sub(now)}, nil
 	case errors.Is(err, errSelectorGone), ctx.Err() != nil:
 		// Deleted meanwhile, or the operator is stopping: the next operator syncs again.
@@ -147,6 +148,7 @@ func (r *KmsKeySelectorReconciler) result(ctx context.Context, sel *kmsv1alpha1.
 		return ctrl.Result{}, err
 	}
 	log.FromContext(ctx).Info("Sync failed", "reason", f.reason, "error", err.Error())
+	sel.Status.ProviderDigest = providerDigest
 	setReady(sel, metav1.ConditionFalse, f.reason, err.Error())
 	sel.Status.LastHandledForceSync = sel.Annotations[kmsv1alpha1.ForceSyncAnnotation]
 	recordFailed(sel, f.reason)
@@ -187,6 +189,7 @@ func (r *KmsKeySelectorReconciler) patchStatus(ctx context.Context, sel *kmsv1al
 // SetupIndexes must have run.
 func (r *KmsKeySelectorReconciler) SetupWithManager(mgr ctrl.Manager) error {
 	r.Options = r.Options.withDefaults()
+	r.Recorder = boundRecorder(r.Recorder)
 	return ctrl.NewControllerManagedBy(mgr).
 		For(&kmsv1alpha1.KmsKeySelector{}, builder.WithPredicates(predicate.Or(
 			predicate.GenerationChangedPredicate{},
@@ -219,7 +222,7 @@ func setReady(sel *kmsv1alpha1.KmsKeySelector, status metav1.ConditionStatus, re
 		Type:               kmsv1alpha1.ConditionReady,
 		Status:             status,
 		Reason:             reason,
-		Message:            message,
+		Message:            bounded(message, maxConditionMessage),
 		ObservedGeneration: sel.Generation,
 	})
 }

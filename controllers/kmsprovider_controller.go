@@ -60,10 +60,11 @@ type providerUnderValidation struct {
 	kind    string
 }
 
-// SetupWithManager runs a controller for each kind. Selectors are watched, so that the count of
-// selectors stays true. SetupIndexes must have run.
+// SetupWithManager runs a controller for each kind. Selectors, and the labels of namespaces, are
+// watched, so that the count of selectors stays true. SetupIndexes must have run.
 func (r *ProviderReconciler) SetupWithManager(mgr ctrl.Manager) error {
 	r.Options = r.Options.withDefaults()
+	r.Recorder = boundRecorder(r.Recorder)
 	selectorChanged := builder.WithPredicates(predicate.GenerationChangedPredicate{})
 	err := ctrl.NewControllerManagedBy(mgr).
 		For(&kmsv1alpha1.KmsProvider{}, builder.WithPredicates(predicate.Or(
@@ -78,8 +79,27 @@ func (r *ProviderReconciler) SetupWithManager(mgr ctrl.Manager) error {
 		For(&kmsv1alpha1.ClusterKmsProvider{}, builder.WithPredicates(predicate.Or(
 			predicate.GenerationChangedPredicate{}, predicate.AnnotationChangedPredicate{}))).
 		Watches(&kmsv1alpha1.KmsKeySelector{}, providersOfSelector(kmsv1alpha1.KindClusterKmsProvider), selectorChanged).
+		WatchesMetadata(&corev1.Namespace{}, handler.EnqueueRequestsFromMapFunc(r.clusterProvidersWithConditions),
+			builder.WithPredicates(predicate.LabelChangedPredicate{})).
 		Named("clusterkmsprovider").
 		Complete(reconcile.Func(r.reconcileClusterKmsProvider))
+}
+
+// clusterProvidersWithConditions enqueues the ClusterKmsProviders whose conditions may select a
+// namespace by its labels, so that their count of selectors follows a label change.
+func (r *ProviderReconciler) clusterProvidersWithConditions(ctx context.Context, _ client.Object) []reconcile.Request {
+	list := &kmsv1alpha1.ClusterKmsProviderList{}
+	if err := r.List(ctx, list); err != nil {
+		log.FromContext(ctx).Error(err, "Cannot map a namespace to the cluster providers")
+		return nil
+	}
+	var out []reconcile.Request
+	for _, p := range list.Items {
+		if len(p.Spec.Conditions) > 0 {
+			out = append(out, reconcile.Request{NamespacedName: types.NamespacedName{Name: p.Name}})
+		}
+	}
+	return out
 }
 
 // providersOfSelector enqueues the provider of kind that a selector refers to, and, when an
@@ -149,7 +169,7 @@ func (r *ProviderReconciler) reconcile(ctx context.Context, p providerUnderValid
 		}
 	}()
 
-	users, err := selectorsOf(ctx, r, p.obj.GetNamespace(), p.kind, p.obj.GetName())
+	users, err := r.allowedSelectorsOf(ctx, p)
 	if err != nil {
 		return ctrl.Result{}, err
 	}
@@ -175,6 +195,34 @@ func (r *ProviderReconciler) reconcile(ctx context.Context, p providerUnderValid
 		return ctrl.Result{}, err
 	}
 	return ctrl.Result{RequeueAfter: interval}, nil
+}
+
+// allowedSelectorsOf lists the selectors that refer to the provider from a namespace that may
+// use it. A selector of any other namespace never lists through the provider, so it is not
+// counted, and neither its refresh interval nor its success drives the provider's validation.
+func (r *ProviderReconciler) allowedSelectorsOf(ctx context.Context, p providerUnderValidation) ([]kmsv1alpha1.KmsKeySelector, error) {
+	users, err := selectorsOf(ctx, r, p.obj.GetNamespace(), p.kind, p.obj.GetName())
+	cluster, ok := p.obj.(*kmsv1alpha1.ClusterKmsProvider)
+	if err != nil || !ok || len(cluster.Spec.Conditions) == 0 {
+		return users, err
+	}
+	allowed := map[string]bool{}
+	kept := users[:0]
+	for _, s := range users {
+		ok, seen := allowed[s.Namespace]
+		if !seen {
+			err := namespaceMayUse(ctx, r, cluster, s.Namespace)
+			if err != nil && asFailure(err) == nil {
+				return nil, err
+			}
+			ok = err == nil
+			allowed[s.Namespace] = ok
+		}
+		if ok {
+			kept = append(kept, s)
+		}
+	}
+	return kept, nil
 }
 
 // validate makes one count call with the provider's credentials and records the outcome.
@@ -225,7 +273,7 @@ func (r *ProviderReconciler) setReady(p providerUnderValidation, status metav1.C
 	p.status.ObservedGeneration = p.obj.GetGeneration()
 	p.status.LastHandledForceSync = p.obj.GetAnnotations()[kmsv1alpha1.ForceSyncAnnotation]
 	meta.SetStatusCondition(&p.status.Conditions, metav1.Condition{
-		Type: kmsv1alpha1.ConditionReady, Status: status, Reason: reason, Message: message,
+		Type: kmsv1alpha1.ConditionReady, Status: status, Reason: reason, Message: bounded(message, maxConditionMessage),
 		ObservedGeneration: p.obj.GetGeneration(),
 	})
 }

@@ -2,6 +2,9 @@ package controllers
 
 import (
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
 	"fmt"
 	"slices"
 
@@ -34,6 +37,25 @@ type provider struct {
 	secret   *types.NamespacedName
 	workload *workloadIdentity
 	keyless  identity.Source
+}
+
+// digest identifies the settings a listing through the provider depends on, never a secret.
+func (p provider) digest() string {
+	var source string
+	if p.keyless != nil {
+		source = p.keyless.Key()
+	}
+	var workload any
+	if w := p.workload; w != nil {
+		workload = []any{w.serviceAccount.String(), w.audiences, w.identityProviderID, w.iamEndpoint}
+	}
+	var secret string
+	if p.secret != nil {
+		secret = p.secret.String()
+	}
+	canonical, _ := json.Marshal([]any{p.location, p.authField, secret, workload, source})
+	sum := sha256.Sum256(canonical)
+	return hex.EncodeToString(sum[:8])
 }
 
 // workloadIdentity is a WorkloadIdentity whose service account's namespace is resolved.
@@ -77,13 +99,8 @@ func (r *KmsKeySelectorReconciler) resolveProvider(ctx context.Context, sel *kms
 		if err := r.Get(ctx, types.NamespacedName{Name: ref.Name}, p); err != nil {
 			return provider{}, providerGetError(err, "ClusterKmsProvider %q named by spec.providerRef does not exist", ref.Name)
 		}
-		ns := &metav1.PartialObjectMetadata{}
-		ns.SetGroupVersionKind(corev1.SchemeGroupVersion.WithKind("Namespace"))
-		if err := r.Get(ctx, types.NamespacedName{Name: sel.Namespace}, ns); err != nil {
-			return provider{}, fmt.Errorf("getting namespace %q: %w", sel.Namespace, err)
-		}
-		if err := allowsNamespace(p, ns.Name, ns.Labels); err != nil {
-			return provider{}, failed(kmsv1alpha1.ReasonProviderNotAllowed, err)
+		if err := namespaceMayUse(ctx, r, p, sel.Namespace); err != nil {
+			return provider{}, err
 		}
 		return r.clusterProvider(p)
 	}
@@ -171,6 +188,24 @@ func clusterProviderOf(p *kmsv1alpha1.ClusterKmsProvider, clusterResourceNamespa
 		return provider{}, failedf(kmsv1alpha1.ReasonInvalidSpec, "%s.auth sets no authentication method", out.fields)
 	}
 	return out, nil
+}
+
+// namespaceMayUse returns nil when the ClusterKmsProvider allows the namespace, a
+// ProviderNotAllowed failure that names the rule when it does not (or the namespace is gone),
+// and any other error when the namespace could not be read.
+func namespaceMayUse(ctx context.Context, c client.Reader, p *kmsv1alpha1.ClusterKmsProvider, namespace string) error {
+	ns := &metav1.PartialObjectMetadata{}
+	ns.SetGroupVersionKind(corev1.SchemeGroupVersion.WithKind("Namespace"))
+	if err := c.Get(ctx, types.NamespacedName{Name: namespace}, ns); err != nil {
+		if apierrors.IsNotFound(err) {
+			return failedf(kmsv1alpha1.ReasonProviderNotAllowed, "namespace %q does not exist", namespace)
+		}
+		return fmt.Errorf("getting namespace %q: %w", namespace, err)
+	}
+	if err := allowsNamespace(p, ns.Name, ns.Labels); err != nil {
+		return failed(kmsv1alpha1.ReasonProviderNotAllowed, err)
+	}
+	return nil
 }
 
 // allowsNamespace tells, as an error naming the rule, why a ClusterKmsProvider does not allow ns;

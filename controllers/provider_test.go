@@ -2,19 +2,18 @@ package controllers_test
 
 import (
 	"fmt"
+	"strings"
 	"time"
 
 	. "github.com/onsi/ginkgo/v2"
 	. "github.com/onsi/gomega"
 	corev1 "k8s.io/api/core/v1"
-	rbacv1 "k8s.io/api/rbac/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	"k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	"k8s.io/apimachinery/pkg/types"
 	"sigs.k8s.io/controller-runtime/pkg/client"
-	"sigs.k8s.io/controller-runtime/pkg/envtest"
 
 	kmsv1alpha1 "github.com/kms-key-sync/kms-key-sync/api/v1alpha1"
 	"github.com/kms-key-sync/kms-key-sync/internal/testkit"
@@ -114,7 +113,7 @@ var _ = Describe("Providers", func() {
 		Expect(in1.ConfigMap("keys")(Default).ResourceVersion).To(Equal(before.ResourceVersion), "the ConfigMap keeps its content")
 
 		Eventually(providerStatus(p, func() *kmsv1alpha1.KmsProviderStatus { return &p.Status })).Should(And(
-			HaveField("Selectors", int32(3)),
+			HaveField("Selectors", int32(2)), // the namespaces it allows
 			HaveField("Conditions", ContainElement(HaveField("Reason", kmsv1alpha1.ReasonValidated))),
 		))
 	})
@@ -134,6 +133,33 @@ var _ = Describe("Providers", func() {
 		Expect(k8sClient.Delete(ctx(), p)).To(Succeed())
 		Eventually(f.ReadyReason(sel)).Should(Equal(kmsv1alpha1.ReasonProviderNotFound))
 		Expect(f.ConfigMap("ref")(Default).ResourceVersion).To(Equal(before.ResourceVersion))
+	})
+
+	It("heals its selectors at once when an admin fixes the provider, and moves them with it", func() {
+		f := newFixture(kmstest.WithKeys(keyA))
+		p := kmsProvider(f.Namespace, "team", strings.Replace(f.KMS.URL, "https://", "http://", 1), testkit.CredentialsSecretName)
+		Expect(k8sClient.Create(ctx(), p)).To(Succeed())
+		sel := f.Create(f.Selector("healed", referTo(kmsv1alpha1.KindKmsProvider, p.Name), testkit.WithRefreshInterval(time.Hour)))
+		Eventually(f.ReadyReason(sel)).Should(Equal(kmsv1alpha1.ReasonInsecureEndpoint))
+		setEndpoint := func(endpoint string) {
+			Eventually(func(g Gomega) {
+				g.Expect(k8sClient.Get(ctx(), client.ObjectKeyFromObject(p), p)).To(Succeed())
+				p.Spec.Endpoint = endpoint
+				g.Expect(k8sClient.Update(ctx(), p)).To(Succeed())
+			}).Should(Succeed())
+		}
+
+		By("fixing the provider's endpoint, with no change to the selector")
+		setEndpoint(f.KMS.URL)
+		Eventually(f.States("healed")).Should(Equal(testkit.StatesOf(keyA)))
+		Expect(f.Get(sel)(Default).Status.LastHandledForceSync).To(BeEmpty(), "no force-sync was needed")
+
+		By("moving the provider to another KMS, well before the selector's next refresh")
+		moved := testkit.NewEmulator(f.Token, kmstest.WithKeys(keyB))
+		DeferCleanup(moved.Close)
+		setEndpoint(moved.URL)
+		Eventually(f.States("healed")).Should(Equal(testkit.StatesOf(keyB)))
+		Expect(f.ReadyReason(sel)(Default)).To(Equal(kmsv1alpha1.ReasonSynced))
 	})
 
 	It("validates a provider with one count call, and reports credentials KMS refuses", func() {
@@ -285,22 +311,7 @@ var _ = Describe("Providers", func() {
 		)
 		BeforeEach(func() {
 			f = newFixture(kmstest.WithKeys(keyA))
-			name := "team-user-" + f.Namespace
-			roles, err := testkit.ReadRoles(env.Root+"/config/rbac/kmskeyselector_editor_role.yaml", env.Root+"/config/rbac/kmsprovider_editor_role.yaml")
-			Expect(err).NotTo(HaveOccurred())
-			for _, r := range roles {
-				role := &rbacv1.Role{ObjectMeta: metav1.ObjectMeta{Name: r.Name, Namespace: f.Namespace}, Rules: r.Rules}
-				Expect(k8sClient.Create(ctx(), role)).To(Succeed())
-				Expect(k8sClient.Create(ctx(), &rbacv1.RoleBinding{
-					ObjectMeta: metav1.ObjectMeta{Name: r.Name, Namespace: f.Namespace},
-					RoleRef:    rbacv1.RoleRef{APIGroup: rbacv1.GroupName, Kind: "Role", Name: r.Name},
-					Subjects:   []rbacv1.Subject{{APIGroup: rbacv1.GroupName, Kind: "User", Name: name}},
-				})).To(Succeed())
-			}
-			authn, err := env.Environment.AddUser(envtest.User{Name: name}, nil)
-			Expect(err).NotTo(HaveOccurred())
-			user, err = client.New(authn.Config(), client.Options{Scheme: k8sClient.Scheme()})
-			Expect(err).NotTo(HaveOccurred())
+			user = namespaceUser(f.Namespace)
 		})
 
 		It("cannot use a ClusterKmsProvider whose conditions exclude the namespace", func() {

@@ -125,3 +125,17 @@ func failedOnProvider(sel *kmsv1alpha1.KmsKeySelector) bool {
 	return ready != nil && ready.Status == metav1.ConditionFalse &&
 		(ready.Reason == kmsv1alpha1.ReasonProviderNotFound || ready.Reason == kmsv1alpha1.ReasonProviderNotAllowed)
 }
+
+// providerChanged tells whether the provider's settings, of the given digest, differ from those
+// the last completed attempt used: a provider that an admin fixed or moved takes effect at once,
+// not at the next refresh, nor never for a selector that failed for good on it. A failed attempt
+// that found no usable provider recorded no digest, so any provider that resolves now is a change;
+// a healthy selector whose status predates the digest is not listed early for it.
+func providerChanged(sel *kmsv1alpha1.KmsKeySelector, digest string) bool {
+	last := sel.Status.ProviderDigest
+	if last == "" {
+		ready := meta.FindStatusCondition(sel.Status.Conditions, kmsv1alpha1.ConditionReady)
+		return ready != nil && ready.Status == metav1.ConditionFalse
+	}
+	return last != digest
+}

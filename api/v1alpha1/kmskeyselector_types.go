@@ -253,6 +253,13 @@ type KmsKeySelectorStatus struct {
 	// +optional
 	LastHandledForceSync string `json:"lastHandledForceSync,omitempty"`
 
+	// ProviderDigest identifies the provider settings (the KMS location and the authentication)
+	// that the last completed sync attempt used. When they change, as when an admin fixes or
+	// moves the provider that spec.providerRef names, the selector lists again at once. Empty
+	// when that attempt found no provider it could use.
+	// +optional
+	ProviderDigest string `json:"providerDigest,omitempty"`
+
 	// KeyCount is the number of matching keys, all of which are in the ConfigMap.
 	// +optional
 	KeyCount *int32 `json:"keyCount,omitempty"`

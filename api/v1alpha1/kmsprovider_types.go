@@ -245,7 +245,7 @@ type KmsProviderStatus struct {
 	// +optional
 	LastHandledForceSync string `json:"lastHandledForceSync,omitempty"`
 
-	// Selectors counts the KmsKeySelectors that refer to the provider.
+	// Selectors counts the KmsKeySelectors that refer to the provider from namespaces it allows.
 	// +optional
 	Selectors int32 `json:"selectors,omitempty"`
 }
