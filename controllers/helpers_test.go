@@ -270,8 +270,9 @@ func (r *rowRun) cleanUp() {
 }
 
 // namespaceUser returns a client of a user who, in namespace, may edit selectors and KmsProviders
-// (the roles the operator aggregates to admin and edit) and what the built-in edit role allows,
-// such as ConfigMaps: an application team.
+// (the roles the operator aggregates to admin and edit) and ConfigMaps, as the built-in edit role
+// allows: an application team. envtest runs no controller that aggregates the built-in roles, so
+// the ConfigMap rule is granted on its own.
 func namespaceUser(namespace string) client.Client {
 	GinkgoHelper()
 	name := "team-user-" + namespace
@@ -288,7 +289,11 @@ func namespaceUser(namespace string) client.Client {
 		Expect(k8sClient.Create(ctx(), &rbacv1.Role{ObjectMeta: metav1.ObjectMeta{Name: r.Name, Namespace: namespace}, Rules: r.Rules})).To(Succeed())
 		bind("Role", r.Name)
 	}
-	bind("ClusterRole", "edit")
+	configMaps := &rbacv1.Role{ObjectMeta: metav1.ObjectMeta{Name: "configmap-editor", Namespace: namespace}, Rules: []rbacv1.PolicyRule{{
+		APIGroups: []string{""}, Resources: []string{"configmaps"}, Verbs: []string{"get", "list", "watch", "create", "update", "patch", "delete"},
+	}}}
+	Expect(k8sClient.Create(ctx(), configMaps)).To(Succeed())
+	bind("Role", configMaps.Name)
 	authn, err := env.Environment.AddUser(envtest.User{Name: name}, nil)
 	Expect(err).NotTo(HaveOccurred())
 	user, err := client.New(authn.Config(), client.Options{Scheme: k8sClient.Scheme()})

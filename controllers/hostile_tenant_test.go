@@ -1,11 +1,16 @@
 package controllers_test
 
 import (
+	"crypto/sha256"
+	"encoding/hex"
 	"fmt"
+	"maps"
+	"slices"
 	"time"
 
 	. "github.com/onsi/ginkgo/v2"
 	. "github.com/onsi/gomega"
+	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
@@ -42,7 +47,7 @@ var _ = Describe("A hostile tenant", func() {
 		hostile := admin.Tenant(map[string]string{label: "no"})
 		user := namespaceUser(hostile.Namespace)
 		borrow := hostile.Selector("borrow", referTo(kmsv1alpha1.KindClusterKmsProvider, p.Name), testkit.WithRefreshInterval(10*time.Second))
-		Expect(user.Create(ctx(), borrow)).To(Succeed())
+		Eventually(func() error { return user.Create(ctx(), borrow) }).Should(Succeed()) // once RBAC has caught up
 		deleteSelectorAtCleanup(borrow)
 		Eventually(hostile.ReadyReason(borrow)).Should(Equal(kmsv1alpha1.ReasonProviderNotAllowed))
 		counted := admin.KMS.Stats().ByAction[kmstest.ActionCount]
@@ -58,5 +63,53 @@ var _ = Describe("A hostile tenant", func() {
 		By("the allowed tenant still syncing")
 		settle(Default, team, synced)
 		Expect(testkit.ReadyCondition(team.Get(synced)(Default)).Reason).To(Equal(kmsv1alpha1.ReasonSynced))
+	})
+})
+
+// forgedDigest computes the content digest annotation as anyone who reads the operator's source
+// can: the SHA-256 of the entries, each framed by its length.
+func forgedDigest(cm *corev1.ConfigMap) string {
+	h := sha256.New()
+	for _, k := range slices.Sorted(maps.Keys(cm.Data)) {
+		fmt.Fprintf(h, "d%d:%s%d:%s", len(k), k, len(cm.Data[k]), cm.Data[k])
+	}
+	for _, k := range slices.Sorted(maps.Keys(cm.BinaryData)) {
+		fmt.Fprintf(h, "b%d:%s%d:%s", len(k), k, len(cm.BinaryData[k]), cm.BinaryData[k])
+	}
+	return hex.EncodeToString(h.Sum(nil))
+}
+
+var _ = Describe("A hostile tenant who may edit ConfigMaps", func() {
+	It("cannot make the operator accept, or restore, a ConfigMap it forged with a matching digest", func() {
+		f := newFixture(kmstest.WithKeys(keyA))
+		sel := f.Create(f.Selector("keys", testkit.WithRefreshInterval(time.Hour)))
+		Eventually(f.States("keys")).Should(Equal(testkit.StatesOf(keyA)))
+		synced := f.ConfigMap("keys")(Default).Data
+		user := namespaceUser(f.Namespace)
+
+		By("editing the data and recomputing the digest annotation")
+		forged := f.ConfigMap("keys")(Default)
+		forged.Data["forged-key"] = "Enabled"
+		forged.Data[kmsv1alpha1.KeysJSONKey] = `[{"id":"forged-key","state":"Enabled"}]`
+		forged.Annotations[kmsv1alpha1.ContentDigestAnnotation] = forgedDigest(forged)
+		Eventually(func() error { return user.Update(ctx(), forged) }).Should(Succeed()) // once RBAC has caught up
+		Eventually(func(g Gomega) map[string]string { return f.ConfigMap("keys")(g).Data }).Should(Equal(synced),
+			"the forged content was accepted")
+
+		By("forging it again, then deleting the ConfigMap")
+		forged = f.ConfigMap("keys")(Default)
+		forged.Data = map[string]string{"forged-key": "Enabled"}
+		forged.Annotations[kmsv1alpha1.ContentDigestAnnotation] = forgedDigest(forged)
+		Expect(user.Update(ctx(), forged)).To(Succeed())
+		Expect(user.Delete(ctx(), forged)).To(Succeed())
+		Eventually(func(g Gomega) map[string]string { return f.ConfigMap("keys")(g).Data }).Should(Equal(synced),
+			"the ConfigMap was restored from forged content")
+		Expect(f.FilterCalls()).To(Equal(int64(1)), "the repairs listed KMS")
+
+		By("the other tenants still syncing")
+		other := newFixture(kmstest.WithKeys(keyB))
+		theirs := other.Create(other.Selector("keys"))
+		Eventually(other.ReadyReason(theirs)).Should(Equal(kmsv1alpha1.ReasonSynced))
+		Expect(f.Get(sel)(Default).Status.ContentDigest).To(Equal(forgedDigest(&corev1.ConfigMap{Data: synced})))
 	})
 })

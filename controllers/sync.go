@@ -45,6 +45,7 @@ func (r *KmsKeySelectorReconciler) sync(ctx context.Context, sel *kmsv1alpha1.Km
 	}
 	r.recordChanges(sel, previous, rendered, tpls)
 	setSynced(sel, keys, now, next)
+	sel.Status.ContentDigest = rendered.digest()
 	recordSynced(sel)
 	return nil
 }

@@ -66,14 +66,13 @@ func (r *KmsKeySelectorReconciler) keepTarget(ctx context.Context, sel *kmsv1alp
 		return nil
 	}
 	var stored *content
-	var synced string
+	synced := syncedDigest(sel, target)
 	if target != nil {
-		synced = target.Annotations[kmsv1alpha1.ContentDigestAnnotation]
 		if r.memory.holds(sel, target.ResourceVersion, synced) && metadataUpToDate(target, sel, synced) {
 			return nil
 		}
 		var err error
-		if stored, err = r.storedContent(ctx, sel, target); err != nil {
+		if stored, err = r.storedContent(ctx, sel, target, synced); err != nil {
 			return err
 		}
 		if stored != nil && stored.digest() == synced && metadataUpToDate(target, sel, synced) {
@@ -95,6 +94,16 @@ func (r *KmsKeySelectorReconciler) keepTarget(ctx context.Context, sel *kmsv1alp
 	return err
 }
 
+// syncedDigest is the digest of what the selector last synced: its status says, where the tenant
+// cannot write. A status written before it held the digest falls back to the ConfigMap's
+// annotation, until the next listing records it.
+func syncedDigest(sel *kmsv1alpha1.KmsKeySelector, target *metav1.PartialObjectMetadata) string {
+	if sel.Status.ContentDigest != "" || target == nil {
+		return sel.Status.ContentDigest
+	}
+	return target.Annotations[kmsv1alpha1.ContentDigestAnnotation]
+}
+
 // rebuildSynced renders again what stored's keys.json holds, if that is what was synced: the
 // digest says so or, on a ConfigMap written before the digest annotation existed, the
 // ConfigMap itself, whole.
@@ -103,9 +112,9 @@ func rebuildSynced(stored content, synced string, tpls *templates) (content, boo
 	return good, ok && (good.digest() == synced || (synced == "" && good.digest() == stored.digest()))
 }
 
-// storedContent reads the ConfigMap's data uncached, and remembers it when it is intact, so that
-// the next check needs no read.
-func (r *KmsKeySelectorReconciler) storedContent(ctx context.Context, sel *kmsv1alpha1.KmsKeySelector, target *metav1.PartialObjectMetadata) (*content, error) {
+// storedContent reads the ConfigMap's data uncached, and remembers it when it is what was synced,
+// of digest synced, so that the next check needs no read.
+func (r *KmsKeySelectorReconciler) storedContent(ctx context.Context, sel *kmsv1alpha1.KmsKeySelector, target *metav1.PartialObjectMetadata, synced string) (*content, error) {
 	cm := &corev1.ConfigMap{}
 	if err := r.APIReader.Get(ctx, client.ObjectKeyFromObject(target), cm); err != nil {
 		if apierrors.IsNotFound(err) {
@@ -114,7 +123,7 @@ func (r *KmsKeySelectorReconciler) storedContent(ctx context.Context, sel *kmsv1
 		return nil, fmt.Errorf("getting ConfigMap %q: %w", target.Name, err)
 	}
 	c := content{Data: cm.Data, BinaryData: cm.BinaryData}
-	if c.digest() == cm.Annotations[kmsv1alpha1.ContentDigestAnnotation] {
+	if synced != "" && c.digest() == synced {
 		r.memory.remember(sel, cm.ResourceVersion, c)
 	}
 	return &c, nil
@@ -132,7 +141,7 @@ func (r *KmsKeySelectorReconciler) writeTarget(ctx context.Context, sel *kmsv1al
 			return &c, nil
 		}
 		var err error
-		if stored, err = r.storedContent(ctx, sel, target); err != nil {
+		if stored, err = r.storedContent(ctx, sel, target, digest); err != nil {
 			return nil, err
 		}
 		if upToDate && stored != nil && stored.digest() == digest {

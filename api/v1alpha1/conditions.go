@@ -53,8 +53,8 @@ const (
 	// ManagedByValue is the value of ManagedByLabel.
 	ManagedByValue = "kms-key-sync"
 	// ContentDigestAnnotation on a ConfigMap is the SHA-256 of the data and binaryData the
-	// operator wrote. With the selector's status it lets a restarted operator tell, without
-	// calling KMS, whether the ConfigMap still holds what was synced.
+	// operator wrote, for consumers that want to notice a change. The operator itself trusts
+	// only the selector's status.contentDigest, which tenants cannot write.
 	ContentDigestAnnotation = "kms.keysync.dev/content-digest"
 )
 

@@ -253,6 +253,13 @@ type KmsKeySelectorStatus struct {
 	// +optional
 	LastHandledForceSync string `json:"lastHandledForceSync,omitempty"`
 
+	// ContentDigest is the SHA-256 of the data and binaryData the operator last wrote to the
+	// ConfigMap. The operator repairs a ConfigMap whose content has another digest, whatever its
+	// kms.keysync.dev/content-digest annotation says: whoever may edit the ConfigMap may edit
+	// that annotation too, but not this status.
+	// +optional
+	ContentDigest string `json:"contentDigest,omitempty"`
+
 	// ProviderDigest identifies the provider settings (the KMS location and the authentication)
 	// that the last completed sync attempt used. When they change, as when an admin fixes or
 	// moves the provider that spec.providerRef names, the selector lists again at once. Empty
