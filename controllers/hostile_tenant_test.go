@@ -17,6 +17,7 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	kmsv1alpha1 "github.com/kms-key-sync/kms-key-sync/api/v1alpha1"
+	"github.com/kms-key-sync/kms-key-sync/internal/kms"
 	"github.com/kms-key-sync/kms-key-sync/internal/testkit"
 	"github.com/kms-key-sync/kms-key-sync/pkg/kmstest"
 )
@@ -111,5 +112,32 @@ var _ = Describe("A hostile tenant who may edit ConfigMaps", func() {
 		theirs := other.Create(other.Selector("keys"))
 		Eventually(other.ReadyReason(theirs)).Should(Equal(kmsv1alpha1.ReasonSynced))
 		Expect(f.Get(sel)(Default).Status.ContentDigest).To(Equal(forgedDigest(&corev1.ConfigMap{Data: synced})))
+	})
+})
+
+var _ = Describe("A force-sync", func() {
+	It("is never answered by a listing that began before it", func() {
+		f := newFixture(kmstest.WithKeys(keyA, keyB))
+		user := namespaceUser(f.Namespace)
+		// Two selectors that ask the same question share listings; a page of one key makes a
+		// listing of two keys take two calls.
+		ask := []func(*kmsv1alpha1.KmsKeySelector){testkit.WithTags(testkit.Tag("env", "prod")), testkit.WithPageSize(1), testkit.WithRefreshInterval(time.Hour)}
+		slow, forced := f.Create(f.Selector("slow", ask...)), f.Create(f.Selector("forced", ask...))
+		for _, s := range []*kmsv1alpha1.KmsKeySelector{slow, forced} {
+			Eventually(f.States(s.Name)).Should(Equal(testkit.StatesOf(keyA, keyB)))
+		}
+
+		By("holding a listing for the first selector after its first page")
+		Expect(f.KMS.InjectFault(kmstest.Fault{Kind: kmstest.FaultLatency, Action: kmstest.ActionFilter, Skip: 1, Times: 1, Delay: 3 * time.Second})).To(Succeed())
+		Eventually(func() error { _, err := testkit.ForceSync(ctx(), user, slow); return err }).Should(Succeed())
+		Eventually(f.KMS.Faults).Should(BeEmpty(), "the second page is being held")
+
+		By("disabling the first key, then force-syncing the second selector")
+		Expect(f.KMS.SetKeyState(keyA.ID, kms.StateDisabled)).To(Succeed())
+		_, err := testkit.ForceSync(ctx(), user, forced)
+		Expect(err).NotTo(HaveOccurred())
+		Eventually(f.Handled(forced)).Should(Succeed())
+		Expect(f.States("forced")(Default)).To(HaveKeyWithValue(keyA.ID, kms.StateDisabled.String()),
+			"the force-sync was answered by the listing that began before it")
 	})
 })
