@@ -9,7 +9,6 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/api/equality"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
-	"k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/client-go/tools/events"
@@ -81,26 +80,39 @@ func (r *KmsKeySelectorReconciler) Reconcile(ctx context.Context, req ctrl.Reque
 	}
 
 	r.memory.catchUp(sel)
-	before := sel.Status.DeepCopy()
+	status := &statusWriter{r: r, before: sel.Status.DeepCopy()}
 	defer func() {
-		if equality.Semantic.DeepEqual(before, &sel.Status) {
-			return
-		}
 		// A status that is not written is recomputed by the next attempt: the schedule and what
 		// was handled are read from it, so the attempt is made again.
-		over := sel.ResourceVersion
-		if patchErr := r.patchStatus(ctx, sel, before); patchErr != nil {
-			if ctx.Err() == nil {
-				err = errors.Join(err, patchErr)
-			}
-			return
+		if writeErr := status.write(ctx, sel); writeErr != nil && ctx.Err() == nil {
+			err = errors.Join(err, writeErr)
 		}
-		r.memory.statusWritten(sel, over)
 	}()
-	return r.reconcileNormal(ctx, sel)
+	return r.reconcileNormal(ctx, sel, status)
 }
 
-func (r *KmsKeySelectorReconciler) reconcileNormal(ctx context.Context, sel *kmsv1alpha1.KmsKeySelector) (ctrl.Result, error) {
+// statusWriter patches a selector's status with what changed since it was read or last written.
+type statusWriter struct {
+	r      *KmsKeySelectorReconciler
+	before *kmsv1alpha1.KmsKeySelectorStatus
+	// over are the resourceVersions of the selector that this reconcile's writes supersede.
+	over []string
+}
+
+func (w *statusWriter) write(ctx context.Context, sel *kmsv1alpha1.KmsKeySelector) error {
+	if equality.Semantic.DeepEqual(w.before, &sel.Status) {
+		return nil
+	}
+	w.over = append(w.over, sel.ResourceVersion)
+	if err := w.r.patchStatus(ctx, sel, w.before); err != nil {
+		return err
+	}
+	w.r.memory.statusWritten(sel, w.over)
+	w.before = sel.Status.DeepCopy()
+	return nil
+}
+
+func (r *KmsKeySelectorReconciler) reconcileNormal(ctx context.Context, sel *kmsv1alpha1.KmsKeySelector, status *statusWriter) (ctrl.Result, error) {
 	if sel.Spec.Suspend {
 		setReady(sel, metav1.ConditionFalse, kmsv1alpha1.ReasonSuspended, "Syncing is suspended; the ConfigMap keeps its last content")
 		sel.Status.NextSyncTime = nil
@@ -127,6 +139,13 @@ func (r *KmsKeySelectorReconciler) reconcileNormal(ctx context.Context, sel *kms
 			return ctrl.Result{}, err
 		}
 		log.FromContext(ctx).Info("Listing early to repair the ConfigMap", "configMap", targetName(sel))
+	}
+	if message, ok := pendingRequest(sel); ok && setReconciling(&sel.Status.Conditions, sel.Generation, message) {
+		// Written before the listing, so that a GitOps tool sees the request is being answered.
+		// Only a hint: a refused write does not hold the sync up, and the outcome replaces it.
+		if err := status.write(ctx, sel); err != nil {
+			log.FromContext(ctx).V(1).Info("Cannot record that the request is being answered", "error", err.Error())
+		}
 	}
 	return r.result(ctx, sel, now, p.digest(), r.sync(ctx, sel, p, target, now))
 }
@@ -215,14 +234,9 @@ func selectorForConfigMap(_ context.Context, obj client.Object) []reconcile.Requ
 	return []reconcile.Request{{NamespacedName: types.NamespacedName{Namespace: obj.GetNamespace(), Name: name}}}
 }
 
-// setReady sets the Ready condition, and with it the generation the status speaks for.
+// setReady records the outcome of an attempt in the conditions, and with it the generation the
+// status speaks for.
 func setReady(sel *kmsv1alpha1.KmsKeySelector, status metav1.ConditionStatus, reason, message string) {
 	sel.Status.ObservedGeneration = sel.Generation
-	meta.SetStatusCondition(&sel.Status.Conditions, metav1.Condition{
-		Type:               kmsv1alpha1.ConditionReady,
-		Status:             status,
-		Reason:             reason,
-		Message:            bounded(message, maxConditionMessage),
-		ObservedGeneration: sel.Generation,
-	})
+	setOutcome(&sel.Status.Conditions, sel.Generation, status, reason, message)
 }

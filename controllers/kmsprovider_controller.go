@@ -160,12 +160,20 @@ func (r *ProviderReconciler) reconcile(ctx context.Context, p providerUnderValid
 		return ctrl.Result{}, nil
 	}
 	before := p.status.DeepCopy()
-	defer func() {
+	// write patches what changed since the status was read or last written.
+	write := func() error {
 		if equality.Semantic.DeepEqual(before, p.status) {
-			return
+			return nil
 		}
-		if patchErr := r.patchStatus(ctx, p, before); patchErr != nil && ctx.Err() == nil {
-			err = errors.Join(err, patchErr)
+		if err := r.patchStatus(ctx, p, before); err != nil {
+			return err
+		}
+		before = p.status.DeepCopy()
+		return nil
+	}
+	defer func() {
+		if writeErr := write(); writeErr != nil && ctx.Err() == nil {
+			err = errors.Join(err, writeErr)
 		}
 	}()
 
@@ -189,6 +197,13 @@ func (r *ProviderReconciler) reconcile(ctx context.Context, p providerUnderValid
 			// The selectors' own listings show that KMS accepts the credentials: no call.
 			r.validated(p, at, fmt.Sprintf("KMS accepted its credentials for %d selector(s) within %s", n, interval))
 			return ctrl.Result{RequeueAfter: interval}, nil
+		}
+	}
+	if requested && setReconciling(&p.status.Conditions, p.obj.GetGeneration(), "Checking that KMS accepts the credentials") {
+		// Written before the call, so that a GitOps tool sees the change is being answered.
+		// Only a hint: a refused write does not hold the validation up.
+		if err := write(); err != nil {
+			log.FromContext(ctx).V(1).Info("Cannot record that the change is being answered", "error", err.Error())
 		}
 	}
 	if err := r.validate(ctx, p, now); err != nil {
@@ -272,10 +287,7 @@ func (r *ProviderReconciler) validated(p providerUnderValidation, at time.Time, 
 func (r *ProviderReconciler) setReady(p providerUnderValidation, status metav1.ConditionStatus, reason, message string) {
 	p.status.ObservedGeneration = p.obj.GetGeneration()
 	p.status.LastHandledForceSync = p.obj.GetAnnotations()[kmsv1alpha1.ForceSyncAnnotation]
-	meta.SetStatusCondition(&p.status.Conditions, metav1.Condition{
-		Type: kmsv1alpha1.ConditionReady, Status: status, Reason: reason, Message: bounded(message, maxConditionMessage),
-		ObservedGeneration: p.obj.GetGeneration(),
-	})
+	setOutcome(&p.status.Conditions, p.obj.GetGeneration(), status, reason, message)
 }
 
 func (r *ProviderReconciler) patchStatus(ctx context.Context, p providerUnderValidation, before *kmsv1alpha1.KmsProviderStatus) error {

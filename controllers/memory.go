@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"compress/gzip"
 	"encoding/json"
+	"slices"
 	"sync"
 	"time"
 
@@ -23,11 +24,11 @@ type memory struct {
 	statuses  map[types.NamespacedName]writtenStatus
 }
 
-// writtenStatus is a status this process wrote, and the resourceVersion of the selector it was
-// written over: a cache that still shows that version has not seen the write yet.
+// writtenStatus is a status this process wrote, and the resourceVersions of the selector it was
+// written over: a cache that still shows one of them has not seen the write yet.
 type writtenStatus struct {
 	uid    types.UID
-	over   string
+	over   []string
 	status *kmsv1alpha1.KmsKeySelectorStatus
 }
 
@@ -107,15 +108,15 @@ func (m *memory) requestSeen(sel *kmsv1alpha1.KmsKeySelector, now time.Time) tim
 }
 
 // statusWritten records that the status of sel, now as the API server stores it, was written
-// over the selector's resourceVersion over.
-func (m *memory) statusWritten(sel *kmsv1alpha1.KmsKeySelector, over string) {
+// over the selector's resourceVersions over.
+func (m *memory) statusWritten(sel *kmsv1alpha1.KmsKeySelector, over []string) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	if m.statuses == nil {
 		m.statuses = map[types.NamespacedName]writtenStatus{}
 	}
 	m.statuses[types.NamespacedName{Namespace: sel.Namespace, Name: sel.Name}] = writtenStatus{
-		uid: sel.UID, over: over, status: sel.Status.DeepCopy(),
+		uid: sel.UID, over: slices.Clone(over), status: sel.Status.DeepCopy(),
 	}
 }
 
@@ -126,7 +127,7 @@ func (m *memory) catchUp(sel *kmsv1alpha1.KmsKeySelector) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	w, ok := m.statuses[types.NamespacedName{Namespace: sel.Namespace, Name: sel.Name}]
-	if ok && w.uid == sel.UID && w.over == sel.ResourceVersion {
+	if ok && w.uid == sel.UID && slices.Contains(w.over, sel.ResourceVersion) {
 		sel.Status = *w.status.DeepCopy()
 	}
 }

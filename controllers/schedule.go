@@ -1,6 +1,7 @@
 package controllers
 
 import (
+	"fmt"
 	"time"
 
 	"k8s.io/apimachinery/pkg/api/meta"
@@ -17,6 +18,20 @@ import (
 func requested(sel *kmsv1alpha1.KmsKeySelector) bool {
 	return sel.Status.ObservedGeneration != sel.Generation ||
 		sel.Annotations[kmsv1alpha1.ForceSyncAnnotation] != sel.Status.LastHandledForceSync
+}
+
+// pendingRequest says what the user asked for that the last completed attempt did not answer, if
+// anything: a first sync, a spec change or a force-sync.
+func pendingRequest(sel *kmsv1alpha1.KmsKeySelector) (string, bool) {
+	switch {
+	case sel.Status.ObservedGeneration == 0:
+		return "Listing the keys for the first time", true
+	case sel.Status.ObservedGeneration != sel.Generation:
+		return fmt.Sprintf("Listing the keys for generation %d of the spec", sel.Generation), true
+	case sel.Annotations[kmsv1alpha1.ForceSyncAnnotation] != sel.Status.LastHandledForceSync:
+		return "Listing the keys for a force-sync", true
+	}
+	return "", false
 }
 
 // nextListing says whether the selector must be listed now and, if not, how long until it must;

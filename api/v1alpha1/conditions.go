@@ -2,8 +2,33 @@ package v1alpha1
 
 import "time"
 
-// ConditionReady is the one condition that KmsKeySelectors and providers report.
-const ConditionReady = "Ready"
+// The conditions that KmsKeySelectors and providers report. Ready says whether the object is
+// in step and, when it is not, why; Reconciling and Stalled say the same in the terms of kstatus
+// (Flux, Argo CD, kubectl wait, cli-utils), so that a GitOps tool can tell an object that is
+// busy from one that needs a person.
+const (
+	ConditionReady = "Ready"
+	// ConditionReconciling is True, with ReasonProgressing, while a first sync, a spec change or a
+	// force-sync is being answered. It is removed when the outcome is recorded.
+	ConditionReconciling = "Reconciling"
+	// ConditionStalled is True, with the reason of Ready, while the last attempt failed in a way
+	// that retrying cannot mend: only a change of the spec, of the provider, or of the cluster
+	// can. It is removed otherwise.
+	ConditionStalled = "Stalled"
+)
+
+// ReasonProgressing is the reason of a Reconciling condition.
+const ReasonProgressing = "Progressing"
+
+// Stalls tells whether a failure of Ready's reason is one that retrying cannot mend. Other
+// failures are retried: a GitOps tool sees them as still progressing.
+func Stalls(reason string) bool {
+	switch reason {
+	case ReasonInvalidSpec, ReasonInsecureEndpoint, ReasonProviderNotAllowed, ReasonTargetConflict:
+		return true
+	}
+	return false
+}
 
 // Reasons of the Ready condition. Each tells the user what to do; see the README's table.
 const (
