@@ -56,7 +56,7 @@ func newFlagSet(f *flags) *flag.FlagSet {
 	fs.StringVar(&f.PprofAddr, "pprof-bind-address", "0", "The address net/http/pprof binds to, for profiling; \"0\" disables it.")
 	fs.BoolVar(&f.LeaderElection, "leader-elect", false, "Enable leader election, so that only one replica syncs at a time.")
 	fs.BoolVar(&f.AllowInsecureEndpoints, "allow-insecure-endpoints", false, "Allow plain http:// KMS and IAM endpoints, which send credentials in clear text. For emulators and tests only.")
-	fs.IntVar(&f.MaxConcurrentReconciles, "max-concurrent-reconciles", 4, "How many selectors are synced at the same time.")
+	fs.IntVar(&f.MaxConcurrentReconciles, "max-concurrent-reconciles", controllers.DefaultMaxConcurrentReconciles, "How many selectors are synced at the same time.")
 	fs.DurationVar(&f.SyncTimeout, "sync-timeout", controllers.DefaultSyncTimeout, "The longest a selector waits for one complete listing of its keys.")
 	fs.DurationVar(&f.KMS.RequestTimeout, "kms-request-timeout", kms.DefaultRequestTimeout, "The longest one KMS API request may take.")
 	fs.Float64Var(&f.KMSQPS, "kms-qps", 10, "The most KMS API calls per second, across all selectors; 0 means no limit.")

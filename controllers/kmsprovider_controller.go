@@ -51,15 +51,6 @@ type ProviderReconciler struct {
 // +kubebuilder:rbac:groups=kms.keysync.dev,resources=kmsproviders;clusterkmsproviders,verbs=get;list;watch
 // +kubebuilder:rbac:groups=kms.keysync.dev,resources=kmsproviders/status;clusterkmsproviders/status,verbs=get;update;patch
 
-// providerUnderValidation is one provider of either kind, as the reconciler sees it.
-type providerUnderValidation struct {
-	obj    client.Object
-	status *kmsv1alpha1.KmsProviderStatus
-	// resolve gives the provider's location and Secret.
-	resolve func() (provider, error)
-	kind    string
-}
-
 // SetupWithManager runs a controller for each kind. Selectors, and the labels of namespaces, are
 // watched, so that the count of selectors stays true. SetupIndexes must have run.
 func (r *ProviderReconciler) SetupWithManager(mgr ctrl.Manager) error {
@@ -71,7 +62,7 @@ func (r *ProviderReconciler) SetupWithManager(mgr ctrl.Manager) error {
 			predicate.GenerationChangedPredicate{}, predicate.AnnotationChangedPredicate{}))).
 		Watches(&kmsv1alpha1.KmsKeySelector{}, providersOfSelector(kmsv1alpha1.KindKmsProvider), selectorChanged).
 		Named("kmsprovider").
-		Complete(reconcile.Func(r.reconcileKmsProvider))
+		Complete(r.reconcilerOf(func() kmsv1alpha1.GenericProvider { return &kmsv1alpha1.KmsProvider{} }))
 	if err != nil {
 		return err
 	}
@@ -82,7 +73,7 @@ func (r *ProviderReconciler) SetupWithManager(mgr ctrl.Manager) error {
 		WatchesMetadata(&corev1.Namespace{}, handler.EnqueueRequestsFromMapFunc(r.clusterProvidersWithConditions),
 			builder.WithPredicates(predicate.LabelChangedPredicate{})).
 		Named("clusterkmsprovider").
-		Complete(reconcile.Func(r.reconcileClusterKmsProvider))
+		Complete(r.reconcilerOf(func() kmsv1alpha1.GenericProvider { return &kmsv1alpha1.ClusterKmsProvider{} }))
 }
 
 // clusterProvidersWithConditions enqueues the ClusterKmsProviders whose conditions may select a
@@ -131,44 +122,34 @@ func providersOfSelector(kind string) handler.EventHandler {
 	}
 }
 
-func (r *ProviderReconciler) reconcileKmsProvider(ctx context.Context, req ctrl.Request) (ctrl.Result, error) {
-	p := &kmsv1alpha1.KmsProvider{}
-	if err := r.Get(ctx, req.NamespacedName, p); err != nil {
-		return ctrl.Result{}, client.IgnoreNotFound(err)
+// reconcilerOf reconciles the providers of the kind that newProvider makes.
+func (r *ProviderReconciler) reconcilerOf(newProvider func() kmsv1alpha1.GenericProvider) reconcile.Func {
+	return func(ctx context.Context, req ctrl.Request) (ctrl.Result, error) {
+		p := newProvider()
+		if err := r.Get(ctx, req.NamespacedName, p); err != nil {
+			return ctrl.Result{}, client.IgnoreNotFound(err)
+		}
+		return r.reconcile(ctx, p)
 	}
-	return r.reconcile(ctx, providerUnderValidation{
-		obj: p, status: &p.Status, kind: kmsv1alpha1.KindKmsProvider,
-		resolve: func() (provider, error) { return namespacedProvider(p) },
-	})
-}
-
-func (r *ProviderReconciler) reconcileClusterKmsProvider(ctx context.Context, req ctrl.Request) (ctrl.Result, error) {
-	p := &kmsv1alpha1.ClusterKmsProvider{}
-	if err := r.Get(ctx, req.NamespacedName, p); err != nil {
-		return ctrl.Result{}, client.IgnoreNotFound(err)
-	}
-	return r.reconcile(ctx, providerUnderValidation{
-		obj: p, status: &p.Status, kind: kmsv1alpha1.KindClusterKmsProvider,
-		resolve: func() (provider, error) { return clusterProviderOf(p, r.Options.ClusterResourceNamespace) },
-	})
 }
 
 // reconcile counts the provider's selectors and validates it when due, then writes its status
 // when it changed.
-func (r *ProviderReconciler) reconcile(ctx context.Context, p providerUnderValidation) (result ctrl.Result, err error) {
-	if !p.obj.GetDeletionTimestamp().IsZero() {
+func (r *ProviderReconciler) reconcile(ctx context.Context, p kmsv1alpha1.GenericProvider) (result ctrl.Result, err error) {
+	if !p.GetDeletionTimestamp().IsZero() {
 		return ctrl.Result{}, nil
 	}
-	before := p.status.DeepCopy()
+	status := p.ProviderStatus()
+	before := status.DeepCopy()
 	// write patches what changed since the status was read or last written.
 	write := func() error {
-		if equality.Semantic.DeepEqual(before, p.status) {
+		if equality.Semantic.DeepEqual(before, status) {
 			return nil
 		}
 		if err := r.patchStatus(ctx, p, before); err != nil {
 			return err
 		}
-		before = p.status.DeepCopy()
+		before = status.DeepCopy()
 		return nil
 	}
 	defer func() {
@@ -181,16 +162,16 @@ func (r *ProviderReconciler) reconcile(ctx context.Context, p providerUnderValid
 	if err != nil {
 		return ctrl.Result{}, err
 	}
-	p.status.Selectors = int32(len(users))
+	status.Selectors = int32(len(users))
 	now := r.Options.Now()
 	interval := validationInterval(users)
-	requested := p.obj.GetGeneration() != p.status.ObservedGeneration ||
-		p.obj.GetAnnotations()[kmsv1alpha1.ForceSyncAnnotation] != p.status.LastHandledForceSync
+	requested := p.GetGeneration() != status.ObservedGeneration ||
+		p.GetAnnotations()[kmsv1alpha1.ForceSyncAnnotation] != status.LastHandledForceSync
 	if !requested {
 		if len(users) == 0 {
 			return ctrl.Result{}, nil
 		}
-		if last := p.status.LastValidationTime; last != nil && now.Before(last.Add(interval)) {
+		if last := status.LastValidationTime; last != nil && now.Before(last.Add(interval)) {
 			return ctrl.Result{RequeueAfter: last.Add(interval).Sub(now)}, nil
 		}
 		if at, n := recentSuccesses(users, now.Add(-interval)); n > 0 {
@@ -199,7 +180,7 @@ func (r *ProviderReconciler) reconcile(ctx context.Context, p providerUnderValid
 			return ctrl.Result{RequeueAfter: interval}, nil
 		}
 	}
-	if requested && setReconciling(&p.status.Conditions, p.obj.GetGeneration(), "Checking that KMS accepts the credentials") {
+	if requested && setReconciling(&status.Conditions, p.GetGeneration(), "Checking that KMS accepts the credentials") {
 		// Written before the call, so that a GitOps tool sees the change is being answered.
 		// Only a hint: a refused write does not hold the validation up.
 		if err := write(); err != nil {
@@ -215,18 +196,17 @@ func (r *ProviderReconciler) reconcile(ctx context.Context, p providerUnderValid
 // allowedSelectorsOf lists the selectors that refer to the provider from a namespace that may
 // use it. A selector of any other namespace never lists through the provider, so it is not
 // counted, and neither its refresh interval nor its success drives the provider's validation.
-func (r *ProviderReconciler) allowedSelectorsOf(ctx context.Context, p providerUnderValidation) ([]kmsv1alpha1.KmsKeySelector, error) {
-	users, err := selectorsOf(ctx, r, p.obj.GetNamespace(), p.kind, p.obj.GetName())
-	cluster, ok := p.obj.(*kmsv1alpha1.ClusterKmsProvider)
-	if err != nil || !ok || len(cluster.Spec.Conditions) == 0 {
-		return users, err
+func (r *ProviderReconciler) allowedSelectorsOf(ctx context.Context, p kmsv1alpha1.GenericProvider) ([]kmsv1alpha1.KmsKeySelector, error) {
+	users, err := selectorsOf(ctx, r, p.GetNamespace(), p.ProviderKind(), p.GetName())
+	if err != nil {
+		return nil, err
 	}
 	allowed := map[string]bool{}
 	kept := users[:0]
 	for _, s := range users {
 		ok, seen := allowed[s.Namespace]
 		if !seen {
-			err := namespaceMayUse(ctx, r, cluster, s.Namespace)
+			err := namespaceMayUse(ctx, r, p, s.Namespace)
 			if err != nil && asFailure(err) == nil {
 				return nil, err
 			}
@@ -241,7 +221,7 @@ func (r *ProviderReconciler) allowedSelectorsOf(ctx context.Context, p providerU
 }
 
 // validate makes one count call with the provider's credentials and records the outcome.
-func (r *ProviderReconciler) validate(ctx context.Context, p providerUnderValidation, now time.Time) error {
+func (r *ProviderReconciler) validate(ctx context.Context, p kmsv1alpha1.GenericProvider, now time.Time) error {
 	err := r.count(ctx, p)
 	if err == nil {
 		r.validated(p, now, "KMS accepted the credentials")
@@ -253,12 +233,12 @@ func (r *ProviderReconciler) validate(ctx context.Context, p providerUnderValida
 	}
 	log.FromContext(ctx).Info("Provider validation failed", "reason", f.reason, "error", err.Error())
 	r.setReady(p, metav1.ConditionFalse, f.reason, err.Error())
-	r.Recorder.Eventf(p.obj, nil, corev1.EventTypeWarning, f.reason, "Validate", "%s", err.Error())
+	r.Recorder.Eventf(p, nil, corev1.EventTypeWarning, f.reason, "Validate", "%s", err.Error())
 	return nil
 }
 
-func (r *ProviderReconciler) count(ctx context.Context, p providerUnderValidation) error {
-	resolved, err := p.resolve()
+func (r *ProviderReconciler) count(ctx context.Context, p kmsv1alpha1.GenericProvider) error {
+	resolved, err := resolve(p, r.Options.ClusterResourceNamespace)
 	if err != nil {
 		return err
 	}
@@ -279,26 +259,22 @@ func (r *ProviderReconciler) count(ctx context.Context, p providerUnderValidatio
 	return nil
 }
 
-func (r *ProviderReconciler) validated(p providerUnderValidation, at time.Time, message string) {
-	p.status.LastValidationTime = &metav1.Time{Time: at.Truncate(time.Second)}
+func (r *ProviderReconciler) validated(p kmsv1alpha1.GenericProvider, at time.Time, message string) {
+	p.ProviderStatus().LastValidationTime = &metav1.Time{Time: at.Truncate(time.Second)}
 	r.setReady(p, metav1.ConditionTrue, kmsv1alpha1.ReasonValidated, message)
 }
 
-func (r *ProviderReconciler) setReady(p providerUnderValidation, status metav1.ConditionStatus, reason, message string) {
-	p.status.ObservedGeneration = p.obj.GetGeneration()
-	p.status.LastHandledForceSync = p.obj.GetAnnotations()[kmsv1alpha1.ForceSyncAnnotation]
-	setOutcome(&p.status.Conditions, p.obj.GetGeneration(), status, reason, message)
+func (r *ProviderReconciler) setReady(p kmsv1alpha1.GenericProvider, status metav1.ConditionStatus, reason, message string) {
+	st := p.ProviderStatus()
+	st.ObservedGeneration = p.GetGeneration()
+	st.LastHandledForceSync = p.GetAnnotations()[kmsv1alpha1.ForceSyncAnnotation]
+	setOutcome(&st.Conditions, p.GetGeneration(), status, reason, message)
 }
 
-func (r *ProviderReconciler) patchStatus(ctx context.Context, p providerUnderValidation, before *kmsv1alpha1.KmsProviderStatus) error {
-	base := p.obj.DeepCopyObject().(client.Object)
-	switch b := base.(type) {
-	case *kmsv1alpha1.KmsProvider:
-		b.Status = *before
-	case *kmsv1alpha1.ClusterKmsProvider:
-		b.Status = *before
-	}
-	if err := r.Status().Patch(ctx, p.obj, client.MergeFrom(base)); err != nil && !apierrors.IsNotFound(err) {
+func (r *ProviderReconciler) patchStatus(ctx context.Context, p kmsv1alpha1.GenericProvider, before *kmsv1alpha1.KmsProviderStatus) error {
+	base := p.Copy()
+	*base.ProviderStatus() = *before
+	if err := r.Status().Patch(ctx, p, client.MergeFrom(base)); err != nil && !apierrors.IsNotFound(err) {
 		return fmt.Errorf("patching status: %w", err)
 	}
 	return nil

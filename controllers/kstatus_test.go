@@ -134,8 +134,8 @@ func objectsWithOutcome(ready metav1.ConditionStatus, reason string) map[string]
 	namespaced := &kmsv1alpha1.KmsProvider{ObjectMeta: metav1.ObjectMeta{Name: "p", Namespace: "ns", Generation: 3}}
 	cluster := &kmsv1alpha1.ClusterKmsProvider{ObjectMeta: metav1.ObjectMeta{Name: "p", Generation: 3}}
 	var r ProviderReconciler
-	r.setReady(providerUnderValidation{obj: namespaced, status: &namespaced.Status}, ready, reason, "what happened")
-	r.setReady(providerUnderValidation{obj: cluster, status: &cluster.Status}, ready, reason, "what happened")
+	r.setReady(namespaced, ready, reason, "what happened")
+	r.setReady(cluster, ready, reason, "what happened")
 	out["KmsProvider"], out["ClusterKmsProvider"] = namespaced, cluster
 	return out
 }

@@ -9,6 +9,8 @@ import (
 const (
 	DefaultSyncTimeout = 2 * time.Minute
 	DefaultBackoff     = 5 * time.Second
+	// DefaultMaxConcurrentReconciles is also the default of --max-concurrent-reconciles.
+	DefaultMaxConcurrentReconciles = 4
 	// DefaultRefreshInterval is the CRD's default of spec.refreshInterval, for objects that
 	// bypassed defaulting.
 	DefaultRefreshInterval = 5 * time.Minute
@@ -24,7 +26,7 @@ type Options struct {
 	Backoff time.Duration
 	// ClusterResourceNamespace holds the Secrets of ClusterKmsProviders that name none.
 	ClusterResourceNamespace string
-	// MaxConcurrentReconciles is how many selectors are synced at the same time; default 1.
+	// MaxConcurrentReconciles is how many selectors are synced at the same time.
 	MaxConcurrentReconciles int
 	// Now and Jitter stand in for the clock and for the random part of the backoff in tests.
 	// Jitter(d) returns a duration in [0, d].
@@ -39,7 +41,9 @@ func (o Options) withDefaults() Options {
 	if o.Backoff <= 0 {
 		o.Backoff = DefaultBackoff
 	}
-	o.MaxConcurrentReconciles = max(o.MaxConcurrentReconciles, 1)
+	if o.MaxConcurrentReconciles <= 0 {
+		o.MaxConcurrentReconciles = DefaultMaxConcurrentReconciles
+	}
 	if o.Now == nil {
 		o.Now = time.Now
 	}

@@ -6,12 +6,10 @@ import (
 	"encoding/hex"
 	"encoding/json"
 	"fmt"
-	"slices"
 
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	"k8s.io/apimachinery/pkg/labels"
 	"k8s.io/apimachinery/pkg/types"
 	ctrl "sigs.k8s.io/controller-runtime"
 	"sigs.k8s.io/controller-runtime/pkg/client"
@@ -87,47 +85,30 @@ func (r *KmsKeySelectorReconciler) resolveProvider(ctx context.Context, sel *kms
 	if ref == nil {
 		return provider{}, failedf(kmsv1alpha1.ReasonInvalidSpec, "set one of spec.provider and spec.providerRef")
 	}
+	var p kmsv1alpha1.GenericProvider
+	key := types.NamespacedName{Name: ref.Name}
 	switch ref.Kind {
 	case kmsv1alpha1.KindKmsProvider:
-		p := &kmsv1alpha1.KmsProvider{}
-		if err := r.Get(ctx, types.NamespacedName{Namespace: sel.Namespace, Name: ref.Name}, p); err != nil {
-			return provider{}, providerGetError(err, "KmsProvider %q named by spec.providerRef does not exist in namespace %q", ref.Name, sel.Namespace)
-		}
-		return namespacedProvider(p)
+		p, key.Namespace = &kmsv1alpha1.KmsProvider{}, sel.Namespace
 	case kmsv1alpha1.KindClusterKmsProvider:
-		p := &kmsv1alpha1.ClusterKmsProvider{}
-		if err := r.Get(ctx, types.NamespacedName{Name: ref.Name}, p); err != nil {
-			return provider{}, providerGetError(err, "ClusterKmsProvider %q named by spec.providerRef does not exist", ref.Name)
-		}
-		if err := namespaceMayUse(ctx, r, p, sel.Namespace); err != nil {
-			return provider{}, err
-		}
-		return r.clusterProvider(p)
-	}
-	return provider{}, failedf(kmsv1alpha1.ReasonInvalidSpec, "spec.providerRef.kind %q is neither %s nor %s", ref.Kind, kmsv1alpha1.KindKmsProvider, kmsv1alpha1.KindClusterKmsProvider)
-}
-
-func providerGetError(err error, notFound string, args ...any) error {
-	if apierrors.IsNotFound(err) {
-		return failedf(kmsv1alpha1.ReasonProviderNotFound, notFound, args...)
-	}
-	return fmt.Errorf("getting provider: %w", err)
-}
-
-func namespacedProvider(p *kmsv1alpha1.KmsProvider) (provider, error) {
-	out := provider{location: p.Spec.KMSLocation, fields: fmt.Sprintf("KmsProvider %q spec", p.Name)}
-	auth := p.Spec.Auth
-	switch {
-	case auth.WorkloadIdentity != nil:
-		out.authField = out.fields + ".auth.workloadIdentity"
-		out.workload = workloadOf(*auth.WorkloadIdentity, p.Namespace)
-	case auth.SecretRef != nil:
-		out.authField = out.fields + ".auth.secretRef"
-		out.secret = &types.NamespacedName{Namespace: p.Namespace, Name: auth.SecretRef.Name}
+		p = &kmsv1alpha1.ClusterKmsProvider{}
 	default:
-		return provider{}, failedf(kmsv1alpha1.ReasonInvalidSpec, "%s.auth sets no authentication method", out.fields)
+		return provider{}, failedf(kmsv1alpha1.ReasonInvalidSpec, "spec.providerRef.kind %q is neither %s nor %s", ref.Kind, kmsv1alpha1.KindKmsProvider, kmsv1alpha1.KindClusterKmsProvider)
 	}
-	return out, nil
+	if err := r.Get(ctx, key, p); err != nil {
+		if apierrors.IsNotFound(err) {
+			where := ""
+			if key.Namespace != "" {
+				where = fmt.Sprintf(" in namespace %q", key.Namespace)
+			}
+			return provider{}, failedf(kmsv1alpha1.ReasonProviderNotFound, "%s %q named by spec.providerRef does not exist%s", ref.Kind, ref.Name, where)
+		}
+		return provider{}, fmt.Errorf("getting provider: %w", err)
+	}
+	if err := namespaceMayUse(ctx, r, p, sel.Namespace); err != nil {
+		return provider{}, err
+	}
+	return resolve(p, r.Options.ClusterResourceNamespace)
 }
 
 // workloadOf resolves a namespaced WorkloadIdentity: its service account is in namespace.
@@ -140,15 +121,12 @@ func workloadOf(w kmsv1alpha1.WorkloadIdentity, namespace string) *workloadIdent
 	}
 }
 
-// clusterProvider resolves a ClusterKmsProvider; the namespace of its Secret or service account
-// defaults to the operator's cluster resource namespace.
-func (r *KmsKeySelectorReconciler) clusterProvider(p *kmsv1alpha1.ClusterKmsProvider) (provider, error) {
-	return clusterProviderOf(p, r.Options.ClusterResourceNamespace)
-}
-
-func clusterProviderOf(p *kmsv1alpha1.ClusterKmsProvider, clusterResourceNamespace string) (provider, error) {
-	out := provider{location: p.Spec.KMSLocation, fields: fmt.Sprintf("ClusterKmsProvider %q spec", p.Name)}
-	auth := p.Spec.Auth
+// resolve gives the location and the authentication of a provider of either kind. The
+// namespace of the Secret or service account that a ClusterKmsProvider names defaults to the
+// operator's cluster resource namespace.
+func resolve(p kmsv1alpha1.GenericProvider, clusterResourceNamespace string) (provider, error) {
+	out := provider{location: p.Location(), fields: fmt.Sprintf("%s %q spec", p.ProviderKind(), p.GetName())}
+	auth := p.Auth()
 	// namespace defaults the namespace set at field to the cluster resource namespace.
 	namespace := func(field, ns string) (string, error) {
 		switch {
@@ -190,10 +168,10 @@ func clusterProviderOf(p *kmsv1alpha1.ClusterKmsProvider, clusterResourceNamespa
 	return out, nil
 }
 
-// namespaceMayUse returns nil when the ClusterKmsProvider allows the namespace, a
-// ProviderNotAllowed failure that names the rule when it does not (or the namespace is gone),
-// and any other error when the namespace could not be read.
-func namespaceMayUse(ctx context.Context, c client.Reader, p *kmsv1alpha1.ClusterKmsProvider, namespace string) error {
+// namespaceMayUse returns nil when the provider allows the namespace, a ProviderNotAllowed
+// failure that names the rule when it does not (or the namespace is gone), and any other error
+// when the namespace could not be read.
+func namespaceMayUse(ctx context.Context, c client.Reader, p kmsv1alpha1.GenericProvider, namespace string) error {
 	ns := &metav1.PartialObjectMetadata{}
 	ns.SetGroupVersionKind(corev1.SchemeGroupVersion.WithKind("Namespace"))
 	if err := c.Get(ctx, types.NamespacedName{Name: namespace}, ns); err != nil {
@@ -202,35 +180,10 @@ func namespaceMayUse(ctx context.Context, c client.Reader, p *kmsv1alpha1.Cluste
 		}
 		return fmt.Errorf("getting namespace %q: %w", namespace, err)
 	}
-	if err := allowsNamespace(p, ns.Name, ns.Labels); err != nil {
+	if err := p.Allows(ns.Name, ns.Labels); err != nil {
 		return failed(kmsv1alpha1.ReasonProviderNotAllowed, err)
 	}
 	return nil
-}
-
-// allowsNamespace tells, as an error naming the rule, why a ClusterKmsProvider does not allow ns;
-// nil when it does.
-func allowsNamespace(p *kmsv1alpha1.ClusterKmsProvider, namespace string, namespaceLabels map[string]string) error {
-	if len(p.Spec.Conditions) == 0 {
-		return nil
-	}
-	for i, c := range p.Spec.Conditions {
-		if slices.Contains(c.Namespaces, namespace) {
-			return nil
-		}
-		if c.NamespaceSelector == nil {
-			continue
-		}
-		selector, err := metav1.LabelSelectorAsSelector(c.NamespaceSelector)
-		if err != nil {
-			return fmt.Errorf("ClusterKmsProvider %q spec.conditions[%d].namespaceSelector is invalid: %w", p.Name, i, err)
-		}
-		if selector.Matches(labels.Set(namespaceLabels)) {
-			return nil
-		}
-	}
-	return fmt.Errorf("ClusterKmsProvider %q does not allow namespace %q: none of its %d spec.conditions selects it by label or names it",
-		p.Name, namespace, len(p.Spec.Conditions))
 }
 
 // providerKey is the index value of a selector's spec.providerRef: the kind and the name.

@@ -36,9 +36,9 @@ func TestAllowsNamespace(t *testing.T) {
 	for _, tc := range cases {
 		p := &kmsv1alpha1.ClusterKmsProvider{Spec: kmsv1alpha1.ClusterKmsProviderSpec{Conditions: tc.conditions}}
 		p.Name = "shared"
-		err := allowsNamespace(p, tc.ns, tc.labels)
+		err := p.Allows(tc.ns, tc.labels)
 		if (err == nil) != tc.allowed {
-			t.Errorf("%s: allowsNamespace = %v, want allowed %v", tc.name, err, tc.allowed)
+			t.Errorf("%s: Allows = %v, want allowed %v", tc.name, err, tc.allowed)
 		}
 		if err != nil && (!strings.Contains(err.Error(), `ClusterKmsProvider "shared"`) || !strings.Contains(err.Error(), tc.ns)) {
 			t.Errorf("%s: the message %q names neither the provider nor the namespace", tc.name, err)
@@ -50,16 +50,16 @@ func TestClusterProviderSecretDefaultsToTheClusterResourceNamespace(t *testing.T
 	p := &kmsv1alpha1.ClusterKmsProvider{Spec: kmsv1alpha1.ClusterKmsProviderSpec{
 		Auth: kmsv1alpha1.ClusterKmsProviderAuth{SecretRef: &kmsv1alpha1.ClusterSecretReference{Name: "creds"}},
 	}}
-	got, err := clusterProviderOf(p, "kms-key-sync-system")
+	got, err := resolve(p, "kms-key-sync-system")
 	if err != nil || got.secret.Namespace != "kms-key-sync-system" || got.secret.Name != "creds" {
 		t.Fatalf("secret = %v, %v; want kms-key-sync-system/creds", got.secret, err)
 	}
 	p.Spec.Auth.SecretRef.Namespace = "platform"
-	if got, _ := clusterProviderOf(p, "kms-key-sync-system"); got.secret.Namespace != "platform" {
+	if got, _ := resolve(p, "kms-key-sync-system"); got.secret.Namespace != "platform" {
 		t.Errorf("an explicit namespace was overridden: %v", got.secret)
 	}
 	p.Spec.Auth.SecretRef.Namespace = ""
-	if _, err := clusterProviderOf(p, ""); reasonOf(err) != kmsv1alpha1.ReasonInvalidSpec || !strings.Contains(err.Error(), "--cluster-resource-namespace") {
+	if _, err := resolve(p, ""); reasonOf(err) != kmsv1alpha1.ReasonInvalidSpec || !strings.Contains(err.Error(), "--cluster-resource-namespace") {
 		t.Errorf("no namespace anywhere: err = %v, want InvalidSpec naming the flag", err)
 	}
 }
@@ -104,7 +104,7 @@ func TestClusterWorkloadIdentityDefaultsToTheClusterResourceNamespace(t *testing
 		}},
 	}}
 	p.Name = "shared"
-	got, err := clusterProviderOf(p, "kms-key-sync-system")
+	got, err := resolve(p, "kms-key-sync-system")
 	if err != nil || got.workload == nil || got.workload.serviceAccount.String() != "kms-key-sync-system/kms" {
 		t.Fatalf("workload = %+v, %v; want the service account kms-key-sync-system/kms", got.workload, err)
 	}
@@ -116,7 +116,7 @@ func TestClusterWorkloadIdentityDefaultsToTheClusterResourceNamespace(t *testing
 	if !ok || w.IAMEndpoint != "https://iam.cn-north-4.myhuaweicloud.com" || w.ProjectID != "p1" || w.Namespace != "kms-key-sync-system" {
 		t.Errorf("source = %+v, want the region's IAM endpoint, the project and the namespace", src)
 	}
-	if _, err := clusterProviderOf(p, ""); err == nil || !strings.Contains(err.Error(), `ClusterKmsProvider "shared" spec.auth.workloadIdentity.serviceAccountRef.namespace is not set`) {
+	if _, err := resolve(p, ""); err == nil || !strings.Contains(err.Error(), `ClusterKmsProvider "shared" spec.auth.workloadIdentity.serviceAccountRef.namespace is not set`) {
 		t.Errorf("no namespace anywhere: err = %v, want InvalidSpec naming the field", err)
 	}
 }

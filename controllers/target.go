@@ -32,7 +32,7 @@ var (
 // the metadata of labelled ConfigMaps, so memory does not grow with their data.
 func (r *KmsKeySelectorReconciler) currentTarget(ctx context.Context, sel *kmsv1alpha1.KmsKeySelector) (*metav1.PartialObjectMetadata, error) {
 	key := types.NamespacedName{Namespace: sel.Namespace, Name: targetName(sel)}
-	cm := configMapMetadata()
+	cm := ConfigMapMetadata()
 	err := r.Get(ctx, key, cm)
 	if apierrors.IsNotFound(err) {
 		// The cache holds only labelled ConfigMaps; ask the API server about any other.
@@ -50,7 +50,9 @@ func (r *KmsKeySelectorReconciler) currentTarget(ctx context.Context, sel *kmsv1
 	return cm, nil
 }
 
-func configMapMetadata() *metav1.PartialObjectMetadata {
+// ConfigMapMetadata is the form in which the operator reads, caches and watches ConfigMaps:
+// their metadata alone, so that memory does not grow with their data.
+func ConfigMapMetadata() *metav1.PartialObjectMetadata {
 	cm := &metav1.PartialObjectMetadata{}
 	cm.SetGroupVersionKind(corev1.SchemeGroupVersion.WithKind("ConfigMap"))
 	return cm

@@ -10,7 +10,6 @@ import (
 
 	"github.com/go-logr/logr"
 	corev1 "k8s.io/api/core/v1"
-	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/labels"
 	"k8s.io/apimachinery/pkg/runtime"
 	utilruntime "k8s.io/apimachinery/pkg/util/runtime"
@@ -219,7 +218,7 @@ func cacheOptions(namespaces []string) cache.Options {
 		ByObject: map[client.Object]cache.ByObject{
 			// The controller caches only the metadata of its own ConfigMaps; a typed ConfigMap
 			// read through the cache would be limited to them too.
-			configMapMetadata(): {Label: managed},
+			controllers.ConfigMapMetadata(): {Label: managed},
 			&corev1.ConfigMap{}: {Label: managed},
 		},
 	}
@@ -230,12 +229,6 @@ func cacheOptions(namespaces []string) cache.Options {
 		}
 	}
 	return opts
-}
-
-func configMapMetadata() *metav1.PartialObjectMetadata {
-	cm := &metav1.PartialObjectMetadata{}
-	cm.SetGroupVersionKind(corev1.SchemeGroupVersion.WithKind("ConfigMap"))
-	return cm
 }
 
 func skipNameValidation(o Options) *bool {
