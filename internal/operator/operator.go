@@ -219,7 +219,7 @@ func cacheOptions(namespaces []string) cache.Options {
 			// The controller caches only the metadata of its own ConfigMaps; a typed ConfigMap
 			// read through the cache would be limited to them too.
 			controllers.ConfigMapMetadata(): {Label: managed},
-			&corev1.ConfigMap{}: {Label: managed},
+			&corev1.ConfigMap{}:             {Label: managed},
 		},
 	}
 	if len(namespaces) > 0 {
