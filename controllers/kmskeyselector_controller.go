@@ -131,14 +131,21 @@ func (r *KmsKeySelectorReconciler) reconcileNormal(ctx context.Context, sel *kms
 	if err != nil {
 		return r.result(ctx, sel, now, p.digest(), err)
 	}
-	if due, wait := nextListing(sel, now); !due && !failedOnProvider(sel) && !providerChanged(sel, p.digest()) {
-		switch err := r.keepTarget(ctx, sel, target); {
-		case err == nil:
-			return ctrl.Result{RequeueAfter: wait}, nil
-		case !errors.Is(err, errNothingToRepairFrom):
+	state, err := r.inspectTarget(ctx, sel, target)
+	if err != nil {
+		return ctrl.Result{}, err
+	}
+	d := decide(situation{sel: sel, providerDigest: p.digest(), target: state, now: now})
+	log.FromContext(ctx).V(1).Info("Decided", "action", d.action, "reason", d.reason)
+	switch d.action {
+	case actionWait:
+		return ctrl.Result{RequeueAfter: d.wait}, nil
+	case actionRepair:
+		log.FromContext(ctx).Info("Repairing the ConfigMap", "configMap", targetName(sel))
+		if _, err := r.writeTarget(ctx, sel, target, *state.repairFrom); err != nil {
 			return ctrl.Result{}, err
 		}
-		log.FromContext(ctx).Info("Listing early to repair the ConfigMap", "configMap", targetName(sel))
+		return ctrl.Result{RequeueAfter: d.wait}, nil
 	}
 	if message, ok := pendingRequest(sel); ok && setReconciling(&sel.Status.Conditions, sel.Generation, message) {
 		// Written before the listing, so that a GitOps tool sees the request is being answered.

@@ -13,10 +13,14 @@ import (
 	kmsv1alpha1 "github.com/kms-key-sync/kms-key-sync/api/v1alpha1"
 )
 
-// memory caches, per selector, what spares calls but decides nothing: the last good content, to
-// repair an edited or deleted ConfigMap without calling KMS, and the resourceVersion of the
-// ConfigMap known to hold it, to skip reading the ConfigMap. Losing it, as a restart does, costs
-// one GET of each ConfigMap, never a KMS call or a change.
+// memory caches, per selector, what spares reads and calls: the last good content, to repair an
+// edited or deleted ConfigMap without calling KMS; the resourceVersion of the ConfigMap known to
+// hold it, to skip reading the ConfigMap; when a request was first seen, so that a retry can take
+// the listing made for it; and the status this process last wrote, until the cache shows it.
+// Whether to call KMS is decided by decide, from the status and the ConfigMap; memory only
+// spares finding out what they hold. Losing it, as a restart does, costs one GET of each
+// ConfigMap, and at most one listing for a selector whose ConfigMap was damaged meanwhile and
+// holds nothing to repair it from.
 type memory struct {
 	mu        sync.Mutex
 	selectors map[types.NamespacedName]*remembered

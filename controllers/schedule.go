@@ -13,6 +13,173 @@ import (
 // The schedule is read from the selector alone, as the API server stores it, so that a restarted
 // operator or a new leader keeps every selector's schedule and lists nothing early.
 
+// Whether a reconcile calls KMS is decided here alone, by a chain of policies read in order: the
+// first that decides wins. Each decision carries its reason, which the reconciler logs at V(1).
+
+// action is what a reconcile does for a selector.
+type action string
+
+const (
+	// actionWait keeps the ConfigMap as it is until the next listing.
+	actionWait action = "wait"
+	// actionRepair writes what was last synced back into an edited or deleted ConfigMap, without
+	// calling KMS.
+	actionRepair action = "repair"
+	// actionList lists the keys.
+	actionList action = "list"
+)
+
+// decision is what to do for a selector now and why; for wait and repair, wait is how long until
+// the next listing is due, zero when none is until something changes.
+type decision struct {
+	action action
+	reason string
+	wait   time.Duration
+}
+
+// situation is everything a decision is taken from: the selector as the API server stores it,
+// the digest of the provider it resolved to, what its ConfigMap holds, and the time.
+type situation struct {
+	sel            *kmsv1alpha1.KmsKeySelector
+	providerDigest string
+	target         targetState
+	now            time.Time
+}
+
+// targetState is what the reconciler found of the ConfigMap.
+type targetState struct {
+	// intact tells whether the ConfigMap holds what the selector last synced, with the labels,
+	// digest and owner it asks for; true when nothing was synced yet.
+	intact bool
+	// repairFrom is, when it is not intact, the content to write back without listing; nil when
+	// only a listing can give it.
+	repairFrom *content
+}
+
+// policy is one check of the chain: it decides, or passes (ok false) to the next.
+type policy func(s situation) (d decision, ok bool)
+
+// policies is the chain decide runs, in order.
+var policies = []policy{
+	userRequest,
+	providerChanged,
+	providerUsableAgain,
+	failedForGood,
+	listingDue,
+	configMapDamaged,
+}
+
+// decide returns what to do for a selector now.
+func decide(s situation) decision {
+	for _, p := range policies {
+		if d, ok := p(s); ok {
+			return d
+		}
+	}
+	next, _ := nextListingTime(s.sel)
+	return decision{action: actionWait, reason: "next listing at " + next.UTC().Format(time.RFC3339), wait: next.Sub(s.now)}
+}
+
+// userRequest lists for a first sync, a spec change or a force-sync that no completed attempt
+// has answered.
+func userRequest(s situation) (decision, bool) {
+	if _, ok := pendingRequest(s.sel); !ok {
+		return decision{}, false
+	}
+	reason := "force-sync"
+	switch st := s.sel.Status; {
+	case st.ObservedGeneration == 0:
+		reason = "first sync"
+	case st.ObservedGeneration != s.sel.Generation:
+		reason = "spec changed"
+	}
+	return decision{action: actionList, reason: reason}, true
+}
+
+// providerChanged lists when the provider's settings differ from those the last completed
+// attempt used: a provider that an admin fixed or moved takes effect at once, not at the next
+// refresh, nor never for a selector that failed for good on it. A failed attempt that found no
+// usable provider recorded no digest, so any provider that resolves now is a change; a healthy
+// selector whose status predates the digest is not listed early for it.
+func providerChanged(s situation) (decision, bool) {
+	last := s.sel.Status.ProviderDigest
+	changed := last != s.providerDigest
+	if last == "" {
+		ready := readyCondition(s.sel)
+		changed = ready != nil && ready.Status == metav1.ConditionFalse
+	}
+	return decision{action: actionList, reason: "provider changed"}, changed
+}
+
+// providerUsableAgain lists at once, rather than at the end of the backoff, when the last attempt
+// failed because the provider was missing or did not allow the namespace: it resolves now.
+func providerUsableAgain(s situation) (decision, bool) {
+	ready := readyCondition(s.sel)
+	usable := ready != nil && ready.Status == metav1.ConditionFalse &&
+		(ready.Reason == kmsv1alpha1.ReasonProviderNotFound || ready.Reason == kmsv1alpha1.ReasonProviderNotAllowed)
+	return decision{action: actionList, reason: "provider usable again"}, usable
+}
+
+// failedForGood waits for a change after a failure that retrying cannot mend.
+func failedForGood(s situation) (decision, bool) {
+	if !failedPermanently(s.sel) {
+		return decision{}, false
+	}
+	return decision{action: actionWait, reason: "failed with " + readyCondition(s.sel).Reason + ": waiting for a change"}, true
+}
+
+// listingDue lists when the next refresh, or the next retry after a failure, has come.
+func listingDue(s situation) (decision, bool) {
+	next, scheduled := nextListingTime(s.sel)
+	switch {
+	case !scheduled:
+		return decision{action: actionList, reason: "no listing scheduled"}, true
+	case next.After(s.now):
+		return decision{}, false
+	case s.sel.Status.ConsecutiveFailures > 0:
+		return decision{action: actionList, reason: fmt.Sprintf("retry %d due", s.sel.Status.ConsecutiveFailures+1)}, true
+	}
+	return decision{action: actionList, reason: "refresh due"}, true
+}
+
+// configMapDamaged repairs a ConfigMap that was edited or deleted between listings, or lists
+// early when only a listing can give its content.
+func configMapDamaged(s situation) (decision, bool) {
+	switch {
+	case s.target.intact:
+		return decision{}, false
+	case s.target.repairFrom == nil:
+		return decision{action: actionList, reason: "ConfigMap damaged, nothing to repair it from"}, true
+	}
+	next, _ := nextListingTime(s.sel)
+	return decision{action: actionRepair, reason: "ConfigMap damaged", wait: next.Sub(s.now)}, true
+}
+
+// nextListingTime is when the status schedules the next listing, if it does.
+func nextListingTime(sel *kmsv1alpha1.KmsKeySelector) (time.Time, bool) {
+	st := sel.Status
+	ready := readyCondition(sel)
+	switch {
+	case st.NextSyncTime != nil:
+		return st.NextSyncTime.Time, true
+	case ready != nil && ready.Status == metav1.ConditionTrue && st.LastSyncTime != nil:
+		// Written before the status had nextSyncTime.
+		return st.LastSyncTime.Add(refreshInterval(sel)), true
+	}
+	return time.Time{}, false
+}
+
+// failedPermanently tells whether the last attempt failed in a way that only a spec change, a
+// provider change, or a force-sync after the operator's flags changed, can mend.
+func failedPermanently(sel *kmsv1alpha1.KmsKeySelector) bool {
+	ready := readyCondition(sel)
+	return ready != nil && ready.Status == metav1.ConditionFalse && permanent(ready.Reason)
+}
+
+func readyCondition(sel *kmsv1alpha1.KmsKeySelector) *metav1.Condition {
+	return meta.FindStatusCondition(sel.Status.Conditions, kmsv1alpha1.ConditionReady)
+}
+
 // requested tells whether the user changed the spec or asked for a sync by annotation since the
 // last completed attempt.
 func requested(sel *kmsv1alpha1.KmsKeySelector) bool {
@@ -32,32 +199,6 @@ func pendingRequest(sel *kmsv1alpha1.KmsKeySelector) (string, bool) {
 		return "Listing the keys for a force-sync", true
 	}
 	return "", false
-}
-
-// nextListing says whether the selector must be listed now and, if not, how long until it must;
-// a zero wait with due false means never, until the spec changes.
-func nextListing(sel *kmsv1alpha1.KmsKeySelector, now time.Time) (due bool, wait time.Duration) {
-	if requested(sel) {
-		return true, 0
-	}
-	st := sel.Status
-	ready := meta.FindStatusCondition(st.Conditions, kmsv1alpha1.ConditionReady)
-	var next time.Time
-	switch {
-	case failedPermanently(sel):
-		return false, 0
-	case st.NextSyncTime != nil:
-		next = st.NextSyncTime.Time
-	case ready != nil && ready.Status == metav1.ConditionTrue && st.LastSyncTime != nil:
-		// Written before the status had nextSyncTime.
-		next = st.LastSyncTime.Add(refreshInterval(sel))
-	default:
-		return true, 0
-	}
-	if wait := next.Sub(now); wait > 0 {
-		return false, wait
-	}
-	return true, 0
 }
 
 // listingSince returns how recent a listing must be to answer the selector now, and whether it
@@ -123,34 +264,4 @@ func ceilSecond(t time.Time) time.Time {
 		return r.Add(time.Second)
 	}
 	return t
-}
-
-// failedPermanently tells whether the last attempt failed in a way that only a spec change, or a
-// force-sync after the operator's flags changed, can mend.
-func failedPermanently(sel *kmsv1alpha1.KmsKeySelector) bool {
-	ready := meta.FindStatusCondition(sel.Status.Conditions, kmsv1alpha1.ConditionReady)
-	return ready != nil && ready.Status == metav1.ConditionFalse && permanent(ready.Reason)
-}
-
-// failedOnProvider tells whether the last attempt failed because the provider was missing or
-// did not allow the namespace: once it resolves again, the selector syncs at once rather than
-// waiting out its backoff.
-func failedOnProvider(sel *kmsv1alpha1.KmsKeySelector) bool {
-	ready := meta.FindStatusCondition(sel.Status.Conditions, kmsv1alpha1.ConditionReady)
-	return ready != nil && ready.Status == metav1.ConditionFalse &&
-		(ready.Reason == kmsv1alpha1.ReasonProviderNotFound || ready.Reason == kmsv1alpha1.ReasonProviderNotAllowed)
-}
-
-// providerChanged tells whether the provider's settings, of the given digest, differ from those
-// the last completed attempt used: a provider that an admin fixed or moved takes effect at once,
-// not at the next refresh, nor never for a selector that failed for good on it. A failed attempt
-// that found no usable provider recorded no digest, so any provider that resolves now is a change;
-// a healthy selector whose status predates the digest is not listed early for it.
-func providerChanged(sel *kmsv1alpha1.KmsKeySelector, digest string) bool {
-	last := sel.Status.ProviderDigest
-	if last == "" {
-		ready := meta.FindStatusCondition(sel.Status.Conditions, kmsv1alpha1.ConditionReady)
-		return ready != nil && ready.Status == metav1.ConditionFalse
-	}
-	return last != digest
 }

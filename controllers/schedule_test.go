@@ -69,36 +69,69 @@ func TestMemoryCatchesUpOnlyACacheThatHasNotSeenTheWrite(t *testing.T) {
 	}
 }
 
-func TestNextListingReadsTheScheduleFromTheStatus(t *testing.T) {
+func TestDecideTakesEachSituationToItsActionAndReason(t *testing.T) {
 	now := time.Unix(1_700_000_000, 0)
 	at := func(d time.Duration) *metav1.Time { return &metav1.Time{Time: now.Add(d)} }
 	ready := func(status metav1.ConditionStatus, reason string) []metav1.Condition {
 		return []metav1.Condition{{Type: kmsv1alpha1.ConditionReady, Status: status, Reason: reason}}
 	}
+	failedWith := func(reason string) func(*kmsv1alpha1.KmsKeySelector) {
+		return func(s *kmsv1alpha1.KmsKeySelector) {
+			s.Status.Conditions = ready(metav1.ConditionFalse, reason)
+			s.Status.NextSyncTime, s.Status.ConsecutiveFailures = at(5*time.Second), 2
+		}
+	}
+	edited := targetState{repairFrom: &content{Data: map[string]string{"k": "Enabled"}}}
+	const provider = "digest-1"
 	cases := []struct {
 		name   string
 		mutate func(*kmsv1alpha1.KmsKeySelector)
-		due    bool
-		wait   time.Duration
+		target targetState
+		want   decision
 	}{
-		{"never synced", func(s *kmsv1alpha1.KmsKeySelector) { s.Status = kmsv1alpha1.KmsKeySelectorStatus{} }, true, 0},
-		{"synced, refresh ahead", func(*kmsv1alpha1.KmsKeySelector) {}, false, 40 * time.Minute},
-		{"refresh time come", func(s *kmsv1alpha1.KmsKeySelector) { s.Status.NextSyncTime = at(-time.Second) }, true, 0},
-		{"spec changed", func(s *kmsv1alpha1.KmsKeySelector) { s.Generation = 3 }, true, 0},
+		{"synced, refresh ahead", nil, targetState{intact: true},
+			decision{actionWait, "next listing at 2023-11-14T22:53:20Z", 40 * time.Minute}},
+		{"never synced", func(s *kmsv1alpha1.KmsKeySelector) { s.Status = kmsv1alpha1.KmsKeySelectorStatus{} }, targetState{intact: true},
+			decision{actionList, "first sync", 0}},
+		{"spec changed", func(s *kmsv1alpha1.KmsKeySelector) { s.Generation = 3 }, targetState{intact: true},
+			decision{actionList, "spec changed", 0}},
 		{"force-sync asked", func(s *kmsv1alpha1.KmsKeySelector) {
 			s.Annotations = map[string]string{kmsv1alpha1.ForceSyncAnnotation: "now"}
-		}, true, 0},
-		{"retry ahead", func(s *kmsv1alpha1.KmsKeySelector) {
-			s.Status.Conditions = ready(metav1.ConditionFalse, kmsv1alpha1.ReasonKMSRequestFailed)
-			s.Status.NextSyncTime = at(5 * time.Second)
-		}, false, 5 * time.Second},
+		}, targetState{intact: true}, decision{actionList, "force-sync", 0}},
+		{"provider changed", func(s *kmsv1alpha1.KmsKeySelector) { s.Status.ProviderDigest = "digest-0" }, targetState{intact: true},
+			decision{actionList, "provider changed", 0}},
+		{"failed before any provider resolved, which does now", func(s *kmsv1alpha1.KmsKeySelector) {
+			failedWith(kmsv1alpha1.ReasonInvalidSpec)(s)
+			s.Status.ProviderDigest = ""
+		}, targetState{intact: true}, decision{actionList, "provider changed", 0}},
+		{"healthy, synced before the provider digest existed", func(s *kmsv1alpha1.KmsKeySelector) { s.Status.ProviderDigest = "" },
+			targetState{intact: true}, decision{actionWait, "next listing at 2023-11-14T22:53:20Z", 40 * time.Minute}},
+		{"provider found again", failedWith(kmsv1alpha1.ReasonProviderNotFound), targetState{intact: true},
+			decision{actionList, "provider usable again", 0}},
+		{"namespace allowed again", failedWith(kmsv1alpha1.ReasonProviderNotAllowed), targetState{intact: true},
+			decision{actionList, "provider usable again", 0}},
 		{"failed for good", func(s *kmsv1alpha1.KmsKeySelector) {
-			s.Status.Conditions = ready(metav1.ConditionFalse, kmsv1alpha1.ReasonInvalidSpec)
+			failedWith(kmsv1alpha1.ReasonInvalidSpec)(s)
 			s.Status.NextSyncTime = nil
-		}, false, 0},
+		}, edited, decision{actionWait, "failed with InvalidSpec: waiting for a change", 0}},
+		{"retry ahead", failedWith(kmsv1alpha1.ReasonKMSRequestFailed), targetState{intact: true},
+			decision{actionWait, "next listing at 2023-11-14T22:13:25Z", 5 * time.Second}},
+		{"retry come", func(s *kmsv1alpha1.KmsKeySelector) {
+			failedWith(kmsv1alpha1.ReasonKMSRequestFailed)(s)
+			s.Status.NextSyncTime = at(-time.Second)
+		}, targetState{intact: true}, decision{actionList, "retry 3 due", 0}},
+		{"refresh time come", func(s *kmsv1alpha1.KmsKeySelector) { s.Status.NextSyncTime = at(-time.Second) }, edited,
+			decision{actionList, "refresh due", 0}},
 		{"written before nextSyncTime existed", func(s *kmsv1alpha1.KmsKeySelector) {
 			s.Status.NextSyncTime, s.Status.LastSyncTime = nil, at(-20*time.Minute)
-		}, false, 10 * time.Minute},
+		}, targetState{intact: true}, decision{actionWait, "next listing at 2023-11-14T22:23:20Z", 10 * time.Minute}},
+		{"no schedule at all", func(s *kmsv1alpha1.KmsKeySelector) {
+			s.Status.Conditions = ready(metav1.ConditionFalse, kmsv1alpha1.ReasonKMSRequestFailed)
+			s.Status.NextSyncTime = nil
+		}, targetState{intact: true}, decision{actionList, "no listing scheduled", 0}},
+		{"ConfigMap edited, content at hand", nil, edited, decision{actionRepair, "ConfigMap damaged", 40 * time.Minute}},
+		{"ConfigMap deleted, nothing to repair from", nil, targetState{},
+			decision{actionList, "ConfigMap damaged, nothing to repair it from", 0}},
 	}
 	for _, tc := range cases {
 		sel := &kmsv1alpha1.KmsKeySelector{}
@@ -106,11 +139,14 @@ func TestNextListingReadsTheScheduleFromTheStatus(t *testing.T) {
 		sel.Spec.RefreshInterval = &metav1.Duration{Duration: 30 * time.Minute}
 		sel.Status = kmsv1alpha1.KmsKeySelectorStatus{
 			ObservedGeneration: 2, Conditions: ready(metav1.ConditionTrue, kmsv1alpha1.ReasonSynced),
-			LastSyncTime: at(-time.Minute), NextSyncTime: at(40 * time.Minute),
+			LastSyncTime: at(-time.Minute), NextSyncTime: at(40 * time.Minute), ProviderDigest: provider,
 		}
-		tc.mutate(sel)
-		if due, wait := nextListing(sel, now); due != tc.due || wait != tc.wait {
-			t.Errorf("%s: nextListing = %v, %v; want %v, %v", tc.name, due, wait, tc.due, tc.wait)
+		if tc.mutate != nil {
+			tc.mutate(sel)
+		}
+		got := decide(situation{sel: sel, providerDigest: provider, target: tc.target, now: now})
+		if got != tc.want {
+			t.Errorf("%s: decide = %+v; want %+v", tc.name, got, tc.want)
 		}
 	}
 }

@@ -19,13 +19,8 @@ import (
 	"github.com/kms-key-sync/kms-key-sync/internal/metrics"
 )
 
-var (
-	// errSelectorGone stops a write for a selector deleted since the reconcile began.
-	errSelectorGone = errors.New("selector deleted")
-	// errNothingToRepairFrom says that the ConfigMap needs repair and only a listing can give
-	// its content.
-	errNothingToRepairFrom = errors.New("no content to repair the ConfigMap from")
-)
+// errSelectorGone stops a write for a selector deleted since the reconcile began.
+var errSelectorGone = errors.New("selector deleted")
 
 // currentTarget returns the target ConfigMap's metadata, nil when it does not exist, or a
 // TargetConflict failure when it exists and this selector does not own it. The cache holds only
@@ -58,42 +53,41 @@ func ConfigMapMetadata() *metav1.PartialObjectMetadata {
 	return cm
 }
 
-// keepTarget makes sure, between listings, that the ConfigMap still holds what was last synced,
-// and repairs it when someone edited or deleted it: from memory, or else from its own keys.json
-// when that still gives what was synced. It returns errNothingToRepairFrom when only a listing
-// can give the content. A selector that never synced, or whose last attempt failed for good, has
-// nothing to keep.
-func (r *KmsKeySelectorReconciler) keepTarget(ctx context.Context, sel *kmsv1alpha1.KmsKeySelector, target *metav1.PartialObjectMetadata) error {
-	if sel.Status.LastSyncTime == nil || failedPermanently(sel) {
-		return nil
+// inspectTarget tells whether the ConfigMap still holds what the selector last synced and, when
+// someone edited or deleted it, what to repair it from without listing: the content this process
+// remembers, or else the ConfigMap's own keys.json when that still gives what was synced.
+func (r *KmsKeySelectorReconciler) inspectTarget(ctx context.Context, sel *kmsv1alpha1.KmsKeySelector, target *metav1.PartialObjectMetadata) (targetState, error) {
+	if sel.Status.LastSyncTime == nil {
+		return targetState{intact: true}, nil
 	}
 	var stored *content
 	synced := syncedDigest(sel, target)
 	if target != nil {
 		if r.memory.holds(sel, target.ResourceVersion, synced) && metadataUpToDate(target, sel, synced) {
-			return nil
+			return targetState{intact: true}, nil
 		}
 		var err error
 		if stored, err = r.storedContent(ctx, sel, target, synced); err != nil {
-			return err
+			return targetState{}, err
 		}
 		if stored != nil && stored.digest() == synced && metadataUpToDate(target, sel, synced) {
-			return nil
+			return targetState{intact: true}, nil
 		}
 	}
-	good, ok := r.memory.lastGood(sel)
-	if !ok && stored != nil {
-		tpls, err := parseTemplates(sel.Spec.Target.Template)
-		if err != nil {
-			return errNothingToRepairFrom
-		}
-		good, ok = rebuildSynced(*stored, synced, tpls)
+	if good, ok := r.memory.lastGood(sel); ok {
+		return targetState{repairFrom: &good}, nil
 	}
-	if !ok {
-		return errNothingToRepairFrom
+	if stored == nil {
+		return targetState{}, nil
 	}
-	_, err := r.writeTarget(ctx, sel, target, good)
-	return err
+	tpls, err := parseTemplates(sel.Spec.Target.Template)
+	if err != nil {
+		return targetState{}, nil
+	}
+	if good, ok := rebuildSynced(*stored, synced, tpls); ok {
+		return targetState{repairFrom: &good}, nil
+	}
+	return targetState{}, nil
 }
 
 // syncedDigest is the digest of what the selector last synced: its status says, where the tenant
