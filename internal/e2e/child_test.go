@@ -40,6 +40,9 @@ type childConfig struct {
 
 	LeaderElection          bool
 	LeaderElectionNamespace string
+	LeaseDuration           time.Duration
+	RenewDeadline           time.Duration
+	RetryPeriod             time.Duration
 	WatchNamespaces         []string
 	// MetricsAddr serves the metrics over plain HTTP while the operator runs; "" serves none.
 	MetricsAddr string
@@ -64,6 +67,7 @@ func electingChildOf(f *testkit.Fixture) childConfig {
 	Expect(env.GrantLeaderElection(bg(), f.Namespace)).To(Succeed())
 	c := childOf(f)
 	c.LeaderElection, c.LeaderElectionNamespace = true, f.Namespace
+	c.LeaseDuration, c.RenewDeadline, c.RetryPeriod = leaseDuration, renewDeadline, retryPeriod
 	return c
 }
 
@@ -93,6 +97,7 @@ func runChild(raw string) int {
 		return 2
 	}
 	o.LeaderElection, o.LeaderElectionNamespace = c.LeaderElection, c.LeaderElectionNamespace
+	o.LeaseDuration, o.RenewDeadline, o.RetryPeriod = c.LeaseDuration, c.RenewDeadline, c.RetryPeriod
 	// As main sets it: the process exits when its manager stops.
 	o.LeaderElectionReleaseOnCancel = true
 	o.KMS.Logger = ctrl.Log.WithName("kms")

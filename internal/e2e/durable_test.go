@@ -86,7 +86,7 @@ var _ = Describe("Durable reconcile state across processes", func() {
 		listed := f.FilterCalls()
 
 		Expect(leader.stop(syscall.SIGTERM)).To(BeTrue())
-		Eventually(standby.electedAt, defaultLeaseDuration+2*defaultRetryPeriod+10*time.Second).ShouldNot(BeZero())
+		Eventually(standby.electedAt, leaseDuration+2*retryPeriod+10*time.Second).ShouldNot(BeZero())
 		Eventually(reconciles(metrics), time.Minute).Should(BeNumerically(">=", selectors))
 		Expect(f.FilterCalls()).To(Equal(listed), "KMS calls after the failover")
 		AddReportEntry("KMS listings after a failover of 50 synced selectors", f.FilterCalls()-listed)
@@ -115,7 +115,7 @@ var _ = Describe("Durable reconcile state across processes", func() {
 		Expect(f.States("respec")(Default)).To(Equal(testkit.StatesOf(prod)))
 
 		By("letting the standby take over")
-		Eventually(standby.electedAt, defaultLeaseDuration+2*defaultRetryPeriod+10*time.Second).ShouldNot(BeZero())
+		Eventually(standby.electedAt, leaseDuration+2*retryPeriod+10*time.Second).ShouldNot(BeZero())
 		Eventually(f.States("respec"), 10*time.Second).Should(Equal(testkit.StatesOf(dev)))
 		Eventually(func(g Gomega) {
 			cur := f.Get(sel)(g)

@@ -55,6 +55,11 @@ type Options struct {
 	// takes over at once instead of after the lease expires. Only safe when the process exits
 	// as soon as the manager has stopped, as main does.
 	LeaderElectionReleaseOnCancel bool
+	// LeaseDuration, RenewDeadline and RetryPeriod time the leader election; zero means
+	// controller-runtime's defaults (15s, 10s and 2s).
+	LeaseDuration time.Duration
+	RenewDeadline time.Duration
+	RetryPeriod   time.Duration
 	// AllowInsecureEndpoints, MaxConcurrentReconciles, SyncTimeout and Backoff are the
 	// reconciler's; see controllers.Options. Zero means the default.
 	AllowInsecureEndpoints  bool
@@ -103,6 +108,9 @@ func New(cfg *rest.Config, o Options) (ctrl.Manager, error) {
 		LeaderElectionID:              "kms-key-sync.keysync.dev",
 		LeaderElectionNamespace:       o.LeaderElectionNamespace,
 		LeaderElectionReleaseOnCancel: o.LeaderElectionReleaseOnCancel,
+		LeaseDuration:                 positive(o.LeaseDuration),
+		RenewDeadline:                 positive(o.RenewDeadline),
+		RetryPeriod:                   positive(o.RetryPeriod),
 		Cache:                         cacheOptions(o.WatchNamespaces),
 		Logger:                        o.Logger,
 		Controller:                    config.Controller{SkipNameValidation: skipNameValidation(o)},
@@ -229,6 +237,14 @@ func cacheOptions(namespaces []string) cache.Options {
 		}
 	}
 	return opts
+}
+
+// positive is d, or nil for the manager's default when d is not positive.
+func positive(d time.Duration) *time.Duration {
+	if d <= 0 {
+		return nil
+	}
+	return &d
 }
 
 func skipNameValidation(o Options) *bool {
