@@ -37,11 +37,12 @@ type Coalescing struct {
 	TTL time.Duration
 	// OnCoalesced is called for every request answered without a listing of its own.
 	OnCoalesced func()
+	// Now is the clock listings are stamped with; nil means time.Now.
+	Now func() time.Time
 
 	mu      sync.Mutex
 	flights map[string]*flight
 	cache   map[string]cached
-	now     func() time.Time
 }
 
 // flight is one listing in progress and the callers waiting for it.
@@ -214,8 +215,8 @@ func (c *Coalescing) coalesced() {
 }
 
 func (c *Coalescing) clock() time.Time {
-	if c.now != nil {
-		return c.now()
+	if c.Now != nil {
+		return c.Now()
 	}
 	return time.Now()
 }

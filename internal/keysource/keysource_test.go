@@ -107,7 +107,7 @@ func TestCoalescingCachesForTTLOnlyAndNeverCachesFailures(t *testing.T) {
 	next := &gatedLister{release: make(chan struct{}), err: errors.New("boom")}
 	close(next.release)
 	now := time.Unix(1000, 0)
-	c := &Coalescing{Next: next, TTL: 5 * time.Second, now: func() time.Time { return now }}
+	c := &Coalescing{Next: next, TTL: 5 * time.Second, Now: func() time.Time { return now }}
 	list := func(fresh bool) error {
 		req := request("t")
 		req.Fresh = fresh
@@ -190,7 +190,7 @@ func TestCoalescingServesLateMembersOfASlot(t *testing.T) {
 	next := &gatedLister{release: make(chan struct{})}
 	close(next.release)
 	now := time.Unix(1000, 0)
-	c := &Coalescing{Next: next, TTL: 5 * time.Second, now: func() time.Time { return now }}
+	c := &Coalescing{Next: next, TTL: 5 * time.Second, Now: func() time.Time { return now }}
 	slot := now
 	list := func(notBefore time.Time) {
 		t.Helper()
@@ -345,7 +345,7 @@ func TestFreshRequestTakesOnlyAListingMadeSinceItsTime(t *testing.T) {
 	next := &gatedLister{release: make(chan struct{})}
 	close(next.release)
 	now := time.Unix(1000, 0)
-	c := &Coalescing{Next: next, TTL: 5 * time.Second, now: func() time.Time { return now }}
+	c := &Coalescing{Next: next, TTL: 5 * time.Second, Now: func() time.Time { return now }}
 	list := func(notBefore time.Time, fresh bool) {
 		t.Helper()
 		req := request("t")
@@ -376,7 +376,7 @@ func TestFreshRequestNeverTakesAListingBegunBeforeIt(t *testing.T) {
 	var mu sync.Mutex
 	clock := func() time.Time { mu.Lock(); defer mu.Unlock(); return now }
 	advance := func(d time.Duration) { mu.Lock(); defer mu.Unlock(); now = now.Add(d) }
-	c := &Coalescing{Next: next, TTL: 5 * time.Second, now: clock}
+	c := &Coalescing{Next: next, TTL: 5 * time.Second, Now: clock}
 
 	scheduled := make(chan error, 1)
 	go func() { _, err := c.ListKeys(context.Background(), request("t")); scheduled <- err }()
@@ -419,7 +419,7 @@ func TestCacheStampsAListingWithItsStart(t *testing.T) {
 	now := time.Unix(1000, 0)
 	var mu sync.Mutex
 	clock := func() time.Time { mu.Lock(); defer mu.Unlock(); return now }
-	c := &Coalescing{Next: next, TTL: 5 * time.Second, now: clock}
+	c := &Coalescing{Next: next, TTL: 5 * time.Second, Now: clock}
 	done := make(chan error, 1)
 	go func() { _, err := c.ListKeys(context.Background(), request("t")); done <- err }()
 	<-next.started

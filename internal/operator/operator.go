@@ -88,6 +88,9 @@ type Options struct {
 	// HC_CONTAINER_AUTHORIZATION_TOKEN_FILE.
 	PodIdentityURI       string
 	PodIdentityTokenFile string
+	// Now is the clock of the schedule, the listings and the credentials' expiry; nil means
+	// time.Now. Tests set one to run hours of refreshes in seconds.
+	Now func() time.Time
 	// Logger is the manager's logger, which its controller, cache and event recorder log
 	// through; the zero value means controller-runtime's global logger, as main uses.
 	Logger logr.Logger
@@ -127,6 +130,7 @@ func New(cfg *rest.Config, o Options) (ctrl.Manager, error) {
 		Backoff:                  o.Backoff,
 		MaxConcurrentReconciles:  o.MaxConcurrentReconciles,
 		ClusterResourceNamespace: o.ClusterResourceNamespace,
+		Now:                      o.Now,
 	}
 	direct := newDirect(o)
 	identities := newBroker(o, mgr.GetClient(), mgr.GetLogger().WithName("identity"))
@@ -178,6 +182,10 @@ func newBroker(o Options, c client.Client, log logr.Logger) *identity.Broker {
 	if metadata == "" {
 		metadata = identity.DefaultMetadataEndpoint
 	}
+	now := o.Now
+	if now == nil {
+		now = time.Now
+	}
 	return &identity.Broker{
 		HTTP: &http.Client{
 			Transport: keysource.TransportOf(o.KMS),
@@ -195,7 +203,7 @@ func newBroker(o Options, c client.Client, log logr.Logger) *identity.Broker {
 		PodIdentityURI:       o.PodIdentityURI,
 		PodIdentityTokenFile: o.PodIdentityTokenFile,
 		Tokens:               identity.ServiceAccountTokens{Client: c},
-		Now:                  time.Now,
+		Now:                  now,
 		OnRefresh: func(method string, err error) {
 			metrics.ObserveCredentialRefresh(method, err)
 			if err != nil {
@@ -212,7 +220,7 @@ const metadataTimeout = 3 * time.Second
 
 // coalesced stands coalescing in front of direct, for the selectors' listings.
 func coalesced(o Options, direct *keysource.Direct) *keysource.Coalescing {
-	return &keysource.Coalescing{Next: direct, TTL: o.CoalesceWindow, OnCoalesced: metrics.CoalescedRequests.Inc}
+	return &keysource.Coalescing{Next: direct, TTL: o.CoalesceWindow, OnCoalesced: metrics.CoalescedRequests.Inc, Now: o.Now}
 }
 
 // cacheOptions limits the ConfigMap informer to the operator's own ConfigMaps, so memory does not

@@ -54,11 +54,16 @@ const (
 // the KMS emulators accept the credentials it issues for their projects. Close the server when
 // done.
 func StartIAM(ctx context.Context, cfg *rest.Config, trusted ...*kmstest.Server) (*kmstest.IAM, *httptest.Server, error) {
+	return StartIAMWith(ctx, cfg, nil, trusted...)
+}
+
+// StartIAMWith is StartIAM with options for the emulated IAM, such as its clock.
+func StartIAMWith(ctx context.Context, cfg *rest.Config, opts []kmstest.IAMOption, trusted ...*kmstest.Server) (*kmstest.IAM, *httptest.Server, error) {
 	issuer, jwks, err := ClusterIssuer(ctx, cfg)
 	if err != nil {
 		return nil, nil, err
 	}
-	iam := kmstest.NewIAM()
+	iam := kmstest.NewIAM(opts...)
 	if err := iam.PutIdentityProvider(kmstest.IdentityProvider{
 		ID: IdentityProviderID, Issuer: issuer, ClientIDs: []string{TokenAudience}, SigningKey: jwks,
 	}); err != nil {
