@@ -26,8 +26,13 @@ import (
 const (
 	// Budget is the CEL cost that the expressions of one selector may spend, together, on one
 	// rendering; the API server's unit, about one step of evaluation each. The README's recipes
-	// spend at most about 1/20 of it over 15,000 keys (docs/benchmarks.md).
-	Budget = 50_000_000
+	// spend at most about a quarter of it over MaxKeys keys (docs/benchmarks.md).
+	Budget = 10_000_000
+	// MaxEstimatedCost is the most that the expressions of one selector may be estimated to cost
+	// over MaxKeys keys. An estimate takes every string at its longest, so it runs several times
+	// above the cost spent; as the API server admits CRD rules estimated at ten times its
+	// runtime limit, this admits five times the budget.
+	MaxEstimatedCost = 5 * Budget
 	// Timeout bounds one rendering of a selector's expressions, whatever their cost.
 	Timeout = 2 * time.Second
 	// MaxExpressionLength is the most characters in one expression; the CRD enforces it too.
@@ -117,10 +122,10 @@ func Compile(target kmsv1alpha1.TargetSpec) (*Expressions, error) {
 		}
 		// An estimate that cannot be bounded leaves the expression to the runtime limit.
 		if estimate.Max != math.MaxUint64 {
-			if total += estimate.Max; total > Budget {
+			if total += estimate.Max; total > MaxEstimatedCost {
 				return nil, &SpecError{Field: field(name), Err: fmt.Errorf(
-					"the expressions may cost up to %d over %d keys, more than the budget of %d; filter keys before nested comprehensions, or split the selector",
-					total, MaxKeys, Budget)}
+					"the expressions may cost up to %d over %d keys, more than %d; filter keys before nested comprehensions, or split the selector",
+					total, MaxKeys, MaxEstimatedCost)}
 			}
 		}
 		out.byEntry[name] = ast

@@ -49,7 +49,7 @@ func TestCompileErrors(t *testing.T) {
 		{"keys.byAlias(1)", "found no matching overload for 'byAlias'"},
 		{strings.Repeat("x", MaxExpressionLength+1), "more than 4096"},
 		{strings.Repeat("[", MaxNesting+1) + strings.Repeat("]", MaxNesting+1), "expression recursion limit exceeded: 32"},
-		{"keys.map(a, keys.map(b, a.id + b.id))", "more than the budget"},
+		{"keys.map(a, keys.map(b, a.id + b.id))", "more than 50000000"},
 	} {
 		_, err := Compile(kmsv1alpha1.TargetSpec{Data: map[string]string{"bad": tc.src}})
 		var spec *SpecError

@@ -243,27 +243,30 @@ func approxBytes(v ref.Val, limit int) int {
 }
 
 func checkFlatten(args []ref.Val) error {
+	if _, ok := args[0].(traits.Lister); !ok {
+		return nil
+	}
 	depth := 1
 	if len(args) > 1 {
 		if d, ok := args[1].(types.Int); ok {
-			depth = int(min(d, 64))
+			depth = int(max(min(d, 64), 1))
 		}
 	}
 	return checkList(flattened(args[0], depth, maxListSize+1))
 }
 
-// flattened is how many elements flattening v to depth gives, counted up to limit.
+// flattened is how many elements flattening v to depth, at least 1, gives, counted up to limit.
 func flattened(v ref.Val, depth, limit int) int {
-	list, ok := v.(traits.Lister)
-	if !ok || depth < 0 {
-		return 1
-	}
 	n := 0
-	for it := list.Iterator(); it.HasNext() == types.True && n < limit; {
-		e := it.Next()
-		if _, ok := e.(traits.Lister); ok && depth > 0 {
-			n += flattened(e, depth-1, limit-n)
-		} else {
+	for it := v.(traits.Lister).Iterator(); it.HasNext() == types.True && n < limit; {
+		switch e := it.Next().(type) {
+		case traits.Lister:
+			if depth > 1 {
+				n += flattened(e, depth-1, limit-n)
+			} else {
+				n += int(sizeOf(e))
+			}
+		default:
 			n++
 		}
 	}
