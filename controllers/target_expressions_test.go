@@ -3,6 +3,7 @@ package controllers_test
 import (
 	"encoding/json"
 	"fmt"
+	"runtime"
 	"time"
 
 	. "github.com/onsi/ginkgo/v2"
@@ -139,5 +140,35 @@ var _ = Describe("Output expressions", func() {
 			refreshNow(f, sel)
 		}
 		Expect(f.ConfigMap("quiet")(Default).ResourceVersion).To(Equal(version), "an unchanged refresh wrote the ConfigMap")
+	})
+
+	It("stops a hostile expression on its own while another namespace keeps syncing, and leaves no goroutine behind", func() {
+		hostile := newFixture(kmstest.WithKeys(keyA, keyB))
+		calm := newFixture(kmstest.WithKeys(keyA, keyB, keyC))
+		bad := hostile.Create(hostile.Selector("hostile", withData(kmsv1alpha1.MergePolicyReplace, map[string]string{"out": `keys.map(k, k.id)`}),
+			testkit.WithRefreshInterval(time.Hour)))
+		good := calm.Create(calm.Selector("calm", testkit.WithRefreshInterval(time.Hour)))
+		Eventually(hostile.ReadyReason(bad)).Should(Equal(kmsv1alpha1.ReasonSynced))
+		Eventually(calm.ReadyReason(good)).Should(Equal(kmsv1alpha1.ReasonSynced))
+		// Both emulators are connected to now: the baseline holds their connections' goroutines.
+		baseline := runtime.NumGoroutine()
+
+		// A billion steps whose size the estimate cannot see: only the runtime limits stop it.
+		Expect(k8sClient.Patch(ctx(), bad, client.RawPatch(types.MergePatchType, []byte(
+			`{"spec":{"target":{"data":{"out":"dyn(lists.range(1000)).map(a, dyn(lists.range(1000)).map(b, dyn(lists.range(1000)).map(c, a + b + c)))"}}}}`)))).To(Succeed())
+		Eventually(hostile.ReadyReason(bad)).Should(Equal(kmsv1alpha1.ReasonExpressionFailed))
+		Expect(testkit.ReadyCondition(hostile.Get(bad)(Default)).Message).To(Or(ContainSubstring("over the budget"), ContainSubstring("took longer than")))
+		for range 3 {
+			hostile.ForceSync(bad)
+			refreshNow(calm, good)
+			Eventually(hostile.Handled(bad)).Should(Succeed())
+			Expect(calm.ReadyReason(good)(Default)).To(Equal(kmsv1alpha1.ReasonSynced))
+		}
+		Expect(hostile.ReadyReason(bad)(Default)).To(Equal(kmsv1alpha1.ReasonExpressionFailed))
+		Expect(hostile.Get(bad)(Default).Status.ConsecutiveFailures).To(BeZero(), "an expression failure does not back KMS off")
+		Expect(operatorManager.Done()).NotTo(BeClosed(), "the operator stopped")
+		// Evaluation runs on the reconciling goroutine: once the attempts are handled, nothing of
+		// them runs on.
+		Eventually(runtime.NumGoroutine).Should(BeNumerically("<=", baseline))
 	})
 })

@@ -12,12 +12,18 @@ import (
 // manyKeys are n keys in id order; one in five is Enabled, and the one at n/2 has the alias
 // payments-db.
 func manyKeys(n int) []Key {
+	return keysEnabledEvery(n, 5)
+}
+
+// keysEnabledEvery are n keys in id order, one in every Enabled, and the one at n/2 has the
+// alias payments-db.
+func keysEnabledEvery(n, every int) []Key {
 	keys := make([]kms.Key, n)
 	for i := range keys {
 		keys[i] = kms.Key{ID: fmt.Sprintf("%08x-0000-4000-8000-%012x", i, i), Alias: fmt.Sprintf("payments-key-%d", i),
 			State: kms.StateDisabled, Spec: "AES_256", Usage: "ENCRYPT_DECRYPT", Origin: "kms",
 			Tags: map[string]string{"env": "prod", "team": "payments"}, CreationDate: time.Unix(1521449277+int64(i), 0)}
-		if i%5 == 0 {
+		if i%every == 0 {
 			keys[i].State = kms.StateEnabled
 		}
 	}
