@@ -1,6 +1,7 @@
 package controllers
 
 import (
+	"fmt"
 	"os"
 	"path/filepath"
 	"testing"
@@ -9,6 +10,7 @@ import (
 	"sigs.k8s.io/yaml"
 
 	"github.com/kms-key-sync/kms-key-sync/internal/kms"
+	"github.com/kms-key-sync/kms-key-sync/internal/render"
 )
 
 // TestSchemaFollowsKMSRules keeps the CRD markers in step with internal/kms/rules.go, where the
@@ -51,4 +53,25 @@ func TestSchemaFollowsKMSRules(t *testing.T) {
 	if len(enum) != 1 || string(enum[0].Raw) != `"`+string(kms.MatchResourceName)+`"` {
 		t.Errorf("match key enum = %v, want only %q", enum, kms.MatchResourceName)
 	}
+}
+
+// TestSchemaFollowsTheExpressionLimit keeps the CRD's rule on spec.target.data in step with
+// render.MaxExpressionLength, which the operator enforces again.
+func TestSchemaFollowsTheExpressionLimit(t *testing.T) {
+	raw, err := os.ReadFile(filepath.Join("..", "config", "crd", "bases", "kms.keysync.dev_kmskeyselectors.yaml"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	crd := &apiextensionsv1.CustomResourceDefinition{}
+	if err := yaml.Unmarshal(raw, crd); err != nil {
+		t.Fatal(err)
+	}
+	data := crd.Spec.Versions[0].Schema.OpenAPIV3Schema.Properties["spec"].Properties["target"].Properties["data"]
+	want := fmt.Sprintf("self.all(k, self[k].size() <= %d)", render.MaxExpressionLength)
+	for _, rule := range data.XValidations {
+		if rule.Rule == want {
+			return
+		}
+	}
+	t.Errorf("spec.target.data has no rule %q: %v", want, data.XValidations)
 }
