@@ -122,11 +122,12 @@ func Compile(target kmsv1alpha1.TargetSpec) (*Expressions, error) {
 		}
 		// An estimate that cannot be bounded leaves the expression to the runtime limit.
 		if estimate.Max != math.MaxUint64 {
-			if total += estimate.Max; total > MaxEstimatedCost {
+			if estimate.Max > MaxEstimatedCost-total {
 				return nil, &SpecError{Field: field(name), Err: fmt.Errorf(
-					"the expressions may cost up to %d over %d keys, more than %d; filter keys before nested comprehensions, or split the selector",
-					total, MaxKeys, MaxEstimatedCost)}
+					"the expression may cost up to %d over %d keys, and a selector's expressions more than %d together; filter keys before nested comprehensions, or split the selector",
+					estimate.Max, MaxKeys, MaxEstimatedCost)}
 			}
+			total += estimate.Max
 		}
 		out.byEntry[name] = ast
 	}

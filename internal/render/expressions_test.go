@@ -125,3 +125,15 @@ func TestOutputIsDeterministicAtScale(t *testing.T) {
 		}
 	}
 }
+
+func TestEstimatesAddUpAcrossEntries(t *testing.T) {
+	dotenv := `keys.map(k, k.alias.upperAscii().replace("-", "_") + "_KEY_ID=" + k.id + "\n").join("")`
+	data := map[string]string{}
+	for _, name := range []string{"a", "b", "c", "d"} {
+		data[name] = dotenv
+		_, err := Compile(kmsv1alpha1.TargetSpec{Data: data})
+		if over := len(data) == 4; over != (err != nil) {
+			t.Fatalf("%d entries of about 15M each: err = %v", len(data), err)
+		}
+	}
+}
