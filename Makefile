@@ -55,7 +55,7 @@ test: manifests generate fmt vet envtest helm kustomize build ## Run all tests a
 # BENCH_ARGS=--scenarios=b; see docs/benchmarks.md. Logs and pprof profiles go to bin/bench-out/.
 .PHONY: bench
 bench: ## Measure the operator at scale (1 to 1,000 selectors) against a naive baseline; prints a markdown table.
-	go test ./controllers/ -run '^$$' -bench '^BenchmarkTemplate10kKeys$$' -benchtime 20x
+	go test ./internal/render/ -run '^$$' -bench '^BenchmarkRecipes10kKeys$$' -benchtime 20x
 	CGO_ENABLED=0 go build -trimpath -ldflags "$(LDFLAGS)" -o bin/manager .
 	go build -o bin/bench ./hack/bench
 	assets="$$(hack/setup-envtest.sh)" && KUBEBUILDER_ASSETS="$$assets" bin/bench --manager=bin/manager $(BENCH_ARGS)
@@ -78,6 +78,7 @@ TEST_FUZZTIME ?= 10s
 fuzz: ## Run each fuzz target for FUZZTIME (default 60s).
 	go test ./internal/kms/ -run='^$$' -fuzz='^FuzzDecodeListResponse$$' -fuzztime=$(FUZZTIME)
 	go test ./internal/kms/ -run='^$$' -fuzz='^FuzzBuildRequestBody$$' -fuzztime=$(FUZZTIME)
+	go test ./internal/render/ -run='^$$' -fuzz='^FuzzExpression$$' -fuzztime=$(FUZZTIME)
 
 ##@ Build
 

@@ -7,6 +7,7 @@ import (
 
 	kmsv1alpha1 "github.com/kms-key-sync/kms-key-sync/api/v1alpha1"
 	"github.com/kms-key-sync/kms-key-sync/internal/kms"
+	"github.com/kms-key-sync/kms-key-sync/internal/render"
 )
 
 // failure is a sync failure that the status reports: Ready turns False with reason and the
@@ -57,6 +58,29 @@ func kmsFailure(err error) error {
 		reason = kmsv1alpha1.ReasonInvalidSpec
 	}
 	return failed(reason, fmt.Errorf("listing KMS keys: %w", err))
+}
+
+// renderFailure classifies an error of rendering the content. An expression that fails on a
+// good listing is no fault of KMS: the selector keeps its refresh schedule and retries at next,
+// without backoff.
+func renderFailure(err error, next time.Time) error {
+	var (
+		spec       *render.SpecError
+		expression *render.ExpressionError
+		tooLarge   *render.TooLargeError
+		keyID      *render.KeyIDError
+	)
+	switch {
+	case errors.As(err, &spec):
+		return failed(kmsv1alpha1.ReasonInvalidSpec, err)
+	case errors.As(err, &expression):
+		return &failure{reason: kmsv1alpha1.ReasonExpressionFailed, err: err, retryAt: next}
+	case errors.As(err, &tooLarge):
+		return failed(kmsv1alpha1.ReasonTargetTooLarge, err)
+	case errors.As(err, &keyID):
+		return failed(kmsv1alpha1.ReasonKMSRequestFailed, err)
+	}
+	return err
 }
 
 // retryAfter is how long KMS asked callers to wait, or zero.

@@ -43,7 +43,7 @@ var wantHealth = map[string]health{
 	kmsv1alpha1.ReasonKMSRequestFailed:       progressing,
 	kmsv1alpha1.ReasonKMSThrottled:           progressing,
 	kmsv1alpha1.ReasonTargetTooLarge:         progressing,
-	kmsv1alpha1.ReasonTemplateFailed:         progressing,
+	kmsv1alpha1.ReasonExpressionFailed:       progressing,
 	kmsv1alpha1.ReasonProviderNotFound:       progressing,
 	kmsv1alpha1.ReasonIdentityExchangeFailed: progressing,
 	kmsv1alpha1.ReasonInvalidSpec:            degraded,

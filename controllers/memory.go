@@ -11,6 +11,7 @@ import (
 	"k8s.io/apimachinery/pkg/types"
 
 	kmsv1alpha1 "github.com/kms-key-sync/kms-key-sync/api/v1alpha1"
+	"github.com/kms-key-sync/kms-key-sync/internal/render"
 )
 
 // memory caches, per selector, what spares reads and calls: the last good content, to repair an
@@ -61,7 +62,7 @@ func (m *memory) entry(sel *kmsv1alpha1.KmsKeySelector) *remembered {
 }
 
 // remember records that the selector's ConfigMap at resourceVersion holds c.
-func (m *memory) remember(sel *kmsv1alpha1.KmsKeySelector, resourceVersion string, c content) {
+func (m *memory) remember(sel *kmsv1alpha1.KmsKeySelector, resourceVersion string, c render.Content) {
 	packed := pack(c)
 	m.mu.Lock()
 	defer m.mu.Unlock()
@@ -69,7 +70,7 @@ func (m *memory) remember(sel *kmsv1alpha1.KmsKeySelector, resourceVersion strin
 		m.selectors = map[types.NamespacedName]*remembered{}
 	}
 	m.selectors[types.NamespacedName{Namespace: sel.Namespace, Name: sel.Name}] = &remembered{
-		uid: sel.UID, packed: packed, digest: c.digest(), resourceVersion: resourceVersion,
+		uid: sel.UID, packed: packed, digest: c.Digest(), resourceVersion: resourceVersion,
 	}
 }
 
@@ -82,12 +83,12 @@ func (m *memory) holds(sel *kmsv1alpha1.KmsKeySelector, resourceVersion, digest 
 }
 
 // lastGood returns the content of the selector's last successful sync.
-func (m *memory) lastGood(sel *kmsv1alpha1.KmsKeySelector) (content, bool) {
+func (m *memory) lastGood(sel *kmsv1alpha1.KmsKeySelector) (render.Content, bool) {
 	m.mu.Lock()
 	e := m.entry(sel)
 	m.mu.Unlock()
 	if e == nil || e.packed == nil {
-		return content{}, false
+		return render.Content{}, false
 	}
 	c, err := unpack(e.packed)
 	return c, err == nil
@@ -145,24 +146,24 @@ func (m *memory) forget(key types.NamespacedName) {
 }
 
 // pack compresses content for keeping; nil if that fails, which only costs a KMS call on repair.
-func pack(c content) []byte {
+func pack(c render.Content) []byte {
 	raw, err := json.Marshal(c)
 	if err != nil {
 		return nil
 	}
-	packed, err := gzipBytes(raw, gzip.BestSpeed)
+	packed, err := render.Gzip(raw, gzip.BestSpeed)
 	if err != nil {
 		return nil
 	}
 	return packed
 }
 
-func unpack(packed []byte) (content, error) {
+func unpack(packed []byte) (render.Content, error) {
 	zr, err := gzip.NewReader(bytes.NewReader(packed))
 	if err != nil {
-		return content{}, err
+		return render.Content{}, err
 	}
-	var c content
+	var c render.Content
 	err = json.NewDecoder(zr).Decode(&c)
 	return c, err
 }

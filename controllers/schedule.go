@@ -8,6 +8,7 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
 	kmsv1alpha1 "github.com/kms-key-sync/kms-key-sync/api/v1alpha1"
+	"github.com/kms-key-sync/kms-key-sync/internal/render"
 )
 
 // The schedule is read from the selector alone, as the API server stores it, so that a restarted
@@ -53,7 +54,7 @@ type targetState struct {
 	intact bool
 	// repairFrom is, when it is not intact, the content to write back without listing; nil when
 	// only a listing can give it.
-	repairFrom *content
+	repairFrom *render.Content
 }
 
 // policy is one check of the chain: it decides, or passes (ok false) to the next.

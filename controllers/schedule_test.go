@@ -7,6 +7,7 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
 	kmsv1alpha1 "github.com/kms-key-sync/kms-key-sync/api/v1alpha1"
+	"github.com/kms-key-sync/kms-key-sync/internal/render"
 )
 
 func TestNextSlotAlignsIdenticalQuestionsAndSpreadsOthers(t *testing.T) {
@@ -81,7 +82,7 @@ func TestDecideTakesEachSituationToItsActionAndReason(t *testing.T) {
 			s.Status.NextSyncTime, s.Status.ConsecutiveFailures = at(5*time.Second), 2
 		}
 	}
-	edited := targetState{repairFrom: &content{Data: map[string]string{"k": "Enabled"}}}
+	edited := targetState{repairFrom: &render.Content{Data: map[string]string{"k": "Enabled"}}}
 	const provider = "digest-1"
 	cases := []struct {
 		name   string

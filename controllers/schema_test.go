@@ -1,6 +1,7 @@
 package controllers
 
 import (
+	"fmt"
 	"os"
 	"path/filepath"
 	"testing"
@@ -9,11 +10,12 @@ import (
 	"sigs.k8s.io/yaml"
 
 	"github.com/kms-key-sync/kms-key-sync/internal/kms"
+	"github.com/kms-key-sync/kms-key-sync/internal/render"
 )
 
-// TestSchemaFollowsKMSRules keeps the CRD markers in step with internal/kms/rules.go, where the
-// API's limits are defined once.
-func TestSchemaFollowsKMSRules(t *testing.T) {
+// selectorSpecSchema is the schema of a KmsKeySelector's spec in the generated CRD.
+func selectorSpecSchema(t *testing.T) apiextensionsv1.JSONSchemaProps {
+	t.Helper()
 	raw, err := os.ReadFile(filepath.Join("..", "config", "crd", "bases", "kms.keysync.dev_kmskeyselectors.yaml"))
 	if err != nil {
 		t.Fatal(err)
@@ -22,7 +24,13 @@ func TestSchemaFollowsKMSRules(t *testing.T) {
 	if err := yaml.Unmarshal(raw, crd); err != nil {
 		t.Fatal(err)
 	}
-	spec := crd.Spec.Versions[0].Schema.OpenAPIV3Schema.Properties["spec"]
+	return crd.Spec.Versions[0].Schema.OpenAPIV3Schema.Properties["spec"]
+}
+
+// TestSchemaFollowsKMSRules keeps the CRD markers in step with internal/kms/rules.go, where the
+// API's limits are defined once.
+func TestSchemaFollowsKMSRules(t *testing.T) {
+	spec := selectorSpecSchema(t)
 	tags := spec.Properties["tags"]
 	tagKey := tags.Items.Schema.Properties["key"]
 	tagValue := tags.Items.Schema.Properties["values"].Items.Schema
@@ -51,4 +59,17 @@ func TestSchemaFollowsKMSRules(t *testing.T) {
 	if len(enum) != 1 || string(enum[0].Raw) != `"`+string(kms.MatchResourceName)+`"` {
 		t.Errorf("match key enum = %v, want only %q", enum, kms.MatchResourceName)
 	}
+}
+
+// TestSchemaFollowsTheExpressionLimit keeps the CRD's rule on spec.target.data in step with
+// render.MaxExpressionLength, which the operator enforces again.
+func TestSchemaFollowsTheExpressionLimit(t *testing.T) {
+	data := selectorSpecSchema(t).Properties["target"].Properties["data"]
+	want := fmt.Sprintf("self.all(k, self[k].size() <= %d)", render.MaxExpressionLength)
+	for _, rule := range data.XValidations {
+		if rule.Rule == want {
+			return
+		}
+	}
+	t.Errorf("spec.target.data has no rule %q: %v", want, data.XValidations)
 }

@@ -15,6 +15,7 @@ import (
 	kmsv1alpha1 "github.com/kms-key-sync/kms-key-sync/api/v1alpha1"
 	"github.com/kms-key-sync/kms-key-sync/internal/kms"
 	"github.com/kms-key-sync/kms-key-sync/internal/metrics"
+	"github.com/kms-key-sync/kms-key-sync/internal/render"
 )
 
 // maxStatusKeys is how many keys the status lists; KeyCount always gives the full number.
@@ -86,13 +87,13 @@ type keyDiff struct {
 	detailsChanged bool
 }
 
-func diffKeys(previousContent *content, currentContent content, tpls *templates) keyDiff {
+func diffKeys(previousContent *render.Content, currentContent render.Content, exprs *render.Expressions) keyDiff {
 	var previous map[string]string
 	if previousContent != nil {
 		previous = previousContent.Data
 	}
 	current := currentContent.Data
-	isKey := func(name string) bool { return name != kmsv1alpha1.KeysJSONKey && !tpls.defines(name) }
+	isKey := func(name string) bool { return name != kmsv1alpha1.KeysJSONKey && !exprs.Defines(name) }
 	d := keyDiff{movedTo: map[string][]string{}}
 	for id, state := range current {
 		if !isKey(id) {
@@ -115,8 +116,8 @@ func diffKeys(previousContent *content, currentContent content, tpls *templates)
 	for _, ids := range d.movedTo {
 		sort.Strings(ids)
 	}
-	d.detailsChanged = previousContent == nil || previousContent.details() != currentContent.details()
-	for name := range tpls.entries() {
+	d.detailsChanged = previousContent == nil || previousContent.Details() != currentContent.Details()
+	for _, name := range exprs.Entries() {
 		d.detailsChanged = d.detailsChanged || previous[name] != current[name]
 	}
 	return d
@@ -139,7 +140,7 @@ func abbreviate(ids []string, n int) string {
 
 // removeStrayEntries returns a JSON patch that removes the data and binaryData entries that
 // someone else added to cm, or nil when there are none.
-func removeStrayEntries(cm *corev1.ConfigMap, want content) client.Patch {
+func removeStrayEntries(cm *corev1.ConfigMap, want render.Content) client.Patch {
 	var ops []string
 	remove := func(field, key string) {
 		ops = append(ops, fmt.Sprintf(`{"op":"remove","path":"/%s/%s"}`, field, strings.NewReplacer("~", "~0", "/", "~1").Replace(key)))

@@ -11,16 +11,17 @@ import (
 	kmsv1alpha1 "github.com/kms-key-sync/kms-key-sync/api/v1alpha1"
 	"github.com/kms-key-sync/kms-key-sync/internal/keysource"
 	"github.com/kms-key-sync/kms-key-sync/internal/kms"
+	"github.com/kms-key-sync/kms-key-sync/internal/render"
 )
 
 // sync lists the keys and, only once the listing is complete, writes the ConfigMap when its
 // content changed, then the success into the status. What the attempt handled (the generation,
 // the force-sync value) is recorded only with its outcome.
 func (r *KmsKeySelectorReconciler) sync(ctx context.Context, sel *kmsv1alpha1.KmsKeySelector, p provider, target *metav1.PartialObjectMetadata, now time.Time) error {
-	// Templates are parsed before KMS is called, so that a broken one costs no call.
-	tpls, err := parseTemplates(sel.Spec.Target.Template)
+	// Expressions are compiled before KMS is called, so that a broken one costs no call.
+	exprs, err := render.Compile(sel.Spec.Target)
 	if err != nil {
-		return err
+		return renderFailure(err, time.Time{})
 	}
 	req, err := r.listRequest(ctx, sel, p)
 	if err != nil {
@@ -31,21 +32,17 @@ func (r *KmsKeySelectorReconciler) sync(ctx context.Context, sel *kmsv1alpha1.Km
 		return err
 	}
 	next := nextRefresh(r.Options.Now(), refreshInterval(sel), req.Phase(), !requested(sel))
-	rendered, err := renderContent(keys, tpls)
-	if f := asFailure(err); f != nil && f.reason == kmsv1alpha1.ReasonTemplateFailed {
-		// The listing was good and KMS is not at fault: no backoff, the next refresh tries again.
-		f.retryAt = next
-	}
+	rendered, err := render.Render(ctx, render.Keys(keys), exprs)
 	if err != nil {
-		return err
+		return renderFailure(err, next)
 	}
 	previous, err := r.writeTarget(ctx, sel, target, rendered)
 	if err != nil {
 		return err
 	}
-	r.recordChanges(sel, previous, rendered, tpls)
+	r.recordChanges(sel, previous, rendered, exprs)
 	setSynced(sel, keys, now, next)
-	sel.Status.ContentDigest = rendered.digest()
+	sel.Status.ContentDigest = rendered.Digest()
 	recordSynced(sel)
 	return nil
 }

@@ -17,6 +17,7 @@ import (
 	kmsv1alpha1 "github.com/kms-key-sync/kms-key-sync/api/v1alpha1"
 	"github.com/kms-key-sync/kms-key-sync/internal/kms"
 	"github.com/kms-key-sync/kms-key-sync/internal/metrics"
+	"github.com/kms-key-sync/kms-key-sync/internal/render"
 )
 
 // errSelectorGone stops a write for a selector deleted since the reconcile began.
@@ -60,7 +61,7 @@ func (r *KmsKeySelectorReconciler) inspectTarget(ctx context.Context, sel *kmsv1
 	if sel.Status.LastSyncTime == nil {
 		return targetState{intact: true}, nil
 	}
-	var stored *content
+	var stored *render.Content
 	synced := syncedDigest(sel, target)
 	if target != nil {
 		if r.memory.holds(sel, target.ResourceVersion, synced) && metadataUpToDate(target, sel, synced) {
@@ -70,7 +71,7 @@ func (r *KmsKeySelectorReconciler) inspectTarget(ctx context.Context, sel *kmsv1
 		if stored, err = r.storedContent(ctx, sel, target, synced); err != nil {
 			return targetState{}, err
 		}
-		if stored != nil && stored.digest() == synced && metadataUpToDate(target, sel, synced) {
+		if stored != nil && stored.Digest() == synced && metadataUpToDate(target, sel, synced) {
 			return targetState{intact: true}, nil
 		}
 	}
@@ -80,11 +81,11 @@ func (r *KmsKeySelectorReconciler) inspectTarget(ctx context.Context, sel *kmsv1
 	if stored == nil {
 		return targetState{}, nil
 	}
-	tpls, err := parseTemplates(sel.Spec.Target.Template)
+	exprs, err := render.Compile(sel.Spec.Target)
 	if err != nil {
 		return targetState{}, nil
 	}
-	if good, ok := rebuildSynced(*stored, synced, tpls); ok {
+	if good, ok := rebuildSynced(ctx, *stored, synced, exprs); ok {
 		return targetState{repairFrom: &good}, nil
 	}
 	return targetState{}, nil
@@ -103,14 +104,14 @@ func syncedDigest(sel *kmsv1alpha1.KmsKeySelector, target *metav1.PartialObjectM
 // rebuildSynced renders again what stored's keys.json holds, if that is what was synced: the
 // digest says so or, on a ConfigMap written before the digest annotation existed, the
 // ConfigMap itself, whole.
-func rebuildSynced(stored content, synced string, tpls *templates) (content, bool) {
-	good, ok := rebuild(stored, tpls)
-	return good, ok && (good.digest() == synced || (synced == "" && good.digest() == stored.digest()))
+func rebuildSynced(ctx context.Context, stored render.Content, synced string, exprs *render.Expressions) (render.Content, bool) {
+	good, ok := render.Rebuild(ctx, stored, exprs)
+	return good, ok && (good.Digest() == synced || (synced == "" && good.Digest() == stored.Digest()))
 }
 
 // storedContent reads the ConfigMap's data uncached, and remembers it when it is what was synced,
 // of digest synced, so that the next check needs no read.
-func (r *KmsKeySelectorReconciler) storedContent(ctx context.Context, sel *kmsv1alpha1.KmsKeySelector, target *metav1.PartialObjectMetadata, synced string) (*content, error) {
+func (r *KmsKeySelectorReconciler) storedContent(ctx context.Context, sel *kmsv1alpha1.KmsKeySelector, target *metav1.PartialObjectMetadata, synced string) (*render.Content, error) {
 	cm := &corev1.ConfigMap{}
 	if err := r.APIReader.Get(ctx, client.ObjectKeyFromObject(target), cm); err != nil {
 		if apierrors.IsNotFound(err) {
@@ -118,8 +119,8 @@ func (r *KmsKeySelectorReconciler) storedContent(ctx context.Context, sel *kmsv1
 		}
 		return nil, fmt.Errorf("getting ConfigMap %q: %w", target.Name, err)
 	}
-	c := content{Data: cm.Data, BinaryData: cm.BinaryData}
-	if synced != "" && c.digest() == synced {
+	c := render.Content{Data: cm.Data, BinaryData: cm.BinaryData}
+	if synced != "" && c.Digest() == synced {
 		r.memory.remember(sel, cm.ResourceVersion, c)
 	}
 	return &c, nil
@@ -128,9 +129,9 @@ func (r *KmsKeySelectorReconciler) storedContent(ctx context.Context, sel *kmsv1
 // writeTarget applies c when the ConfigMap does not hold it, and removes entries that someone
 // else added. It returns what the ConfigMap held before, nil when it did not exist. A ConfigMap
 // whose resourceVersion is known to hold c is not read at all.
-func (r *KmsKeySelectorReconciler) writeTarget(ctx context.Context, sel *kmsv1alpha1.KmsKeySelector, target *metav1.PartialObjectMetadata, c content) (*content, error) {
-	digest := c.digest()
-	var stored *content
+func (r *KmsKeySelectorReconciler) writeTarget(ctx context.Context, sel *kmsv1alpha1.KmsKeySelector, target *metav1.PartialObjectMetadata, c render.Content) (*render.Content, error) {
+	digest := c.Digest()
+	var stored *render.Content
 	if target != nil {
 		upToDate := metadataUpToDate(target, sel, digest)
 		if upToDate && r.memory.holds(sel, target.ResourceVersion, digest) {
@@ -140,7 +141,7 @@ func (r *KmsKeySelectorReconciler) writeTarget(ctx context.Context, sel *kmsv1al
 		if stored, err = r.storedContent(ctx, sel, target, digest); err != nil {
 			return nil, err
 		}
-		if upToDate && stored != nil && stored.digest() == digest {
+		if upToDate && stored != nil && stored.Digest() == digest {
 			return stored, nil
 		}
 	}
@@ -154,7 +155,7 @@ func (r *KmsKeySelectorReconciler) writeTarget(ctx context.Context, sel *kmsv1al
 	desired := desiredConfigMap(sel, c, digest)
 	if err := r.Apply(ctx, desired, client.FieldOwner(FieldOwner), client.ForceOwnership); err != nil {
 		if tooLarge(err) {
-			return nil, failedf(kmsv1alpha1.ReasonTargetTooLarge, "the API server refused ConfigMap %q as too large (%d bytes of data): %w; narrow spec.tags or spec.matches", *desired.Name, c.size(), err)
+			return nil, failedf(kmsv1alpha1.ReasonTargetTooLarge, "the API server refused ConfigMap %q as too large (%d bytes of data): %w; narrow spec.tags or spec.matches", *desired.Name, c.Size(), err)
 		}
 		return nil, fmt.Errorf("applying ConfigMap %q: %w", *desired.Name, err)
 	}
@@ -194,7 +195,7 @@ func (r *KmsKeySelectorReconciler) deletedMeanwhile(ctx context.Context, sel *km
 	return latest.UID != sel.UID || !latest.DeletionTimestamp.IsZero(), nil
 }
 
-func desiredConfigMap(sel *kmsv1alpha1.KmsKeySelector, c content, digest string) *corev1ac.ConfigMapApplyConfiguration {
+func desiredConfigMap(sel *kmsv1alpha1.KmsKeySelector, c render.Content, digest string) *corev1ac.ConfigMapApplyConfiguration {
 	cm := corev1ac.ConfigMap(targetName(sel), sel.Namespace).
 		WithLabels(map[string]string{
 			kmsv1alpha1.ManagedByLabel: kmsv1alpha1.ManagedByValue,
@@ -234,8 +235,8 @@ func metadataUpToDate(target *metav1.PartialObjectMetadata, sel *kmsv1alpha1.Kms
 
 // recordChanges emits an event when the keys changed, and a warning for every key that moved to
 // Disabled or PendingDeletion. An unchanged refresh emits nothing.
-func (r *KmsKeySelectorReconciler) recordChanges(sel *kmsv1alpha1.KmsKeySelector, previous *content, current content, tpls *templates) {
-	diff := diffKeys(previous, current, tpls)
+func (r *KmsKeySelectorReconciler) recordChanges(sel *kmsv1alpha1.KmsKeySelector, previous *render.Content, current render.Content, exprs *render.Expressions) {
+	diff := diffKeys(previous, current, exprs)
 	if diff.empty() {
 		return
 	}

@@ -52,9 +52,10 @@ const (
 	ReasonTargetConflict = "TargetConflict"
 	// ReasonTargetTooLarge: the keys do not fit in one ConfigMap; the previous data stays.
 	ReasonTargetTooLarge = "TargetTooLarge"
-	// ReasonTemplateFailed: a template of spec.target.template failed on the keys listed; the
-	// previous data stays, and the selector tries again at its next refresh.
-	ReasonTemplateFailed = "TemplateFailed"
+	// ReasonExpressionFailed: an expression of spec.target.data failed on the keys listed, or
+	// ran over its cost budget; the previous data stays, and the selector tries again at its
+	// next refresh.
+	ReasonExpressionFailed = "ExpressionFailed"
 	// ReasonProviderNotFound: the provider named by spec.providerRef does not exist.
 	ReasonProviderNotFound = "ProviderNotFound"
 	// ReasonProviderNotAllowed: the ClusterKmsProvider named by spec.providerRef does not allow

@@ -164,6 +164,7 @@ const (
 )
 
 // TargetSpec describes the output ConfigMap.
+// +kubebuilder:validation:XValidation:rule="!has(self.mergePolicy) || self.mergePolicy != 'Replace' || has(self.data)",message="mergePolicy Replace writes the data entries only: set data"
 // +kubebuilder:validation:XValidation:rule="has(self.configMapName) == has(oldSelf.configMapName) && (!has(self.configMapName) || self.configMapName == oldSelf.configMapName)",message="configMapName is immutable"
 type TargetSpec struct {
 	// ConfigMapName is the ConfigMap to write; it defaults to the selector's name and cannot be
@@ -179,41 +180,36 @@ type TargetSpec struct {
 	// +kubebuilder:default=Delete
 	DeletionPolicy DeletionPolicy `json:"deletionPolicy,omitempty"`
 
-	// Template renders entries of the ConfigMap from the keys, with Go templates.
+	// Data maps a ConfigMap entry name to a CEL expression that renders it from keys, the
+	// matching keys sorted by ID, each with the fields of keys.json: id, alias, state (such as
+	// Enabled), spec, usage, origin, tags (a map) and creationDate (RFC 3339, or empty). A
+	// string result is written as it is, any other as JSON with sorted map keys. The functions
+	// are listed in the README's Output expressions section; none reaches the network, the file
+	// system, the environment or the clock, and each selector's expressions run within a cost
+	// budget.
 	// +optional
-	Template *TargetTemplate `json:"template,omitempty"`
+	// +kubebuilder:validation:MaxProperties=64
+	// +kubebuilder:validation:XValidation:rule="self.all(k, k.size() <= 253 && k.matches('^[-._a-zA-Z0-9]+$') && k != '.' && k != '..')",message="entry names must be ConfigMap keys: at most 253 of letters, digits, '-', '_' and '.'"
+	// +kubebuilder:validation:XValidation:rule="self.all(k, self[k].size() <= 4096)",message="an expression may have at most 4096 characters"
+	Data map[string]string `json:"data,omitempty"`
+
+	// MergePolicy is Merge (the default: the "<key_id>: <State>" entries and keys.json, and the
+	// data entries, which win on a clash) or Replace (the data entries only).
+	// +optional
+	MergePolicy MergePolicy `json:"mergePolicy,omitempty"`
 }
 
-// MergePolicy says how a template's entries combine with the default ones.
+// MergePolicy says how the entries of spec.target.data combine with the default ones.
 // +kubebuilder:validation:Enum=Merge;Replace
 type MergePolicy string
 
 const (
-	// MergePolicyMerge writes the default entries and the template's; the template's win on a clash.
+	// MergePolicyMerge writes the default entries and the data entries; the data entries win on
+	// a clash.
 	MergePolicyMerge MergePolicy = "Merge"
-	// MergePolicyReplace writes the template's entries only.
+	// MergePolicyReplace writes the data entries only.
 	MergePolicyReplace MergePolicy = "Replace"
 )
-
-// TargetTemplate renders ConfigMap entries with Go text/template. Each template sees .Keys, the
-// matching keys sorted by ID, each with the fields of keys.json: .ID, .Alias, .State (such as
-// Enabled), .Spec, .Usage, .Origin, .Tags (a map) and .CreationDate (RFC 3339, or empty). The
-// functions are listed in the README's Templates section; none reaches the network, the file
-// system, the environment or the clock.
-type TargetTemplate struct {
-	// Data maps an entry name to the template that renders it.
-	// +optional
-	// +kubebuilder:validation:MaxProperties=64
-	// +kubebuilder:validation:XValidation:rule="self.all(k, k.size() <= 253 && k.matches('^[-._a-zA-Z0-9]+$') && k != '.' && k != '..')",message="entry names must be ConfigMap keys: at most 253 of letters, digits, '-', '_' and '.'"
-	// +kubebuilder:validation:XValidation:rule="self.all(k, self[k].size() <= 65536)",message="a template may have at most 65536 characters"
-	Data map[string]string `json:"data,omitempty"`
-
-	// MergePolicy is Merge (the default: the "<key_id>: <State>" entries and keys.json, and the
-	// template's entries, which win on a clash) or Replace (the template's entries only).
-	// +optional
-	// +kubebuilder:default=Merge
-	MergePolicy MergePolicy `json:"mergePolicy,omitempty"`
-}
 
 // KmsKeySelectorStatus reports the last sync.
 type KmsKeySelectorStatus struct {

@@ -101,14 +101,14 @@ func (d *demo) shareProvider(ctx context.Context, m multiTeam, projectID string)
 		return nil, err
 	}
 	for _, sel := range sels {
-		if sel.Spec.Target.Template == nil {
+		if len(sel.Spec.Target.Data) == 0 {
 			continue
 		}
 		cm := &corev1.ConfigMap{}
 		if err := d.client.Get(ctx, client.ObjectKey{Namespace: sel.Namespace, Name: sel.Status.ConfigMapName}, cm); err != nil {
 			return nil, err
 		}
-		fmt.Fprintf(d.out, "\n      $ kubectl get configmap %s -n %s -o yaml   # data only; spec.target.template renders it\n", cm.Name, cm.Namespace)
+		fmt.Fprintf(d.out, "\n      $ kubectl get configmap %s -n %s -o yaml   # data only; spec.target.data renders it\n", cm.Name, cm.Namespace)
 		for _, k := range slices.Sorted(maps.Keys(cm.Data)) {
 			d.printf("%s: %s", k, cm.Data[k])
 		}
