@@ -64,6 +64,8 @@ const (
 	IAMRouteIDToken        = "id-token"       // POST IAMPathIDToken
 	IAMRouteSecurityTokens = "securitytokens" // POST IAMPathSecurityTokens
 	IAMRouteMetadata       = "metadata"       // both metadata routes
+	IAMRouteMetadataToken  = "metadata-token" // PUT IAMPathMetadataToken only
+	IAMRouteSecurityKey    = "securitykey"    // GET IAMPathSecurityKey only
 	IAMRoutePodIdentity    = "pod-identity"   // POST IAMPathPodIdentity
 )
 
@@ -105,6 +107,10 @@ type IAM struct {
 	agency      []string
 	podToken    string
 	podProjects []string
+	// unscopedOnly refuses id-token exchanges that ask for a scope; tokenless serves the
+	// metadata service of a host without session tokens.
+	unscopedOnly bool
+	tokenless    bool
 	tokens      map[string]issuedToken // IAM tokens by value
 	metaTokens  map[string]time.Time   // metadata tokens -> expiry
 	faults      []IAMFault
@@ -232,7 +238,7 @@ type issuedToken struct {
 
 // IAMFault makes IAM answer requests of a route with an error status.
 type IAMFault struct {
-	Route  string `json:"route"`  // IAMRouteIDToken, IAMRouteSecurityTokens, IAMRouteMetadata (both metadata routes), IAMRoutePodIdentity
+	Route  string `json:"route"`  // IAMRouteIDToken, IAMRouteSecurityTokens, IAMRouteMetadata (both metadata routes), IAMRouteMetadataToken, IAMRouteSecurityKey, IAMRoutePodIdentity
 	Status int    `json:"status"` // e.g. 500, 503
 	Count  int    `json:"count"`  // how many requests it answers; 0 = until cleared
 }
@@ -418,6 +424,24 @@ func (i *IAM) SetPodIdentity(token string, projects ...string) {
 	i.podProjects = slices.Clone(projects)
 }
 
+// RefuseScopedTokens makes the id-token route answer 400 IAM.0001 to a request that asks for a
+// scope (auth.scope), as an IAM that takes only the unscoped exchange of the official SDK would;
+// false accepts both again.
+func (i *IAM) RefuseScopedTokens(refuse bool) {
+	i.mu.Lock()
+	defer i.mu.Unlock()
+	i.unscopedOnly = refuse
+}
+
+// SetMetadataTokenless makes the metadata service that of a host without session tokens: PUT
+// IAMPathMetadataToken answers 405, and GET IAMPathSecurityKey needs no X-Metadata-Token (one
+// sent is still checked). false restores session tokens.
+func (i *IAM) SetMetadataTokenless(tokenless bool) {
+	i.mu.Lock()
+	defer i.mu.Unlock()
+	i.tokenless = tokenless
+}
+
 // InjectFault queues a fault: the next Count requests of its Route (every one when Count is
 // 0, until ClearFaults) are answered with Status before anything else is checked. A Status
 // outside 400-599 means 500. A fault with an unknown Route or a negative Count is ignored.
@@ -468,17 +492,18 @@ func (i *IAM) Handler() http.Handler { return i.handler }
 
 func validIAMRoute(route string) bool {
 	switch route {
-	case IAMRouteIDToken, IAMRouteSecurityTokens, IAMRouteMetadata, IAMRoutePodIdentity:
+	case IAMRouteIDToken, IAMRouteSecurityTokens, IAMRouteMetadata, IAMRouteMetadataToken, IAMRouteSecurityKey, IAMRoutePodIdentity:
 		return true
 	default:
 		return false
 	}
 }
 
-// takeFault returns the fault due for a route, counting it down. The caller holds i.mu.
-func (i *IAM) takeFault(route string) (IAMFault, bool) {
+// takeFault returns the fault due for a request of one of routes, counting it down. The caller
+// holds i.mu.
+func (i *IAM) takeFault(routes ...string) (IAMFault, bool) {
 	for n, f := range i.faults {
-		if f.Route != route {
+		if !slices.Contains(routes, f.Route) {
 			continue
 		}
 		if f.Count > 0 {
@@ -537,7 +562,7 @@ type metadataErrorBody struct {
 //
 // Other paths get 404 IAM.0004 and are not counted.
 func (i *IAM) ServeHTTP(w http.ResponseWriter, r *http.Request) {
-	var route string
+	var route, detail string
 	var handle func(*http.Request) (iamReply, *iamError)
 	switch r.URL.Path {
 	case IAMPathIDToken:
@@ -545,9 +570,9 @@ func (i *IAM) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	case IAMPathSecurityTokens:
 		route, handle = IAMRouteSecurityTokens, i.securityTokens
 	case IAMPathMetadataToken:
-		route, handle = IAMRouteMetadata, i.metadataToken
+		route, detail, handle = IAMRouteMetadata, IAMRouteMetadataToken, i.metadataToken
 	case IAMPathSecurityKey:
-		route, handle = IAMRouteMetadata, i.securityKey
+		route, detail, handle = IAMRouteMetadata, IAMRouteSecurityKey, i.securityKey
 	case IAMPathPodIdentity:
 		route, handle = IAMRoutePodIdentity, i.podIdentity
 	default:
@@ -556,7 +581,7 @@ func (i *IAM) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	}
 	start := time.Now()
 	i.mu.Lock()
-	f, faulted := i.takeFault(route)
+	f, faulted := i.takeFault(route, detail)
 	i.mu.Unlock()
 	var rep iamReply
 	var ierr *iamError
@@ -734,7 +759,11 @@ func (i *IAM) exchangeIDToken(r *http.Request) (iamReply, *iamError) {
 	now := i.now()
 	i.mu.Lock()
 	idp, ok := i.idps[idpID]
+	unscopedOnly := i.unscopedOnly
 	i.mu.Unlock()
+	if unscopedOnly && q.Auth.Scope != nil {
+		return iamReply{}, badIAMRequest("auth.scope is not accepted: exchange the id_token for an unscoped token")
+	}
 	if !ok {
 		return iamReply{}, iamErr(http.StatusNotFound, IAMCodeUnknownIdP, "identity provider %q does not exist", idpID)
 	}
@@ -872,7 +901,13 @@ func (i *IAM) securityTokens(r *http.Request) (iamReply, *iamError) {
 
 // metadataToken serves PUT IAMPathMetadataToken.
 func (i *IAM) metadataToken(r *http.Request) (iamReply, *iamError) {
-	if r.Method != http.MethodPut {
+	i.mu.Lock()
+	tokenless := i.tokenless
+	i.mu.Unlock()
+	switch {
+	case tokenless:
+		return iamReply{}, iamErr(http.StatusMethodNotAllowed, "", "this metadata service issues no session tokens")
+	case r.Method != http.MethodPut:
 		return iamReply{}, methodNotAllowed(r, http.MethodPut)
 	}
 	v := strings.TrimSpace(r.Header.Get(HeaderMetadataTokenTTL))
@@ -897,14 +932,14 @@ func (i *IAM) securityKey(r *http.Request) (iamReply, *iamError) {
 		return iamReply{}, methodNotAllowed(r, http.MethodGet)
 	}
 	token := r.Header.Get(HeaderMetadataToken)
-	if token == "" {
-		return iamReply{}, iamErr(http.StatusUnauthorized, "", "%s is missing: get one with PUT %s", HeaderMetadataToken, IAMPathMetadataToken)
-	}
 	now := i.now()
 	i.mu.Lock()
 	expiresAt, ok := i.metaTokens[token]
 	var ierr *iamError
 	switch {
+	case token == "" && !i.tokenless:
+		ierr = iamErr(http.StatusUnauthorized, "", "%s is missing: get one with PUT %s", HeaderMetadataToken, IAMPathMetadataToken)
+	case token == "":
 	case !ok:
 		ierr = iamErr(http.StatusUnauthorized, "", "the metadata token is not valid")
 	case expiredAt(expiresAt, now):
