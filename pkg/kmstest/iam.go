@@ -111,12 +111,12 @@ type IAM struct {
 	// metadata service of a host without session tokens.
 	unscopedOnly bool
 	tokenless    bool
-	tokens      map[string]issuedToken // IAM tokens by value
-	metaTokens  map[string]time.Time   // metadata tokens -> expiry
-	faults      []IAMFault
-	stats       IAMStats
-	handler     http.Handler
-	logger      *slog.Logger
+	tokens       map[string]issuedToken // IAM tokens by value
+	metaTokens   map[string]time.Time   // metadata tokens -> expiry
+	faults       []IAMFault
+	stats        IAMStats
+	handler      http.Handler
+	logger       *slog.Logger
 
 	// secrets holds every id_token received and every token and key issued, for leak tests.
 	secretsMu sync.Mutex
