@@ -111,6 +111,8 @@ type IAM struct {
 	// metadata service of a host without session tokens.
 	unscopedOnly bool
 	tokenless    bool
+	// securityTokenLength, when positive, is the length of the security tokens issued.
+	securityTokenLength int
 	tokens       map[string]issuedToken // IAM tokens by value
 	metaTokens   map[string]time.Time   // metadata tokens -> expiry
 	faults       []IAMFault
@@ -241,6 +243,10 @@ type IAMFault struct {
 	Route  string `json:"route"`  // IAMRouteIDToken, IAMRouteSecurityTokens, IAMRouteMetadata (both metadata routes), IAMRouteMetadataToken, IAMRouteSecurityKey, IAMRoutePodIdentity
 	Status int    `json:"status"` // e.g. 500, 503
 	Count  int    `json:"count"`  // how many requests it answers; 0 = until cleared
+	// Echo makes the error message repeat the credential the request carried (the id_token,
+	// the IAM token, the Authorization or X-Metadata-Token header), every character escaped as
+	// \uXXXX, as a service that echoes its input JSON-encoded might.
+	Echo bool `json:"echo,omitempty"`
 }
 
 // IAMStats counts what IAM answered. Admin requests are not counted, nor requests for paths
@@ -424,6 +430,14 @@ func (i *IAM) SetPodIdentity(token string, projects ...string) {
 	i.podProjects = slices.Clone(projects)
 }
 
+// SetSecurityTokenLength makes the security tokens issued from now on n characters long, as a
+// misbehaving IAM might answer; 0 restores the usual 256.
+func (i *IAM) SetSecurityTokenLength(n int) {
+	i.mu.Lock()
+	defer i.mu.Unlock()
+	i.securityTokenLength = max(n, 0)
+}
+
 // RefuseScopedTokens makes the id-token route answer 400 IAM.0001 to a request that asks for a
 // scope (auth.scope), as an IAM that takes only the unscoped exchange of the official SDK would;
 // false accepts both again.
@@ -585,9 +599,20 @@ func (i *IAM) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	i.mu.Unlock()
 	var rep iamReply
 	var ierr *iamError
-	if faulted {
+	switch {
+	case faulted && f.Echo:
+		i.mu.Lock()
+		i.stats.Refusals++
+		if route == IAMRouteIDToken {
+			i.stats.IDTokenRefusals++
+		}
+		i.mu.Unlock()
+		i.log(r, route, f.Status, "", time.Since(start))
+		writeEcho(w, f.Status, carriedCredential(r))
+		return
+	case faulted:
 		ierr = iamErr(f.Status, fmt.Sprintf("IAM.%04d", f.Status), "injected fault: %d %s", f.Status, http.StatusText(f.Status))
-	} else {
+	default:
 		rep, ierr = handle(r)
 	}
 	if ierr != nil {
@@ -624,6 +649,47 @@ func (i *IAM) log(r *http.Request, route string, status int, code string, d time
 		slog.String("code", code),
 		slog.Duration("duration", d),
 	)
+}
+
+// carriedCredential is the credential a request carries, "" when none.
+func carriedCredential(r *http.Request) string {
+	for _, h := range []string{"Authorization", HeaderMetadataToken, HeaderAuthToken} {
+		if v := r.Header.Get(h); v != "" {
+			return v
+		}
+	}
+	body, _ := io.ReadAll(io.LimitReader(r.Body, MaxBodyBytes))
+	var q struct {
+		Auth struct {
+			IDToken struct {
+				ID string `json:"id"`
+			} `json:"id_token"`
+			Identity struct {
+				Token struct {
+					ID string `json:"id"`
+				} `json:"token"`
+			} `json:"identity"`
+		} `json:"auth"`
+	}
+	_ = json.Unmarshal(body, &q)
+	if q.Auth.IDToken.ID != "" {
+		return q.Auth.IDToken.ID
+	}
+	return q.Auth.Identity.Token.ID
+}
+
+// writeEcho answers status with an error message that repeats secret JSON-escaped.
+func writeEcho(w http.ResponseWriter, status int, secret string) {
+	var escaped strings.Builder
+	for _, r := range secret {
+		if r > 0xFFFF {
+			r = '?'
+		}
+		fmt.Fprintf(&escaped, "\\u%04x", r)
+	}
+	body := fmt.Sprintf(`{"error_code":"IAM.%04d","error_msg":"injected fault: %d %s; the request carried %s"}`,
+		status, status, http.StatusText(status), escaped.String())
+	write(w, reply{status: status, contentType: contentTypeJSON, body: []byte(body)})
 }
 
 func writeIAMError(w http.ResponseWriter, route string, e *iamError) {
@@ -998,7 +1064,7 @@ func (i *IAM) issueCredential(trusted []*Emulator, projects []string, expiresAt 
 	c := TemporaryCredential{
 		Access:        rand.Text()[:20],
 		Secret:        rand.Text() + rand.Text()[:14],
-		SecurityToken: randomText(192),
+		SecurityToken: i.newSecurityToken(),
 		ExpiresAt:     expiresAt.UTC().Format(IAMTimeFormat),
 	}
 	i.remember(c.Secret, c.SecurityToken)
@@ -1008,6 +1074,17 @@ func (i *IAM) issueCredential(trusted []*Emulator, projects []string, expiresAt 
 		}
 	}
 	return c
+}
+
+// newSecurityToken returns a random security token of the length SetSecurityTokenLength set.
+func (i *IAM) newSecurityToken() string {
+	i.mu.Lock()
+	n := i.securityTokenLength
+	i.mu.Unlock()
+	if n <= 0 {
+		return randomText(192)
+	}
+	return randomText(n)[:n]
 }
 
 // pruneTokens forgets IAM and metadata tokens that expired more than expiredRetention ago.

@@ -736,3 +736,26 @@ func TestIAMFaultsOfOneMetadataRoute(t *testing.T) {
 		t.Errorf("metadata token under a 404 fault: %d", status)
 	}
 }
+
+func TestIAMEchoFaultRepeatsTheCredentialJSONEscaped(t *testing.T) {
+	f := newIAMFixture(t)
+	f.iam.InjectFault(IAMFault{Route: IAMRouteIDToken, Status: http.StatusBadRequest, Count: 1, Echo: true})
+	jwt := f.jwt(f.claims())
+	status, _, body := f.exchange(t, jwt, "")
+	if status != http.StatusBadRequest || strings.Contains(string(body), jwt) {
+		t.Fatalf("echo fault: %d %s, want 400 without the raw token", status, body)
+	}
+	var e iamErrorBody
+	if err := json.Unmarshal(body, &e); err != nil || !strings.Contains(e.Message, jwt) {
+		t.Errorf("decoded message %q (%v) does not repeat the id_token", e.Message, err)
+	}
+}
+
+func TestIAMIssuesSecurityTokensOfTheLengthAsked(t *testing.T) {
+	f := newIAMFixture(t)
+	f.iam.SetSecurityTokenLength(1 << 20)
+	c := f.mustSecurityTokens(t, f.mustExchange(t, DefaultProjectID), 0)
+	if len(c.SecurityToken) != 1<<20 {
+		t.Errorf("security token of %d bytes, want 1 MiB", len(c.SecurityToken))
+	}
+}
