@@ -116,12 +116,13 @@ func issuerOf(jwt string) string {
 	return claims.Issuer
 }
 
-// exchange trades the service account token for an IAM token scoped to the project.
+// exchange trades the service account token for an unscoped IAM token, as the official SDK
+// does: IAM advises against a scoped token for securitytokens, and the conversion rule decides
+// which projects the credentials reach.
 func (w WorkloadIdentity) exchange(ctx context.Context, b *Broker, jwt string) (string, error) {
 	const step = "IAM id-token exchange"
 	body, _ := json.Marshal(map[string]any{"auth": map[string]any{
 		"id_token": map[string]string{"id": jwt},
-		"scope":    map[string]any{"project": map[string]string{"id": w.ProjectID}},
 	}})
 	req, err := http.NewRequest(http.MethodPost, strings.TrimRight(w.IAMEndpoint, "/")+idTokenPath, bytes.NewReader(body))
 	if err != nil {
@@ -190,6 +191,36 @@ func (w WorkloadIdentity) hint(status int) string {
 	return fmt.Sprintf("check identity provider %q, the audiences and its conversion rule for %q", w.IdentityProviderID, w.subject())
 }
 
-// IAMEndpointForRegion returns the IAM endpoint of a region: https://iam.{region}.myhuaweicloud.com,
-// except eu-west-101, which lives under myhuaweicloud.eu.
-func IAMEndpointForRegion(region string) (string, error) { return kms.ServiceEndpoint("iam", region) }
+// GlobalIAMEndpoint is IAM's endpoint for regions without one of their own.
+const GlobalIAMEndpoint = "https://iam.myhuaweicloud.com"
+
+// regionalIAM lists the regions with an IAM endpoint of their own, as the official SDK's
+// credentials (core/auth/internal/iam_endpoint.go) and its IAM service (services/iam/v3/region,
+// which adds eu-west-101) know them.
+var regionalIAM = map[string]string{
+	"af-south-1": "", "ae-ad-1": "", "ap-southeast-1": "", "ap-southeast-2": "", "ap-southeast-3": "",
+	"ap-southeast-4": "", "cn-east-2": "", "cn-east-3": "", "cn-east-4": "", "cn-east-5": "",
+	"cn-north-1": "", "cn-north-2": "", "cn-north-4": "", "cn-north-9": "", "cn-north-12": "",
+	"cn-south-1": "", "cn-south-2": "", "cn-southwest-2": "", "eu-west-0": "",
+	"eu-west-101": "https://iam.eu-west-101.myhuaweicloud.eu", "la-north-2": "", "la-south-2": "",
+	"me-east-1": "", "my-kualalumpur-1": "", "na-mexico-1": "", "ru-moscow-1": "", "sa-brazil-1": "",
+	"tr-west-1": "",
+}
+
+// IAMEndpointForRegion returns the IAM endpoint of a region as the official SDK chooses it: the
+// region's own (https://iam.{region}.myhuaweicloud.com, eu-west-101 under myhuaweicloud.eu) when
+// it has one, else GlobalIAMEndpoint.
+func IAMEndpointForRegion(region string) (string, error) {
+	endpoint, err := kms.ServiceEndpoint("iam", region)
+	if err != nil {
+		return "", err
+	}
+	own, ok := regionalIAM[region]
+	switch {
+	case !ok:
+		return GlobalIAMEndpoint, nil
+	case own != "":
+		return own, nil
+	}
+	return endpoint, nil
+}
