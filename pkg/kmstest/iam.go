@@ -608,7 +608,9 @@ func (i *IAM) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		}
 		i.mu.Unlock()
 		i.log(r, route, f.Status, "", time.Since(start))
-		writeEcho(w, f.Status, carriedCredential(r))
+		secret := carriedCredential(r)
+		i.remember(secret)
+		writeEcho(w, f.Status, secret)
 		return
 	case faulted:
 		ierr = iamErr(f.Status, fmt.Sprintf("IAM.%04d", f.Status), "injected fault: %d %s", f.Status, http.StatusText(f.Status))
