@@ -118,7 +118,7 @@ func (r *ProviderReconciler) reconcileKmsProvider(ctx context.Context, req ctrl.
 	}
 	return r.reconcile(ctx, providerUnderValidation{
 		obj: p, status: &p.Status, kind: kmsv1alpha1.KindKmsProvider,
-		resolve: func() (provider, error) { return namespacedProvider(p) },
+		resolve: func() (provider, error) { return namespacedProvider(p, r.Options.AllowedIAMHosts) },
 	})
 }
 

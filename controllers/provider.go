@@ -42,6 +42,9 @@ type workloadIdentity struct {
 	audiences          []string
 	identityProviderID string
 	iamEndpoint        string
+	// allowedHosts, set for an inline provider and a KmsProvider, whose IAM endpoint a namespace
+	// user chooses, are the host patterns that endpoint must match; nil allows any.
+	allowedHosts []string
 }
 
 // resolveProvider finds the provider a selector lists with, and checks that the selector's
@@ -53,6 +56,7 @@ func (r *KmsKeySelectorReconciler) resolveProvider(ctx context.Context, sel *kms
 		case p.WorkloadIdentity != nil:
 			out.authField = "spec.provider.workloadIdentity"
 			out.workload = workloadOf(*p.WorkloadIdentity, sel.Namespace)
+			out.workload.allowedHosts = r.Options.AllowedIAMHosts
 		case p.CredentialsSecretRef != nil:
 			out.authField = "spec.provider.credentialsSecretRef"
 			out.secret = &types.NamespacedName{Namespace: sel.Namespace, Name: p.CredentialsSecretRef.Name}
@@ -71,7 +75,7 @@ func (r *KmsKeySelectorReconciler) resolveProvider(ctx context.Context, sel *kms
 		if err := r.Get(ctx, types.NamespacedName{Namespace: sel.Namespace, Name: ref.Name}, p); err != nil {
 			return provider{}, providerGetError(err, "KmsProvider %q named by spec.providerRef does not exist in namespace %q", ref.Name, sel.Namespace)
 		}
-		return namespacedProvider(p)
+		return namespacedProvider(p, r.Options.AllowedIAMHosts)
 	case kmsv1alpha1.KindClusterKmsProvider:
 		p := &kmsv1alpha1.ClusterKmsProvider{}
 		if err := r.Get(ctx, types.NamespacedName{Name: ref.Name}, p); err != nil {
@@ -97,13 +101,16 @@ func providerGetError(err error, notFound string, args ...any) error {
 	return fmt.Errorf("getting provider: %w", err)
 }
 
-func namespacedProvider(p *kmsv1alpha1.KmsProvider) (provider, error) {
+// namespacedProvider resolves a KmsProvider; its workload identity may send tokens to the
+// allowedHosts only.
+func namespacedProvider(p *kmsv1alpha1.KmsProvider, allowedHosts []string) (provider, error) {
 	out := provider{location: p.Spec.KMSLocation, fields: fmt.Sprintf("KmsProvider %q spec", p.Name)}
 	auth := p.Spec.Auth
 	switch {
 	case auth.WorkloadIdentity != nil:
 		out.authField = out.fields + ".auth.workloadIdentity"
 		out.workload = workloadOf(*auth.WorkloadIdentity, p.Namespace)
+		out.workload.allowedHosts = allowedHosts
 	case auth.SecretRef != nil:
 		out.authField = out.fields + ".auth.secretRef"
 		out.secret = &types.NamespacedName{Namespace: p.Namespace, Name: auth.SecretRef.Name}

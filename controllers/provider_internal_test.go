@@ -144,3 +144,28 @@ func TestWorkloadIdentityIAMEndpoint(t *testing.T) {
 		t.Errorf("eu-west-101: %+v, %v", src, err)
 	}
 }
+
+func TestNamespacedWorkloadIdentitySendsTokensToAllowedIAMHostsOnly(t *testing.T) {
+	p := &kmsv1alpha1.KmsProvider{Spec: kmsv1alpha1.KmsProviderSpec{
+		KMSLocation: kmsv1alpha1.KMSLocation{Region: "cn-north-4", ProjectID: "p1"},
+		Auth: kmsv1alpha1.KmsProviderAuth{WorkloadIdentity: &kmsv1alpha1.WorkloadIdentity{
+			ServiceAccountRef:  kmsv1alpha1.ServiceAccountReference{Name: "kms", Audiences: []string{"a"}},
+			IdentityFederation: kmsv1alpha1.IdentityFederation{IdentityProviderID: "idp", IAMEndpoint: "https://collector.example"},
+		}},
+	}}
+	p.Name = "team"
+	resolved, err := namespacedProvider(p, identity.DefaultIAMHosts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, err = identitySource(resolved, false)
+	if reasonOf(err) != kmsv1alpha1.ReasonInvalidSpec || !strings.Contains(err.Error(), `iamEndpoint "https://collector.example" is not an IAM host`) ||
+		!strings.Contains(err.Error(), "--allowed-iam-hosts") {
+		t.Errorf("a KmsProvider's token sent to another host: err = %v, want InvalidSpec naming the flag", err)
+	}
+	p.Spec.Auth.WorkloadIdentity.IAMEndpoint = ""
+	resolved, _ = namespacedProvider(p, identity.DefaultIAMHosts)
+	if _, err := identitySource(resolved, false); err != nil {
+		t.Errorf("the region's IAM endpoint: %v", err)
+	}
+}

@@ -33,7 +33,8 @@ var (
 	// metricsURL is the operator's metrics endpoint.
 	metricsURL string
 
-	// agencyIAM serves the operator's node agency (its --metadata-endpoint) and pod identity.
+	// agencyIAM serves the operator's node agency (its --metadata-endpoint) and, over plain
+	// http, its pod identity.
 	agencyIAM *kmstest.IAM
 	// podIdentityTokenFile is the operator's HC_CONTAINER_AUTHORIZATION_TOKEN_FILE.
 	podIdentityTokenFile string
@@ -80,9 +81,8 @@ var _ = BeforeSuite(func() {
 	Expect(k8sClient.Create(ctx(), testkit.Namespace(clusterResourceNamespace))).To(Succeed())
 
 	agencyIAM = kmstest.NewIAM()
-	podIdentity := testkit.ServeTLS(agencyIAM.Handler())
-	DeferCleanup(podIdentity.Close)
-	// The metadata service is plain http, as on ECS.
+	// The metadata service is plain http, as on ECS. So is the pod identity endpoint here,
+	// which the operator must refuse: it runs without --allow-insecure-endpoints.
 	metadata := httptest.NewServer(agencyIAM.Handler())
 	DeferCleanup(metadata.Close)
 	podIdentityTokenFile = filepath.Join(GinkgoT().TempDir(), "pod-identity-token")
@@ -94,8 +94,9 @@ var _ = BeforeSuite(func() {
 		SyncTimeout:              10 * time.Second,
 		Backoff:                  testBackoff,
 		CoalesceWindow:           coalesceWindow,
+		AllowedIAMHosts:          testkit.EmulatorIAMHosts,
 		MetadataEndpoint:         metadata.URL,
-		PodIdentityURI:           podIdentity.URL + kmstest.IAMPathPodIdentity,
+		PodIdentityURI:           metadata.URL + kmstest.IAMPathPodIdentity,
 		PodIdentityTokenFile:     podIdentityTokenFile,
 		KMS: kms.Config{
 			Transport:      http.RoundTripper(transport),

@@ -3,11 +3,9 @@ package identity
 import (
 	"bytes"
 	"context"
-	"encoding/base64"
 	"encoding/json"
 	"fmt"
 	"net/http"
-	"slices"
 	"strings"
 	"time"
 
@@ -55,65 +53,15 @@ func (w WorkloadIdentity) subject() string {
 }
 
 func (w WorkloadIdentity) fetch(ctx context.Context, b *Broker) (Temporary, error) {
-	if err := checkAudiences(w.Audiences, ""); err != nil {
-		return Temporary{}, err
-	}
 	jwt, err := b.Tokens.ServiceAccountToken(ctx, w.Namespace, w.ServiceAccount, w.Audiences, ServiceAccountTokenLifetime)
 	if err != nil {
 		return Temporary{}, &Error{Method: methodWorkloadIdentity, Step: "TokenRequest", Message: err.Error()}
-	}
-	if err := checkAudiences(w.Audiences, issuerOf(jwt)); err != nil {
-		return Temporary{}, err
 	}
 	token, err := w.exchange(ctx, b, jwt)
 	if err != nil {
 		return Temporary{}, err
 	}
 	return w.securityTokens(ctx, b, token, jwt)
-}
-
-// apiServerAudiences are the audiences Kubernetes API servers accept by default, besides their
-// service account issuer.
-var apiServerAudiences = []string{
-	"https://kubernetes.default.svc",
-	"https://kubernetes.default.svc.cluster.local",
-	"kubernetes.default.svc",
-	"kubernetes.default.svc.cluster.local",
-	"kubernetes",
-	"api",
-}
-
-// checkAudiences refuses audiences that the cluster's API server would accept: a token for one
-// of them, sent to an IAM endpoint of the spec's choosing, would act on the cluster as the
-// service account. An API server accepts its issuer as an audience unless configured otherwise.
-func checkAudiences(audiences []string, issuer string) error {
-	for _, a := range audiences {
-		if slices.Contains(apiServerAudiences, strings.TrimRight(a, "/")) || (issuer != "" && strings.TrimRight(a, "/") == strings.TrimRight(issuer, "/")) {
-			return &Error{Method: methodWorkloadIdentity, Step: "TokenRequest",
-				Message: fmt.Sprintf("audience %q is one the Kubernetes API server accepts; a token for it is never sent outside the cluster", a),
-				Hint:    "use the client ID of the IAM identity provider, such as kms-key-sync"}
-		}
-	}
-	return nil
-}
-
-// issuerOf reads the iss claim of a token the API server just minted; "" when it has none.
-func issuerOf(jwt string) string {
-	parts := strings.Split(jwt, ".")
-	if len(parts) != 3 {
-		return ""
-	}
-	payload, err := base64.RawURLEncoding.DecodeString(parts[1])
-	if err != nil {
-		return ""
-	}
-	var claims struct {
-		Issuer string `json:"iss"`
-	}
-	if json.Unmarshal(payload, &claims) != nil {
-		return ""
-	}
-	return claims.Issuer
 }
 
 // exchange trades the service account token for an unscoped IAM token, as the official SDK
