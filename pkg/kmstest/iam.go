@@ -113,12 +113,12 @@ type IAM struct {
 	tokenless    bool
 	// securityTokenLength, when positive, is the length of the security tokens issued.
 	securityTokenLength int
-	tokens       map[string]issuedToken // IAM tokens by value
-	metaTokens   map[string]time.Time   // metadata tokens -> expiry
-	faults       []IAMFault
-	stats        IAMStats
-	handler      http.Handler
-	logger       *slog.Logger
+	tokens              map[string]issuedToken // IAM tokens by value
+	metaTokens          map[string]time.Time   // metadata tokens -> expiry
+	faults              []IAMFault
+	stats               IAMStats
+	handler             http.Handler
+	logger              *slog.Logger
 
 	// secrets holds every id_token received and every token and key issued, for leak tests.
 	secretsMu sync.Mutex
