@@ -37,7 +37,8 @@ type WorkloadIdentity struct {
 	IdentityProviderID string
 	// IAMEndpoint is IAM's base URL, such as https://iam.cn-north-4.myhuaweicloud.com.
 	IAMEndpoint string
-	// ProjectID is the project that the credentials are scoped to.
+	// ProjectID is the project the credentials are for: IAM's token is unscoped, but the cache
+	// keeps one project's credentials apart from another's.
 	ProjectID string
 }
 
