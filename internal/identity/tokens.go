@@ -74,8 +74,11 @@ func (t ServiceAccountTokens) optedIn(ctx context.Context, namespace, name strin
 	sa := &metav1.PartialObjectMetadata{}
 	sa.SetGroupVersionKind(corev1.SchemeGroupVersion.WithKind("ServiceAccount"))
 	if err := t.Reader.Get(ctx, types.NamespacedName{Namespace: namespace, Name: name}, sa); err != nil {
-		if apierrors.IsNotFound(err) {
+		switch {
+		case apierrors.IsNotFound(err):
 			return fmt.Errorf("service account %q does not exist in namespace %q", name, namespace)
+		case apierrors.IsForbidden(err):
+			return fmt.Errorf("the operator may not read service account %q in namespace %q: it needs get on serviceaccounts", name, namespace)
 		}
 		return fmt.Errorf("reading service account %q in namespace %q: %w", name, namespace, err)
 	}
