@@ -40,6 +40,9 @@ var (
 	podIdentityTokenFile string
 )
 
+// apiAudiences are the suite's API server's audiences, as k3s sets them.
+var apiAudiences = []string{"https://kubernetes.default.svc.cluster.local", "k3s"}
+
 // clusterResourceNamespace holds the Secrets of ClusterKmsProviders that name no namespace.
 const clusterResourceNamespace = "kms-key-sync-system"
 
@@ -68,7 +71,9 @@ var _ = BeforeSuite(func() {
 	SetDefaultEventuallyPollingInterval(eventuallyPolling)
 
 	var err error
-	env, err = testkit.StartEnv(testkit.EnvOptions{})
+	// The API server accepts the audiences k3s gives it: a token for one of them must never
+	// leave the cluster, though no fixed list of the operator's names them.
+	env, err = testkit.StartEnv(testkit.EnvOptions{APIAudiences: apiAudiences})
 	Expect(err).NotTo(HaveOccurred())
 	k8sClient = env.Client
 

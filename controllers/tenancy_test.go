@@ -142,12 +142,13 @@ var _ = Describe("A hostile tenant", func() {
 
 		Entry("1: an audience the API server accepts, even one the service account allows", attack{
 			run: func(t *tenant) (*kmsv1alpha1.KmsKeySelector, func() int64) {
-				issuer, _, err := testkit.ClusterIssuer(ctx(), env.Config)
-				Expect(err).NotTo(HaveOccurred())
-				t.f.ServiceAccount("careless", testkit.TokenAudience, issuer)
+				// k3s, one of the suite's --api-audiences, as on a k3s cluster.
+				const audience = "k3s"
+				Expect(apiAudiences).To(ContainElement(audience))
+				t.f.ServiceAccount("careless", testkit.TokenAudience, audience)
 				t.iam.Allow(testkit.IdentityProviderID, testkit.ServiceAccountSubject(t.f.Namespace, "careless"), t.f.KMS.ProjectID())
 				return t.selector("impersonate", testkit.WithWorkloadIdentity("careless", t.iamURL), func(s *kmsv1alpha1.KmsKeySelector) {
-					s.Spec.Provider.WorkloadIdentity.ServiceAccountRef.Audiences = []string{issuer}
+					s.Spec.Provider.WorkloadIdentity.ServiceAccountRef.Audiences = []string{audience}
 				}), iamRequests(t.iam)
 			},
 			reason: kmsv1alpha1.ReasonIdentityExchangeFailed,
