@@ -25,9 +25,9 @@ const maxRetrySpacing = 30 * time.Second
 // The bounds of the cache, whose keys come from what namespace users write and whose values
 // come from what an IAM endpoint answers.
 const (
-	// DefaultMaxEntries is how many identities Broker keeps unless MaxEntries says otherwise;
-	// past it, the one used least recently is dropped.
-	DefaultMaxEntries = 1000
+	// maxEntries is how many identities are cached; past it, the one used least recently is
+	// dropped.
+	maxEntries = 1000
 	// idleLifetime is how long an identity nobody asks for stays cached.
 	idleLifetime = time.Hour
 	// MaxCredentialLifetime is the longest IAM issues temporary credentials for; credentials
@@ -84,8 +84,6 @@ type Broker struct {
 	// AllowInsecureEndpoints lets the pod identity endpoint be plain http, as
 	// --allow-insecure-endpoints does for every other endpoint.
 	AllowInsecureEndpoints bool
-	// MaxEntries bounds how many identities are cached; 0 means DefaultMaxEntries.
-	MaxEntries int
 
 	mu      sync.Mutex
 	entries map[string]*entry
@@ -224,11 +222,7 @@ func (b *Broker) makeRoom(now time.Time) {
 			delete(b.entries, key)
 		}
 	}
-	limit := b.MaxEntries
-	if limit <= 0 {
-		limit = DefaultMaxEntries
-	}
-	for len(b.entries) >= limit {
+	for len(b.entries) >= maxEntries {
 		var oldest string
 		for key, e := range b.entries {
 			if oldest == "" || e.lastUsed.Before(b.entries[oldest].lastUsed) {

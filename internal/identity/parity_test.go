@@ -157,7 +157,7 @@ func TestTheCacheStaysBoundedUnderIdentityChurn(t *testing.T) {
 		return len(b.entries)
 	}
 	// The heap is reported, not asserted: it depends on the runtime. The entry count, which
-	// bounds it (DefaultMaxEntries credentials of at most maxSecurityToken bytes), is asserted.
+	// bounds it (maxEntries credentials of at most maxSecurityToken bytes), is asserted.
 	report := []string{fmt.Sprintf("start %d KiB", heap()/1024)}
 	const churns = 10_000
 	for i := range churns {
@@ -168,8 +168,8 @@ func TestTheCacheStaysBoundedUnderIdentityChurn(t *testing.T) {
 		}
 		clock.Advance(time.Second)
 		if (i+1)%2500 == 0 {
-			if n := entries(); n > DefaultMaxEntries {
-				t.Fatalf("entries after %d identities = %d, want at most %d", i+1, n, DefaultMaxEntries)
+			if n := entries(); n > maxEntries {
+				t.Fatalf("entries after %d identities = %d, want at most %d", i+1, n, maxEntries)
 			}
 			report = append(report, fmt.Sprintf("%d churns %d KiB", i+1, heap()/1024))
 		}
