@@ -56,7 +56,7 @@ func (w WorkloadIdentity) subject() string {
 func (w WorkloadIdentity) fetch(ctx context.Context, b *Broker) (Temporary, error) {
 	jwt, err := b.Tokens.ServiceAccountToken(ctx, w.Namespace, w.ServiceAccount, w.Audiences, ServiceAccountTokenLifetime)
 	if err != nil {
-		return Temporary{}, &Error{Method: methodWorkloadIdentity, Step: "TokenRequest", Message: err.Error()}
+		return Temporary{}, &Error{Method: methodWorkloadIdentity, Step: "service account token", Message: err.Error()}
 	}
 	token, err := w.exchange(ctx, b, jwt)
 	if err != nil {
