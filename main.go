@@ -56,6 +56,8 @@ func newFlagSet(f *flags) *flag.FlagSet {
 	fs.StringVar(&f.PprofAddr, "pprof-bind-address", "0", "The address net/http/pprof binds to, for profiling; \"0\" disables it.")
 	fs.BoolVar(&f.LeaderElection, "leader-elect", false, "Enable leader election, so that only one replica syncs at a time.")
 	fs.BoolVar(&f.AllowInsecureEndpoints, "allow-insecure-endpoints", false, "Allow plain http:// KMS and IAM endpoints, which send credentials in clear text. For emulators and tests only.")
+	f.AllowedIAMHosts = identity.DefaultIAMHosts
+	fs.Var(hostList{&f.AllowedIAMHosts}, "allowed-iam-hosts", "Comma-separated hosts that the workload identity of a KmsProvider or an inline provider may send service account tokens to: a * stands for one DNS label or any port, and a host without a port means port 443. A ClusterKmsProvider may name any IAM endpoint.")
 	fs.IntVar(&f.MaxConcurrentReconciles, "max-concurrent-reconciles", controllers.DefaultMaxConcurrentReconciles, "How many selectors are synced at the same time.")
 	fs.DurationVar(&f.SyncTimeout, "sync-timeout", controllers.DefaultSyncTimeout, "The longest a selector waits for one complete listing of its keys.")
 	fs.DurationVar(&f.KMS.RequestTimeout, "kms-request-timeout", kms.DefaultRequestTimeout, "The longest one KMS API request may take.")
@@ -150,6 +152,30 @@ func inClusterNamespace() string {
 		return ""
 	}
 	return strings.TrimSpace(string(raw))
+}
+
+// hostList is a flag of comma-separated host patterns (see identity.CheckHostPattern).
+type hostList struct{ hosts *[]string }
+
+func (h hostList) String() string {
+	if h.hosts == nil {
+		return ""
+	}
+	return strings.Join(*h.hosts, ",")
+}
+
+func (h hostList) Set(v string) error {
+	hosts := splitList(v)
+	if len(hosts) == 0 {
+		return errors.New("name at least one host")
+	}
+	for _, p := range hosts {
+		if err := identity.CheckHostPattern(p); err != nil {
+			return err
+		}
+	}
+	*h.hosts = hosts
+	return nil
 }
 
 func splitList(v string) []string {

@@ -60,6 +60,9 @@ func TestParseFlagsRejectsBadValues(t *testing.T) {
 		{"--coalesce-window=10s"},
 		{"--coalesce-window=0s"},
 		{"stray-argument"},
+		{"--allowed-iam-hosts="},
+		{"--allowed-iam-hosts=https://iam.example"},
+		{"--allowed-iam-hosts=iam.*x.example"},
 	} {
 		if _, err := parseFlags(args, io.Discard); err == nil {
 			t.Errorf("parseFlags(%v) accepted it", args)
@@ -71,5 +74,12 @@ func TestParseFlagsRejectsBadValues(t *testing.T) {
 	}
 	if strings.Join(f.WatchNamespaces, ",") != "team-a,team-b" || !f.LeaderElection {
 		t.Errorf("parsed %+v", f.Options)
+	}
+	if got := strings.Join(f.AllowedIAMHosts, ","); got != "iam.myhuaweicloud.com,iam.*.myhuaweicloud.com,iam.*.myhuaweicloud.eu" {
+		t.Errorf("--allowed-iam-hosts defaults to %q, want Huawei Cloud's IAM hosts only", got)
+	}
+	f, err = parseFlags([]string{"--allowed-iam-hosts=iam.example, 127.0.0.1:*"}, io.Discard)
+	if err != nil || strings.Join(f.AllowedIAMHosts, ",") != "iam.example,127.0.0.1:*" {
+		t.Errorf("--allowed-iam-hosts=iam.example,127.0.0.1:* parsed to %v, %v", f.AllowedIAMHosts, err)
 	}
 }

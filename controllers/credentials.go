@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net/url"
 	"strings"
 	"unicode/utf8"
 
@@ -59,6 +60,11 @@ func identitySource(p provider, allowInsecure bool) (identity.Source, error) {
 	endpoint, err := allowedEndpoint(endpoint, p.authField+".iamEndpoint", allowInsecure)
 	if err != nil {
 		return nil, err
+	}
+	if u, _ := url.Parse(endpoint); w.allowedHosts != nil && !identity.HostAllowed(w.allowedHosts, u) {
+		return nil, failedf(kmsv1alpha1.ReasonInvalidSpec,
+			"%s.iamEndpoint %q is not an IAM host the operator sends service account tokens to (--allowed-iam-hosts: %s)",
+			p.authField, endpoint, strings.Join(w.allowedHosts, ","))
 	}
 	return identity.WorkloadIdentity{
 		Namespace:          w.serviceAccount.Namespace,

@@ -58,6 +58,8 @@ type KmsKeySelectorReconciler struct {
 // +kubebuilder:rbac:groups=kms.keysync.dev,resources=kmskeyselectors/finalizers,verbs=update
 // +kubebuilder:rbac:groups="",resources=secrets,verbs=get
 // +kubebuilder:rbac:groups="",resources=serviceaccounts/token,verbs=create
+// +kubebuilder:rbac:groups="",resources=serviceaccounts,verbs=get
+// +kubebuilder:rbac:groups=authentication.k8s.io,resources=tokenreviews,verbs=create
 // +kubebuilder:rbac:groups="",resources=configmaps,verbs=get;list;watch;create;patch
 // +kubebuilder:rbac:groups=events.k8s.io,resources=events,verbs=create;patch
 // +kubebuilder:rbac:groups=kms.keysync.dev,resources=kmsproviders;clusterkmsproviders,verbs=get;list;watch

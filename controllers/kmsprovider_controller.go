@@ -238,7 +238,7 @@ func (r *ProviderReconciler) validate(ctx context.Context, p kmsv1alpha1.Generic
 }
 
 func (r *ProviderReconciler) count(ctx context.Context, p kmsv1alpha1.GenericProvider) error {
-	resolved, err := resolve(p, r.Options.ClusterResourceNamespace)
+	resolved, err := resolve(p, r.Options)
 	if err != nil {
 		return err
 	}

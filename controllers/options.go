@@ -3,6 +3,8 @@ package controllers
 import (
 	"math/rand/v2"
 	"time"
+
+	"github.com/kms-key-sync/kms-key-sync/internal/identity"
 )
 
 // Defaults of Options.
@@ -20,6 +22,10 @@ const (
 type Options struct {
 	// AllowInsecureEndpoints permits plain http:// endpoints, which carry credentials in clear text.
 	AllowInsecureEndpoints bool
+	// AllowedIAMHosts are the host patterns (see identity.HostAllowed) that a workload identity
+	// of a namespaced kind, an inline provider or a KmsProvider, may send its token to; nil
+	// means identity.DefaultIAMHosts. A ClusterKmsProvider, written by the admin, may name any.
+	AllowedIAMHosts []string
 	// SyncTimeout bounds one complete listing, so a hung KMS never pins a worker.
 	SyncTimeout time.Duration
 	// Backoff is the first retry delay after a failure; it doubles up to the refresh interval.
@@ -43,6 +49,9 @@ func (o Options) withDefaults() Options {
 	}
 	if o.MaxConcurrentReconciles <= 0 {
 		o.MaxConcurrentReconciles = DefaultMaxConcurrentReconciles
+	}
+	if o.AllowedIAMHosts == nil {
+		o.AllowedIAMHosts = identity.DefaultIAMHosts
 	}
 	if o.Now == nil {
 		o.Now = time.Now

@@ -62,6 +62,9 @@ type workloadIdentity struct {
 	audiences          []string
 	identityProviderID string
 	iamEndpoint        string
+	// allowedHosts, set for an inline provider and a KmsProvider, whose IAM endpoint a namespace
+	// user chooses, are the host patterns that endpoint must match; nil allows any.
+	allowedHosts []string
 }
 
 // resolveProvider finds the provider a selector lists with, and checks that the selector's
@@ -73,6 +76,7 @@ func (r *KmsKeySelectorReconciler) resolveProvider(ctx context.Context, sel *kms
 		case p.WorkloadIdentity != nil:
 			out.authField = "spec.provider.workloadIdentity"
 			out.workload = workloadOf(*p.WorkloadIdentity, sel.Namespace)
+			out.workload.allowedHosts = r.Options.AllowedIAMHosts
 		case p.CredentialsSecretRef != nil:
 			out.authField = "spec.provider.credentialsSecretRef"
 			out.secret = &types.NamespacedName{Namespace: sel.Namespace, Name: p.CredentialsSecretRef.Name}
@@ -108,7 +112,7 @@ func (r *KmsKeySelectorReconciler) resolveProvider(ctx context.Context, sel *kms
 	if err := namespaceMayUse(ctx, r, p, sel.Namespace); err != nil {
 		return provider{}, err
 	}
-	return resolve(p, r.Options.ClusterResourceNamespace)
+	return resolve(p, r.Options)
 }
 
 // workloadOf resolves a namespaced WorkloadIdentity: its service account is in namespace.
@@ -121,10 +125,12 @@ func workloadOf(w kmsv1alpha1.WorkloadIdentity, namespace string) *workloadIdent
 	}
 }
 
-// resolve gives the location and the authentication of a provider of either kind. The
-// namespace of the Secret or service account that a ClusterKmsProvider names defaults to the
-// operator's cluster resource namespace.
-func resolve(p kmsv1alpha1.GenericProvider, clusterResourceNamespace string) (provider, error) {
+// resolve gives the location and the authentication of a provider of either kind, as o
+// configures them. The namespace of the Secret or service account that a ClusterKmsProvider
+// names defaults to the cluster resource namespace. A namespaced provider, which a namespace
+// user writes, sends service account tokens to the allowed IAM hosts only.
+func resolve(p kmsv1alpha1.GenericProvider, o Options) (provider, error) {
+	clusterResourceNamespace := o.ClusterResourceNamespace
 	out := provider{location: p.Location(), fields: fmt.Sprintf("%s %q spec", p.ProviderKind(), p.GetName())}
 	auth := p.Auth()
 	// namespace defaults the namespace set at field to the cluster resource namespace.
@@ -149,6 +155,9 @@ func resolve(p kmsv1alpha1.GenericProvider, clusterResourceNamespace string) (pr
 		out.workload = workloadOf(kmsv1alpha1.WorkloadIdentity{
 			ServiceAccountRef: w.ServiceAccountRef.ServiceAccountReference, IdentityFederation: w.IdentityFederation,
 		}, ns)
+		if p.GetNamespace() != "" {
+			out.workload.allowedHosts = o.AllowedIAMHosts
+		}
 	case auth.NodeAgency != nil:
 		out.authField = out.fields + ".auth.nodeAgency"
 		out.keyless = identity.NodeAgency{}

@@ -50,16 +50,16 @@ func TestClusterProviderSecretDefaultsToTheClusterResourceNamespace(t *testing.T
 	p := &kmsv1alpha1.ClusterKmsProvider{Spec: kmsv1alpha1.ClusterKmsProviderSpec{
 		Auth: kmsv1alpha1.ClusterKmsProviderAuth{SecretRef: &kmsv1alpha1.ClusterSecretReference{Name: "creds"}},
 	}}
-	got, err := resolve(p, "kms-key-sync-system")
+	got, err := resolve(p, Options{ClusterResourceNamespace: "kms-key-sync-system"})
 	if err != nil || got.secret.Namespace != "kms-key-sync-system" || got.secret.Name != "creds" {
 		t.Fatalf("secret = %v, %v; want kms-key-sync-system/creds", got.secret, err)
 	}
 	p.Spec.Auth.SecretRef.Namespace = "platform"
-	if got, _ := resolve(p, "kms-key-sync-system"); got.secret.Namespace != "platform" {
+	if got, _ := resolve(p, Options{ClusterResourceNamespace: "kms-key-sync-system"}); got.secret.Namespace != "platform" {
 		t.Errorf("an explicit namespace was overridden: %v", got.secret)
 	}
 	p.Spec.Auth.SecretRef.Namespace = ""
-	if _, err := resolve(p, ""); reasonOf(err) != kmsv1alpha1.ReasonInvalidSpec || !strings.Contains(err.Error(), "--cluster-resource-namespace") {
+	if _, err := resolve(p, Options{}); reasonOf(err) != kmsv1alpha1.ReasonInvalidSpec || !strings.Contains(err.Error(), "--cluster-resource-namespace") {
 		t.Errorf("no namespace anywhere: err = %v, want InvalidSpec naming the flag", err)
 	}
 }
@@ -104,7 +104,7 @@ func TestClusterWorkloadIdentityDefaultsToTheClusterResourceNamespace(t *testing
 		}},
 	}}
 	p.Name = "shared"
-	got, err := resolve(p, "kms-key-sync-system")
+	got, err := resolve(p, Options{ClusterResourceNamespace: "kms-key-sync-system"})
 	if err != nil || got.workload == nil || got.workload.serviceAccount.String() != "kms-key-sync-system/kms" {
 		t.Fatalf("workload = %+v, %v; want the service account kms-key-sync-system/kms", got.workload, err)
 	}
@@ -116,7 +116,7 @@ func TestClusterWorkloadIdentityDefaultsToTheClusterResourceNamespace(t *testing
 	if !ok || w.IAMEndpoint != "https://iam.cn-north-4.myhuaweicloud.com" || w.ProjectID != "p1" || w.Namespace != "kms-key-sync-system" {
 		t.Errorf("source = %+v, want the region's IAM endpoint, the project and the namespace", src)
 	}
-	if _, err := resolve(p, ""); err == nil || !strings.Contains(err.Error(), `ClusterKmsProvider "shared" spec.auth.workloadIdentity.serviceAccountRef.namespace is not set`) {
+	if _, err := resolve(p, Options{}); err == nil || !strings.Contains(err.Error(), `ClusterKmsProvider "shared" spec.auth.workloadIdentity.serviceAccountRef.namespace is not set`) {
 		t.Errorf("no namespace anywhere: err = %v, want InvalidSpec naming the field", err)
 	}
 }
@@ -142,5 +142,30 @@ func TestWorkloadIdentityIAMEndpoint(t *testing.T) {
 	src, err := identitySource(at("eu-west-101", "", ""), false)
 	if w, _ := src.(identity.WorkloadIdentity); err != nil || w.IAMEndpoint != "https://iam.eu-west-101.myhuaweicloud.eu" {
 		t.Errorf("eu-west-101: %+v, %v", src, err)
+	}
+}
+
+func TestNamespacedWorkloadIdentitySendsTokensToAllowedIAMHostsOnly(t *testing.T) {
+	p := &kmsv1alpha1.KmsProvider{Spec: kmsv1alpha1.KmsProviderSpec{
+		KMSLocation: kmsv1alpha1.KMSLocation{Region: "cn-north-4", ProjectID: "p1"},
+		Auth: kmsv1alpha1.KmsProviderAuth{WorkloadIdentity: &kmsv1alpha1.WorkloadIdentity{
+			ServiceAccountRef:  kmsv1alpha1.ServiceAccountReference{Name: "kms", Audiences: []string{"a"}},
+			IdentityFederation: kmsv1alpha1.IdentityFederation{IdentityProviderID: "idp", IAMEndpoint: "https://collector.example"},
+		}},
+	}}
+	p.Name, p.Namespace = "team", "team-ns"
+	resolved, err := resolve(p, Options{AllowedIAMHosts: identity.DefaultIAMHosts})
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, err = identitySource(resolved, false)
+	if reasonOf(err) != kmsv1alpha1.ReasonInvalidSpec || !strings.Contains(err.Error(), `iamEndpoint "https://collector.example" is not an IAM host`) ||
+		!strings.Contains(err.Error(), "--allowed-iam-hosts") {
+		t.Errorf("a KmsProvider's token sent to another host: err = %v, want InvalidSpec naming the flag", err)
+	}
+	p.Spec.Auth.WorkloadIdentity.IAMEndpoint = ""
+	resolved, _ = resolve(p, Options{AllowedIAMHosts: identity.DefaultIAMHosts})
+	if _, err := identitySource(resolved, false); err != nil {
+		t.Errorf("the region's IAM endpoint: %v", err)
 	}
 }

@@ -76,7 +76,11 @@ var _ = Describe("Security", func() {
 		Expect(testkit.ResourceVerbs(role.Rules)).To(Equal(map[string][]string{
 			"/secrets": {"get"},
 			// Workload identity mints tokens of the service accounts that providers name.
-			"/serviceaccounts/token":                 {"create"},
+			"/serviceaccounts/token": {"create"},
+			// Only a service account that opted in is used, and no token the API server accepts
+			// leaves the cluster.
+			"/serviceaccounts":                       {"get"},
+			"authentication.k8s.io/tokenreviews":     {"create"},
 			"/configmaps":                            {"create", "get", "list", "patch", "watch"},
 			"events.k8s.io/events":                   {"create", "patch"},
 			"kms.keysync.dev/kmskeyselectors":        {"get", "list", "watch"},

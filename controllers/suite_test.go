@@ -33,11 +33,15 @@ var (
 	// metricsURL is the operator's metrics endpoint.
 	metricsURL string
 
-	// agencyIAM serves the operator's node agency (its --metadata-endpoint) and pod identity.
+	// agencyIAM serves the operator's node agency (its --metadata-endpoint) and, over plain
+	// http, its pod identity.
 	agencyIAM *kmstest.IAM
 	// podIdentityTokenFile is the operator's HC_CONTAINER_AUTHORIZATION_TOKEN_FILE.
 	podIdentityTokenFile string
 )
+
+// apiAudiences are the suite's API server's audiences, as k3s sets them.
+var apiAudiences = []string{"https://kubernetes.default.svc.cluster.local", "k3s"}
 
 // clusterResourceNamespace holds the Secrets of ClusterKmsProviders that name no namespace.
 const clusterResourceNamespace = "kms-key-sync-system"
@@ -67,7 +71,9 @@ var _ = BeforeSuite(func() {
 	SetDefaultEventuallyPollingInterval(eventuallyPolling)
 
 	var err error
-	env, err = testkit.StartEnv(testkit.EnvOptions{})
+	// The API server accepts the audiences k3s gives it: a token for one of them must never
+	// leave the cluster, though no fixed list of the operator's names them.
+	env, err = testkit.StartEnv(testkit.EnvOptions{APIAudiences: apiAudiences})
 	Expect(err).NotTo(HaveOccurred())
 	k8sClient = env.Client
 
@@ -80,9 +86,8 @@ var _ = BeforeSuite(func() {
 	Expect(k8sClient.Create(ctx(), testkit.Namespace(clusterResourceNamespace))).To(Succeed())
 
 	agencyIAM = kmstest.NewIAM()
-	podIdentity := testkit.ServeTLS(agencyIAM.Handler())
-	DeferCleanup(podIdentity.Close)
-	// The metadata service is plain http, as on ECS.
+	// The metadata service is plain http, as on ECS. So is the pod identity endpoint here,
+	// which the operator must refuse: it runs without --allow-insecure-endpoints.
 	metadata := httptest.NewServer(agencyIAM.Handler())
 	DeferCleanup(metadata.Close)
 	podIdentityTokenFile = filepath.Join(GinkgoT().TempDir(), "pod-identity-token")
@@ -94,8 +99,9 @@ var _ = BeforeSuite(func() {
 		SyncTimeout:              10 * time.Second,
 		Backoff:                  testBackoff,
 		CoalesceWindow:           coalesceWindow,
+		AllowedIAMHosts:          testkit.EmulatorIAMHosts,
 		MetadataEndpoint:         metadata.URL,
-		PodIdentityURI:           podIdentity.URL + kmstest.IAMPathPodIdentity,
+		PodIdentityURI:           metadata.URL + kmstest.IAMPathPodIdentity,
 		PodIdentityTokenFile:     podIdentityTokenFile,
 		KMS: kms.Config{
 			Transport:      http.RoundTripper(transport),

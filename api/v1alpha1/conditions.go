@@ -108,3 +108,8 @@ const MinRefreshInterval = 10 * time.Second
 // MaxNameLength is the longest selector name: the name is the value of SelectorLabel, and label
 // values have at most 63 characters. The CRD enforces it.
 const MaxNameLength = 63
+
+// WorkloadIdentityAudiencesAnnotation on a ServiceAccount opts it in to workload identity: its
+// value lists, comma-separated, the audiences the operator may request tokens of it for. The
+// operator mints no token of a service account without it, nor for an audience it does not list.
+const WorkloadIdentityAudiencesAnnotation = "kms.keysync.dev/workload-identity-audiences"

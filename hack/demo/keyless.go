@@ -81,7 +81,8 @@ func (d *demo) goKeyless(ctx context.Context, k keylessSamples, projectID string
 	}
 	subject := testkit.ServiceAccountSubject(ns, sa.Name)
 	iam.Allow(testkit.IdentityProviderID, subject, projectID)
-	d.printf("serviceaccount/%s created in %s; IAM's conversion rule lets %s list project %s", sa.Name, ns, subject, projectID)
+	d.printf("serviceaccount/%s created in %s, opted in to workload identity for audiences %q (%s); IAM's conversion rule lets %s list project %s",
+		sa.Name, ns, sa.Annotations[kmsv1alpha1.WorkloadIdentityAudiencesAnnotation], kmsv1alpha1.WorkloadIdentityAudiencesAnnotation, subject, projectID)
 
 	orders := map[string]string{"team": "orders", "env": "prod"}
 	if err := d.kms.PutKeys(

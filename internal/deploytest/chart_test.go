@@ -213,6 +213,7 @@ var _ = Describe("The Helm chart", func() {
 				"--zap-log-level=debug",
 				"--watch-namespaces=team-a,team-b",
 				"--allow-insecure-endpoints",
+				"--allowed-iam-hosts=iam.example.com,iam.*.example.com:8443",
 				"--sync-timeout=5m",
 				"--kms-request-timeout=20s",
 				"--kms-ca-file=/etc/kms-ca/ca.crt",
@@ -258,8 +259,16 @@ var _ = Describe("The Helm chart", func() {
 			pr := ms.get("PrometheusRule", fullname+"-controller-manager-alerts")
 			Expect(pr.GetLabels()).To(HaveKeyWithValue("release", "prometheus"))
 
-			// watchNamespaces: the manager's ClusterRole is bound in those namespaces only.
-			Expect(ms.ofKind("ClusterRoleBinding")).To(BeEmpty())
+			// watchNamespaces: the manager's ClusterRole is bound in those namespaces only, and
+			// tokenreviews, which are cluster-scoped, cluster-wide.
+			clusterBindings := ms.ofKind("ClusterRoleBinding")
+			Expect(clusterBindings).To(HaveLen(1))
+			crb := &rbacv1.ClusterRoleBinding{}
+			convert(clusterBindings[0], crb)
+			Expect(crb.Subjects).To(Equal([]rbacv1.Subject{{Kind: "ServiceAccount", Name: fullname + "-controller-manager", Namespace: releaseNamespace}}))
+			Expect(testkit.Permissions(rulesOf(ms.get("ClusterRole", crb.RoleRef.Name)))).To(Equal([]string{
+				"group=authentication.k8s.io resource=tokenreviews name= verb=create",
+			}))
 			bindings := ms.ofKind("RoleBinding")
 			Expect(bindings).To(HaveLen(2))
 			for i, ns := range []string{"team-a", "team-b"} {

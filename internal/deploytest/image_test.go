@@ -201,7 +201,7 @@ var _ = Describe("The manager binary that make build writes", Ordered, func() {
 		Expect(err).NotTo(HaveOccurred(), stderr)
 		help := stdout + stderr
 		for _, flag := range []string{
-			"allow-insecure-endpoints", "max-concurrent-reconciles", "sync-timeout", "kms-request-timeout",
+			"allow-insecure-endpoints", "allowed-iam-hosts", "max-concurrent-reconciles", "sync-timeout", "kms-request-timeout",
 			"kms-qps", "kms-burst", "watch-namespaces", "kms-ca-file", "leader-elect", "metrics-bind-address",
 			"metrics-secure", "health-probe-bind-address", "zap-log-level",
 		} {

@@ -36,7 +36,7 @@ var _ = Describe("Workload identity over time", func() {
 		Expect(err).NotTo(HaveOccurred())
 		DeferCleanup(srv.Close)
 		iam.SetCredentialLifetime(lifetime)
-		f.ServiceAccount("reader")
+		f.ServiceAccount("reader", testkit.TokenAudience)
 		iam.Allow(testkit.IdentityProviderID, testkit.ServiceAccountSubject(f.Namespace, "reader"), f.KMS.ProjectID())
 
 		o, err := operatorOptions("0", f.Namespace)

@@ -220,7 +220,7 @@ var _ = Describe("Secrets", func() {
 		}
 
 		By("keyless credentials: obtained, replaced, and refused")
-		f.ServiceAccount("leak")
+		f.ServiceAccount("leak", testkit.TokenAudience)
 		sub := testkit.ServiceAccountSubject(f.Namespace, "leak")
 		iam.Allow(testkit.IdentityProviderID, sub, f.KMS.ProjectID())
 		iam.SetNodeAgency(f.KMS.ProjectID())

@@ -3,7 +3,9 @@ package identity
 import (
 	"bytes"
 	"context"
+	"fmt"
 	"net/http"
+	"net/url"
 	"os"
 	"strconv"
 	"strings"
@@ -33,24 +35,19 @@ type NodeAgency struct{}
 func (NodeAgency) Key() string { return `["node-agency"]` }
 
 func (NodeAgency) fetch(ctx context.Context, b *Broker) (Temporary, error) {
-	base := strings.TrimRight(b.MetadataEndpoint, "/")
-	req, err := http.NewRequest(http.MethodPut, base+metadataTokenPath, http.NoBody)
-	if err != nil {
-		return Temporary{}, &Error{Method: methodNodeAgency, Step: "metadata token", Message: err.Error()}
-	}
-	req.Header.Set("X-Metadata-Token-Ttl-Seconds", strconv.Itoa(metadataTokenTTL))
-	_, token, failure := call(ctx, b.Metadata, req, methodNodeAgency, "metadata token", nil, http.StatusOK)
+	session, failure := metadataSession(ctx, b)
 	if failure != nil {
-		failure.Hint = "check that the operator runs on an ECS node and that --metadata-endpoint is right"
 		return Temporary{}, failure
 	}
-	session := strings.TrimSpace(string(token))
-	req, err = http.NewRequest(http.MethodGet, base+securityKeyPath, http.NoBody)
-	if err != nil {
-		return Temporary{}, &Error{Method: methodNodeAgency, Step: "metadata securitykey", Message: err.Error()}
+	data, failure := securityKey(ctx, b, session)
+	if failure != nil && failure.Status == http.StatusUnauthorized && !strings.Contains(failure.Message, noAgencyMessage) {
+		// The session token was refused, not the node: ask for a new one and try once more,
+		// as the official SDK does.
+		if session, failure = metadataSession(ctx, b); failure != nil {
+			return Temporary{}, failure
+		}
+		data, failure = securityKey(ctx, b, session)
 	}
-	req.Header.Set("X-Metadata-Token", session)
-	_, data, failure := call(ctx, b.Metadata, req, methodNodeAgency, "metadata securitykey", []string{session}, http.StatusOK)
 	if failure != nil {
 		if failure.Status == http.StatusUnauthorized && strings.Contains(failure.Message, noAgencyMessage) {
 			failure.Message = "the node has no IAM agency"
@@ -65,6 +62,43 @@ func (NodeAgency) fetch(ctx context.Context, b *Broker) (Temporary, error) {
 	return creds, nil
 }
 
+// metadataSession asks the metadata service for a session token. It returns "" when the
+// service answers 404 or 405, as one without session tokens does: the official SDK then goes on
+// without one.
+func metadataSession(ctx context.Context, b *Broker) (string, *Error) {
+	const step = "metadata token"
+	req, err := http.NewRequest(http.MethodPut, strings.TrimRight(b.MetadataEndpoint, "/")+metadataTokenPath, http.NoBody)
+	if err != nil {
+		return "", &Error{Method: methodNodeAgency, Step: step, Message: err.Error()}
+	}
+	req.Header.Set("X-Metadata-Token-Ttl-Seconds", strconv.Itoa(metadataTokenTTL))
+	_, token, failure := call(ctx, b.Metadata, req, methodNodeAgency, step, nil, http.StatusOK)
+	switch {
+	case failure == nil:
+		return strings.TrimSpace(string(token)), nil
+	case failure.Status == http.StatusNotFound || failure.Status == http.StatusMethodNotAllowed:
+		return "", nil
+	}
+	failure.Hint = "check that the operator runs on an ECS node and that --metadata-endpoint is right"
+	return "", failure
+}
+
+// securityKey reads the node agency's credentials, with the session token when there is one.
+func securityKey(ctx context.Context, b *Broker, session string) ([]byte, *Error) {
+	const step = "metadata securitykey"
+	req, err := http.NewRequest(http.MethodGet, strings.TrimRight(b.MetadataEndpoint, "/")+securityKeyPath, http.NoBody)
+	if err != nil {
+		return nil, &Error{Method: methodNodeAgency, Step: step, Message: err.Error()}
+	}
+	var secrets []string
+	if session != "" {
+		req.Header.Set("X-Metadata-Token", session)
+		secrets = []string{session}
+	}
+	_, data, failure := call(ctx, b.Metadata, req, methodNodeAgency, step, secrets, http.StatusOK)
+	return data, failure
+}
+
 // PodIdentity is the IAM agency that CCE Pod Identity binds to the operator's service account.
 type PodIdentity struct{}
 
@@ -77,6 +111,14 @@ func (PodIdentity) fetch(ctx context.Context, b *Broker) (Temporary, error) {
 		return Temporary{}, &Error{Method: methodPodIdentity, Step: step,
 			Message: "the operator's pod has no CCE pod identity: " + PodIdentityURIEnv + " or " + PodIdentityTokenFileEnv + " is not set",
 			Hint:    "create a pod identity association for the operator's service account and restart the operator"}
+	}
+	if u, err := url.Parse(b.PodIdentityURI); err != nil || (u.Scheme != "https" && u.Scheme != "http") || u.Host == "" {
+		return Temporary{}, &Error{Method: methodPodIdentity, Step: step,
+			Message: PodIdentityURIEnv + " is not an absolute http or https URL"}
+	} else if u.Scheme == "http" && !b.AllowInsecureEndpoints {
+		return Temporary{}, &Error{Method: methodPodIdentity, Step: step,
+			Message: fmt.Sprintf("%s %q is plain http and would send the pod's token in clear text", PodIdentityURIEnv, u.Redacted()),
+			Hint:    "use an https endpoint, or run the operator with --allow-insecure-endpoints"}
 	}
 	raw, err := os.ReadFile(b.PodIdentityTokenFile)
 	if err != nil {

@@ -2,6 +2,7 @@ package identity
 
 import (
 	"context"
+	"fmt"
 	"net/http"
 	"strings"
 	"sync"
@@ -21,6 +22,22 @@ const (
 // work.
 const maxRetrySpacing = 30 * time.Second
 
+// The bounds of the cache, whose keys come from what namespace users write and whose values
+// come from what an IAM endpoint answers.
+const (
+	// maxEntries is how many identities are cached; past it, the one used least recently is
+	// dropped.
+	maxEntries = 1000
+	// idleLifetime is how long an identity nobody asks for stays cached.
+	idleLifetime = time.Hour
+	// MaxCredentialLifetime is the longest IAM issues temporary credentials for; credentials
+	// said to live longer are refreshed after it.
+	MaxCredentialLifetime = 24 * time.Hour
+	// The longest credential fields kept: an IAM security token is a few kilobytes.
+	maxKey           = 256
+	maxSecurityToken = 16 << 10
+)
+
 // fetchTimeout bounds one refresh, which runs for every caller waiting for it and so is not
 // tied to the context of the caller that started it.
 const fetchTimeout = 30 * time.Second
@@ -38,7 +55,8 @@ type Source interface {
 	fetch(ctx context.Context, b *Broker) (Temporary, error)
 }
 
-// TokenMinter mints short-lived service account tokens (the TokenRequest API).
+// TokenMinter mints short-lived service account tokens (the TokenRequest API). It refuses a
+// service account that has not opted in, and a token the Kubernetes API server would accept.
 type TokenMinter interface {
 	ServiceAccountToken(ctx context.Context, namespace, name string, audiences []string, lifetime time.Duration) (string, error)
 }
@@ -63,6 +81,9 @@ type Broker struct {
 	// OnRefresh, when set, is told of every refresh: the method (workload_identity, node_agency
 	// or pod_identity) and its error, nil on success.
 	OnRefresh func(method string, err error)
+	// AllowInsecureEndpoints lets the pod identity endpoint be plain http, as
+	// --allow-insecure-endpoints does for every other endpoint.
+	AllowInsecureEndpoints bool
 
 	mu      sync.Mutex
 	entries map[string]*entry
@@ -76,7 +97,9 @@ type entry struct {
 	refreshAt   time.Time
 	usableUntil time.Time
 	retryAt     time.Time
-	flight      *flight
+	// lastUsed is when a caller last asked for the credentials.
+	lastUsed time.Time
+	flight   *flight
 }
 
 // cached returns the entry's credentials when they need no refresh now. The caller holds b.mu.
@@ -106,13 +129,15 @@ func (b *Broker) Credentials(ctx context.Context, src Source) (kms.Credentials, 
 	if b.entries == nil {
 		b.entries = map[string]*entry{}
 	}
+	now := b.Now()
 	e := b.entries[key]
 	if e == nil {
-		b.forgetExpired()
+		b.makeRoom(now)
 		e = &entry{}
 		b.entries[key] = e
 	}
-	if creds, ok := e.cached(b.Now()); ok {
+	e.lastUsed = now
+	if creds, ok := e.cached(now); ok {
 		b.mu.Unlock()
 		return creds, nil
 	}
@@ -136,9 +161,10 @@ func (b *Broker) refresh(ctx context.Context, src Source, e *entry, f *flight) {
 	defer cancel()
 	start := b.Now()
 	creds, err := src.fetch(ctx, b)
-	if err == nil && !creds.ExpiresAt.After(start) {
-		err = &Error{Method: methodOf(src), Step: "credentials", Message: "the credentials received have already expired; check the clocks of the node and of the cloud"}
+	if err == nil {
+		err = checkCredentials(creds, start, methodOf(src))
 	}
+	creds.ExpiresAt = minTime(creds.ExpiresAt, start.Add(MaxCredentialLifetime))
 	if b.OnRefresh != nil {
 		b.OnRefresh(strings.ReplaceAll(methodOf(src), " ", "_"), err)
 	}
@@ -163,14 +189,48 @@ func (b *Broker) refresh(ctx context.Context, src Source, e *entry, f *flight) {
 	close(f.done)
 }
 
-// forgetExpired drops the entries of identities whose credentials have expired and that nobody
-// is refreshing, such as those of deleted providers. The caller holds b.mu.
-func (b *Broker) forgetExpired() {
-	now := b.Now()
+// checkCredentials refuses credentials that have already expired or that are larger than any
+// IAM issues.
+func checkCredentials(c Temporary, now time.Time, method string) error {
+	msg := ""
+	switch {
+	case !c.ExpiresAt.After(now):
+		msg = "the credentials received have already expired; check the clocks of the node and of the cloud"
+	case len(c.AccessKey) > maxKey || len(c.SecretKey) > maxKey:
+		msg = fmt.Sprintf("the credential's access key or secret key is longer than %d bytes", maxKey)
+	case len(c.SecurityToken) > maxSecurityToken:
+		msg = fmt.Sprintf("the credential's security token is longer than %d bytes", maxSecurityToken)
+	default:
+		return nil
+	}
+	return &Error{Method: method, Step: "credentials", Message: msg}
+}
+
+func minTime(a, b time.Time) time.Time {
+	if a.Before(b) {
+		return a
+	}
+	return b
+}
+
+// makeRoom drops the entries nobody is refreshing whose credentials have expired or that nobody
+// asked for in idleLifetime, such as those of deleted providers or edited audiences; then, while
+// the cache is full, the entry used least recently. The caller holds b.mu.
+func (b *Broker) makeRoom(now time.Time) {
 	for key, e := range b.entries {
-		if e.flight == nil && !e.creds.ExpiresAt.After(now) {
+		if e.flight == nil && (!e.creds.ExpiresAt.After(now) || now.Sub(e.lastUsed) > idleLifetime) {
 			delete(b.entries, key)
 		}
+	}
+	for len(b.entries) >= maxEntries {
+		var oldest string
+		for key, e := range b.entries {
+			if oldest == "" || e.lastUsed.Before(b.entries[oldest].lastUsed) {
+				oldest = key
+			}
+		}
+		// A refresh in progress still answers the callers waiting for it.
+		delete(b.entries, oldest)
 	}
 }
 

@@ -61,8 +61,8 @@ func (e *Error) Error() string {
 // maxMessage bounds how much of a service's error message an Error keeps.
 const maxMessage = 300
 
-// maxBody bounds every answer read.
-const maxBody = 1 << 20
+// maxBody bounds every answer read: the largest, a credential, is a few kilobytes.
+const maxBody = 64 << 10
 
 // call sends one request and returns the answer's status, headers and body. A transport error
 // or an answer other than one of want becomes an *Error; secrets are removed from its message.
@@ -72,22 +72,29 @@ func call(ctx context.Context, c *http.Client, req *http.Request, method, step s
 		return nil, nil, &Error{Method: method, Step: step, Message: scrub(err.Error(), secrets)}
 	}
 	defer func() { _ = resp.Body.Close() }()
-	body, err := io.ReadAll(io.LimitReader(resp.Body, maxBody))
+	body, err := io.ReadAll(io.LimitReader(resp.Body, maxBody+1))
 	if err != nil {
 		return nil, nil, &Error{Method: method, Step: step, Status: resp.StatusCode, Message: "reading the answer: " + scrub(err.Error(), secrets)}
+	}
+	if len(body) > maxBody {
+		return nil, nil, &Error{Method: method, Step: step, Status: resp.StatusCode, Message: fmt.Sprintf("the answer is longer than %d bytes", maxBody)}
 	}
 	for _, s := range want {
 		if resp.StatusCode == s {
 			return resp.Header, body, nil
 		}
 	}
-	// Secrets are removed before the message is shortened, so that no part of one is left.
-	code, msg := errorBody([]byte(scrub(string(body), secrets)))
-	return nil, nil, &Error{Method: method, Step: step, Status: resp.StatusCode, Code: code, Message: msg}
+	// JSON is decoded before secrets are removed, so that an escaped echo (\u0070od-...) is
+	// caught; secrets are removed before the message is shortened, so that no part of one is
+	// left.
+	code, msg := errorBody(body)
+	return nil, nil, &Error{Method: method, Step: step, Status: resp.StatusCode,
+		Code: truncate(scrub(code, secrets)), Message: truncate(scrub(msg, secrets))}
 }
 
 // errorBody reads the error code and message of an answer in either of Huawei Cloud's shapes,
-// {"error_code","error_msg"} and {"error":{"code","message"}}, or else its text.
+// {"error_code","error_msg"} and {"error":{"code","message"}}, or else its text; it neither
+// scrubs nor shortens them.
 func errorBody(body []byte) (code, message string) {
 	var flat struct {
 		Code    any    `json:"error_code"`
@@ -100,12 +107,12 @@ func errorBody(body []byte) (code, message string) {
 	if json.Unmarshal(body, &flat) == nil {
 		switch {
 		case flat.Code != nil || flat.Message != "":
-			return codeString(flat.Code), truncate(flat.Message)
+			return codeString(flat.Code), flat.Message
 		case flat.Nested != nil:
-			return codeString(flat.Nested.Code), truncate(flat.Nested.Message)
+			return codeString(flat.Nested.Code), flat.Nested.Message
 		}
 	}
-	return "", truncate(string(bytes.TrimSpace(body)))
+	return "", string(bytes.TrimSpace(body))
 }
 
 func codeString(v any) string {

@@ -3,11 +3,9 @@ package identity
 import (
 	"bytes"
 	"context"
-	"encoding/base64"
 	"encoding/json"
 	"fmt"
 	"net/http"
-	"slices"
 	"strings"
 	"time"
 
@@ -39,7 +37,8 @@ type WorkloadIdentity struct {
 	IdentityProviderID string
 	// IAMEndpoint is IAM's base URL, such as https://iam.cn-north-4.myhuaweicloud.com.
 	IAMEndpoint string
-	// ProjectID is the project that the credentials are scoped to.
+	// ProjectID is the project the credentials are for: IAM's token is unscoped, but the cache
+	// keeps one project's credentials apart from another's.
 	ProjectID string
 }
 
@@ -55,15 +54,9 @@ func (w WorkloadIdentity) subject() string {
 }
 
 func (w WorkloadIdentity) fetch(ctx context.Context, b *Broker) (Temporary, error) {
-	if err := checkAudiences(w.Audiences, ""); err != nil {
-		return Temporary{}, err
-	}
 	jwt, err := b.Tokens.ServiceAccountToken(ctx, w.Namespace, w.ServiceAccount, w.Audiences, ServiceAccountTokenLifetime)
 	if err != nil {
-		return Temporary{}, &Error{Method: methodWorkloadIdentity, Step: "TokenRequest", Message: err.Error()}
-	}
-	if err := checkAudiences(w.Audiences, issuerOf(jwt)); err != nil {
-		return Temporary{}, err
+		return Temporary{}, &Error{Method: methodWorkloadIdentity, Step: "service account token", Message: err.Error()}
 	}
 	token, err := w.exchange(ctx, b, jwt)
 	if err != nil {
@@ -72,56 +65,13 @@ func (w WorkloadIdentity) fetch(ctx context.Context, b *Broker) (Temporary, erro
 	return w.securityTokens(ctx, b, token, jwt)
 }
 
-// apiServerAudiences are the audiences Kubernetes API servers accept by default, besides their
-// service account issuer.
-var apiServerAudiences = []string{
-	"https://kubernetes.default.svc",
-	"https://kubernetes.default.svc.cluster.local",
-	"kubernetes.default.svc",
-	"kubernetes.default.svc.cluster.local",
-	"kubernetes",
-	"api",
-}
-
-// checkAudiences refuses audiences that the cluster's API server would accept: a token for one
-// of them, sent to an IAM endpoint of the spec's choosing, would act on the cluster as the
-// service account. An API server accepts its issuer as an audience unless configured otherwise.
-func checkAudiences(audiences []string, issuer string) error {
-	for _, a := range audiences {
-		if slices.Contains(apiServerAudiences, strings.TrimRight(a, "/")) || (issuer != "" && strings.TrimRight(a, "/") == strings.TrimRight(issuer, "/")) {
-			return &Error{Method: methodWorkloadIdentity, Step: "TokenRequest",
-				Message: fmt.Sprintf("audience %q is one the Kubernetes API server accepts; a token for it is never sent outside the cluster", a),
-				Hint:    "use the client ID of the IAM identity provider, such as kms-key-sync"}
-		}
-	}
-	return nil
-}
-
-// issuerOf reads the iss claim of a token the API server just minted; "" when it has none.
-func issuerOf(jwt string) string {
-	parts := strings.Split(jwt, ".")
-	if len(parts) != 3 {
-		return ""
-	}
-	payload, err := base64.RawURLEncoding.DecodeString(parts[1])
-	if err != nil {
-		return ""
-	}
-	var claims struct {
-		Issuer string `json:"iss"`
-	}
-	if json.Unmarshal(payload, &claims) != nil {
-		return ""
-	}
-	return claims.Issuer
-}
-
-// exchange trades the service account token for an IAM token scoped to the project.
+// exchange trades the service account token for an unscoped IAM token, as the official SDK
+// does: IAM advises against a scoped token for securitytokens, and the conversion rule decides
+// which projects the credentials reach.
 func (w WorkloadIdentity) exchange(ctx context.Context, b *Broker, jwt string) (string, error) {
 	const step = "IAM id-token exchange"
 	body, _ := json.Marshal(map[string]any{"auth": map[string]any{
 		"id_token": map[string]string{"id": jwt},
-		"scope":    map[string]any{"project": map[string]string{"id": w.ProjectID}},
 	}})
 	req, err := http.NewRequest(http.MethodPost, strings.TrimRight(w.IAMEndpoint, "/")+idTokenPath, bytes.NewReader(body))
 	if err != nil {
@@ -190,6 +140,36 @@ func (w WorkloadIdentity) hint(status int) string {
 	return fmt.Sprintf("check identity provider %q, the audiences and its conversion rule for %q", w.IdentityProviderID, w.subject())
 }
 
-// IAMEndpointForRegion returns the IAM endpoint of a region: https://iam.{region}.myhuaweicloud.com,
-// except eu-west-101, which lives under myhuaweicloud.eu.
-func IAMEndpointForRegion(region string) (string, error) { return kms.ServiceEndpoint("iam", region) }
+// GlobalIAMEndpoint is IAM's endpoint for regions without one of their own.
+const GlobalIAMEndpoint = "https://iam.myhuaweicloud.com"
+
+// regionalIAM lists the regions with an IAM endpoint of their own, as the official SDK's
+// credentials (core/auth/internal/iam_endpoint.go) and its IAM service (services/iam/v3/region,
+// which adds eu-west-101) know them.
+var regionalIAM = map[string]string{
+	"af-south-1": "", "ae-ad-1": "", "ap-southeast-1": "", "ap-southeast-2": "", "ap-southeast-3": "",
+	"ap-southeast-4": "", "cn-east-2": "", "cn-east-3": "", "cn-east-4": "", "cn-east-5": "",
+	"cn-north-1": "", "cn-north-2": "", "cn-north-4": "", "cn-north-9": "", "cn-north-12": "",
+	"cn-south-1": "", "cn-south-2": "", "cn-southwest-2": "", "eu-west-0": "",
+	"eu-west-101": "https://iam.eu-west-101.myhuaweicloud.eu", "la-north-2": "", "la-south-2": "",
+	"me-east-1": "", "my-kualalumpur-1": "", "na-mexico-1": "", "ru-moscow-1": "", "sa-brazil-1": "",
+	"tr-west-1": "",
+}
+
+// IAMEndpointForRegion returns the IAM endpoint of a region as the official SDK chooses it: the
+// region's own (https://iam.{region}.myhuaweicloud.com, eu-west-101 under myhuaweicloud.eu) when
+// it has one, else GlobalIAMEndpoint.
+func IAMEndpointForRegion(region string) (string, error) {
+	endpoint, err := kms.ServiceEndpoint("iam", region)
+	if err != nil {
+		return "", err
+	}
+	own, ok := regionalIAM[region]
+	switch {
+	case !ok:
+		return GlobalIAMEndpoint, nil
+	case own != "":
+		return own, nil
+	}
+	return endpoint, nil
+}

@@ -64,8 +64,11 @@ type Options struct {
 	// reconciler's; see controllers.Options. Zero means the default.
 	AllowInsecureEndpoints  bool
 	MaxConcurrentReconciles int
-	SyncTimeout             time.Duration
-	Backoff                 time.Duration
+	// AllowedIAMHosts are the hosts a workload identity of a namespaced kind may send its
+	// token to; see controllers.Options. nil means identity.DefaultIAMHosts.
+	AllowedIAMHosts []string
+	SyncTimeout     time.Duration
+	Backoff         time.Duration
 	// ClusterResourceNamespace holds the Secrets of ClusterKmsProviders that name no namespace.
 	ClusterResourceNamespace string
 	// WatchNamespaces restricts the operator to these namespaces; empty means all.
@@ -126,6 +129,7 @@ func New(cfg *rest.Config, o Options) (ctrl.Manager, error) {
 	}
 	options := controllers.Options{
 		AllowInsecureEndpoints:   o.AllowInsecureEndpoints,
+		AllowedIAMHosts:          o.AllowedIAMHosts,
 		SyncTimeout:              o.SyncTimeout,
 		Backoff:                  o.Backoff,
 		MaxConcurrentReconciles:  o.MaxConcurrentReconciles,
@@ -133,7 +137,7 @@ func New(cfg *rest.Config, o Options) (ctrl.Manager, error) {
 		Now:                      o.Now,
 	}
 	direct := newDirect(o)
-	identities := newBroker(o, mgr.GetClient(), mgr.GetLogger().WithName("identity"))
+	identities := newBroker(o, mgr, mgr.GetLogger().WithName("identity"))
 	selectors := &controllers.KmsKeySelectorReconciler{
 		Client:     mgr.GetClient(),
 		APIReader:  mgr.GetAPIReader(),
@@ -177,7 +181,7 @@ func newDirect(o Options) *keysource.Direct {
 
 // newBroker returns the cache of keyless credentials that selectors and providers share, so an
 // identity costs one exchange per credential lifetime however many use it.
-func newBroker(o Options, c client.Client, log logr.Logger) *identity.Broker {
+func newBroker(o Options, mgr ctrl.Manager, log logr.Logger) *identity.Broker {
 	metadata := o.MetadataEndpoint
 	if metadata == "" {
 		metadata = identity.DefaultMetadataEndpoint
@@ -202,8 +206,10 @@ func newBroker(o Options, c client.Client, log logr.Logger) *identity.Broker {
 		MetadataEndpoint:     metadata,
 		PodIdentityURI:       o.PodIdentityURI,
 		PodIdentityTokenFile: o.PodIdentityTokenFile,
-		Tokens:               identity.ServiceAccountTokens{Client: c},
-		Now:                  now,
+		// Service accounts are read uncached: the operator may only get them, not list them.
+		Tokens:                 identity.ServiceAccountTokens{Client: mgr.GetClient(), Reader: mgr.GetAPIReader()},
+		Now:                    now,
+		AllowInsecureEndpoints: o.AllowInsecureEndpoints,
 		OnRefresh: func(method string, err error) {
 			metrics.ObserveCredentialRefresh(method, err)
 			if err != nil {

@@ -7,6 +7,7 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
+	"strings"
 	"time"
 
 	rbacv1 "k8s.io/api/rbac/v1"
@@ -40,6 +41,10 @@ type EnvOptions struct {
 	// StartTimeout bounds the start of etcd and of the API server, each; zero means envtest's
 	// default ($KUBEBUILDER_CONTROLPLANE_START_TIMEOUT, or 20s).
 	StartTimeout time.Duration
+	// APIAudiences, when set, are the audiences the API server accepts (--api-audiences), as
+	// distributions set them (k3s: https://kubernetes.default.svc.cluster.local,k3s); empty
+	// means the service account issuer.
+	APIAudiences []string
 }
 
 // Env is a running envtest control plane: etcd and a kube-apiserver that enforces RBAC and
@@ -99,6 +104,9 @@ func StartEnv(o EnvOptions) (*Env, error) {
 	// The API server then checks that whoever sets blockOwnerDeletion on an owner reference may
 	// update the owner's finalizers, as production API servers do.
 	env.ControlPlane.GetAPIServer().Configure().Append("enable-admission-plugins", "OwnerReferencesPermissionEnforcement")
+	if len(o.APIAudiences) > 0 {
+		env.ControlPlane.GetAPIServer().Configure().Set("api-audiences", strings.Join(o.APIAudiences, ","))
+	}
 	if os.Getenv("KUBEBUILDER_ASSETS") == "" && env.BinaryAssetsDirectory == "" {
 		return nil, errors.New("KUBEBUILDER_ASSETS is not set and bin/k8s holds no control plane: run hack/setup-envtest.sh")
 	}

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"net/http/httptest"
+	"strings"
 
 	"github.com/onsi/gomega"
 	corev1 "k8s.io/api/core/v1"
@@ -96,11 +97,15 @@ func WithWorkloadIdentity(serviceAccount, iamURL string) func(*kmsv1alpha1.KmsKe
 	}
 }
 
-// ServiceAccount creates a service account in the fixture's namespace.
-func (f *Fixture) ServiceAccount(name string) {
-	f.g.Expect(f.Client.Create(context.Background(), &corev1.ServiceAccount{
-		ObjectMeta: metav1.ObjectMeta{Namespace: f.Namespace, Name: name},
-	})).WithOffset(1).To(gomega.Succeed())
+// ServiceAccount creates a service account in the fixture's namespace. With audiences, it opts
+// in to workload identity for them (kmsv1alpha1.WorkloadIdentityAudiencesAnnotation); without,
+// the operator refuses to use it.
+func (f *Fixture) ServiceAccount(name string, audiences ...string) {
+	sa := &corev1.ServiceAccount{ObjectMeta: metav1.ObjectMeta{Namespace: f.Namespace, Name: name}}
+	if len(audiences) > 0 {
+		sa.Annotations = map[string]string{kmsv1alpha1.WorkloadIdentityAudiencesAnnotation: strings.Join(audiences, ",")}
+	}
+	f.g.Expect(f.Client.Create(context.Background(), sa)).WithOffset(1).To(gomega.Succeed())
 }
 
 // DeleteSecrets deletes the fixture namespace's Secrets, the credentials Secret it starts with

@@ -12,10 +12,15 @@ import (
 // a retry comes soon.
 const OperatorBackoff = 300 * time.Millisecond
 
+// EmulatorIAMHosts are the hosts of the IAM emulators that StartIAM serves, which the operator
+// must allow (--allowed-iam-hosts) for workload identities of namespaced kinds to reach them.
+var EmulatorIAMHosts = []string{"127.0.0.1:*"}
+
 // OperatorOptions returns the options the suites and the demo run the operator with: KMS over
 // TLS trusting EmulatorCA besides the system roots, KMS requests retried once after a few
-// milliseconds, OperatorBackoff, no health probes, and metrics served over plain HTTP at
-// metricsAddr ("0" for none). Adjust the result before operator.New.
+// milliseconds, OperatorBackoff, no health probes, metrics served over plain HTTP at
+// metricsAddr ("0" for none), and EmulatorIAMHosts allowed. Adjust the result before
+// operator.New.
 func OperatorOptions(metricsAddr string) (operator.Options, error) {
 	transport, err := EmulatorTransport()
 	if err != nil {
@@ -25,6 +30,8 @@ func OperatorOptions(metricsAddr string) (operator.Options, error) {
 		MetricsAddr: metricsAddr,
 		ProbeAddr:   "0",
 		Backoff:     OperatorBackoff,
+		// The emulators' host, and only it: the suites run with the production rule.
+		AllowedIAMHosts: EmulatorIAMHosts,
 		KMS: kms.Config{
 			Transport:      transport,
 			RequestTimeout: 10 * time.Second,

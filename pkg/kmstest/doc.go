@@ -213,6 +213,8 @@
 //	401 {"error":{"code":401,"message":"Please configure Cloud Service Agency first"}}
 //
 // whose message (MetadataAgencyError) the SDK looks for; no other answer holds it.
+// SetMetadataTokenless serves a host without session tokens: the PUT answers 405, and the GET
+// needs no X-Metadata-Token.
 //
 // POST /v1/pod-identity/credentials (any body) with the association's token in Authorization
 // (SetPodIdentity; compared after trimming white space) answers 200
@@ -227,7 +229,8 @@
 //	405  IAM.0003  a method other than POST (metadata routes: PUT, GET), with Allow
 //	400  IAM.0001  a malformed request: no X-Idp-Id; a body that is empty, not JSON, or longer
 //	               than MaxBodyBytes; no auth.id_token.id; a domain scope or a project scope
-//	               without id; securitytokens without methods ["token"] or without a token
+//	               without id; any scope after RefuseScopedTokens(true); securitytokens
+//	               without methods ["token"] or without a token
 //	404  IAM.0002  the X-Idp-Id identity provider does not exist
 //	401  IAM.0101  a malformed id_token: not three base64url parts, header or payload not a
 //	               JSON object, aud neither string nor array, exp/nbf/iat not numbers, no exp,
@@ -249,7 +252,7 @@
 //
 // The IAMCode constants name these codes. InjectFault queues an IAMFault for a route
 // (IAMRouteIDToken, IAMRouteSecurityTokens, IAMRouteMetadata for both metadata routes,
-// IAMRoutePodIdentity) that answers Count requests (0: until ClearFaults) with its Status.
+// IAMRouteMetadataToken or IAMRouteSecurityKey for one of them, IAMRoutePodIdentity) that answers Count requests (0: until ClearFaults) with its Status.
 // Stats counts successes per route, id-token refusals, every refusal and applied faults;
 // WithIAMLogger logs one line per request.
 //

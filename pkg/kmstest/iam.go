@@ -64,6 +64,8 @@ const (
 	IAMRouteIDToken        = "id-token"       // POST IAMPathIDToken
 	IAMRouteSecurityTokens = "securitytokens" // POST IAMPathSecurityTokens
 	IAMRouteMetadata       = "metadata"       // both metadata routes
+	IAMRouteMetadataToken  = "metadata-token" // PUT IAMPathMetadataToken only
+	IAMRouteSecurityKey    = "securitykey"    // GET IAMPathSecurityKey only
 	IAMRoutePodIdentity    = "pod-identity"   // POST IAMPathPodIdentity
 )
 
@@ -105,12 +107,18 @@ type IAM struct {
 	agency      []string
 	podToken    string
 	podProjects []string
-	tokens      map[string]issuedToken // IAM tokens by value
-	metaTokens  map[string]time.Time   // metadata tokens -> expiry
-	faults      []IAMFault
-	stats       IAMStats
-	handler     http.Handler
-	logger      *slog.Logger
+	// unscopedOnly refuses id-token exchanges that ask for a scope; tokenless serves the
+	// metadata service of a host without session tokens.
+	unscopedOnly bool
+	tokenless    bool
+	// securityTokenLength, when positive, is the length of the security tokens issued.
+	securityTokenLength int
+	tokens              map[string]issuedToken // IAM tokens by value
+	metaTokens          map[string]time.Time   // metadata tokens -> expiry
+	faults              []IAMFault
+	stats               IAMStats
+	handler             http.Handler
+	logger              *slog.Logger
 
 	// secrets holds every id_token received and every token and key issued, for leak tests.
 	secretsMu sync.Mutex
@@ -232,9 +240,13 @@ type issuedToken struct {
 
 // IAMFault makes IAM answer requests of a route with an error status.
 type IAMFault struct {
-	Route  string `json:"route"`  // IAMRouteIDToken, IAMRouteSecurityTokens, IAMRouteMetadata (both metadata routes), IAMRoutePodIdentity
+	Route  string `json:"route"`  // IAMRouteIDToken, IAMRouteSecurityTokens, IAMRouteMetadata (both metadata routes), IAMRouteMetadataToken, IAMRouteSecurityKey, IAMRoutePodIdentity
 	Status int    `json:"status"` // e.g. 500, 503
 	Count  int    `json:"count"`  // how many requests it answers; 0 = until cleared
+	// Echo makes the error message repeat the credential the request carried (the id_token,
+	// the IAM token, the Authorization or X-Metadata-Token header), every character escaped as
+	// \uXXXX, as a service that echoes its input JSON-encoded might.
+	Echo bool `json:"echo,omitempty"`
 }
 
 // IAMStats counts what IAM answered. Admin requests are not counted, nor requests for paths
@@ -418,6 +430,32 @@ func (i *IAM) SetPodIdentity(token string, projects ...string) {
 	i.podProjects = slices.Clone(projects)
 }
 
+// SetSecurityTokenLength makes the security tokens issued from now on n characters long, as a
+// misbehaving IAM might answer; 0 restores the usual 256.
+func (i *IAM) SetSecurityTokenLength(n int) {
+	i.mu.Lock()
+	defer i.mu.Unlock()
+	i.securityTokenLength = max(n, 0)
+}
+
+// RefuseScopedTokens makes the id-token route answer 400 IAM.0001 to a request that asks for a
+// scope (auth.scope), as an IAM that takes only the unscoped exchange of the official SDK would;
+// false accepts both again.
+func (i *IAM) RefuseScopedTokens(refuse bool) {
+	i.mu.Lock()
+	defer i.mu.Unlock()
+	i.unscopedOnly = refuse
+}
+
+// SetMetadataTokenless makes the metadata service that of a host without session tokens: PUT
+// IAMPathMetadataToken answers 405, and GET IAMPathSecurityKey needs no X-Metadata-Token (one
+// sent is still checked). false restores session tokens.
+func (i *IAM) SetMetadataTokenless(tokenless bool) {
+	i.mu.Lock()
+	defer i.mu.Unlock()
+	i.tokenless = tokenless
+}
+
 // InjectFault queues a fault: the next Count requests of its Route (every one when Count is
 // 0, until ClearFaults) are answered with Status before anything else is checked. A Status
 // outside 400-599 means 500. A fault with an unknown Route or a negative Count is ignored.
@@ -468,17 +506,18 @@ func (i *IAM) Handler() http.Handler { return i.handler }
 
 func validIAMRoute(route string) bool {
 	switch route {
-	case IAMRouteIDToken, IAMRouteSecurityTokens, IAMRouteMetadata, IAMRoutePodIdentity:
+	case IAMRouteIDToken, IAMRouteSecurityTokens, IAMRouteMetadata, IAMRouteMetadataToken, IAMRouteSecurityKey, IAMRoutePodIdentity:
 		return true
 	default:
 		return false
 	}
 }
 
-// takeFault returns the fault due for a route, counting it down. The caller holds i.mu.
-func (i *IAM) takeFault(route string) (IAMFault, bool) {
+// takeFault returns the fault due for a request of one of routes, counting it down. The caller
+// holds i.mu.
+func (i *IAM) takeFault(routes ...string) (IAMFault, bool) {
 	for n, f := range i.faults {
-		if f.Route != route {
+		if !slices.Contains(routes, f.Route) {
 			continue
 		}
 		if f.Count > 0 {
@@ -537,7 +576,7 @@ type metadataErrorBody struct {
 //
 // Other paths get 404 IAM.0004 and are not counted.
 func (i *IAM) ServeHTTP(w http.ResponseWriter, r *http.Request) {
-	var route string
+	var route, detail string
 	var handle func(*http.Request) (iamReply, *iamError)
 	switch r.URL.Path {
 	case IAMPathIDToken:
@@ -545,9 +584,9 @@ func (i *IAM) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	case IAMPathSecurityTokens:
 		route, handle = IAMRouteSecurityTokens, i.securityTokens
 	case IAMPathMetadataToken:
-		route, handle = IAMRouteMetadata, i.metadataToken
+		route, detail, handle = IAMRouteMetadata, IAMRouteMetadataToken, i.metadataToken
 	case IAMPathSecurityKey:
-		route, handle = IAMRouteMetadata, i.securityKey
+		route, detail, handle = IAMRouteMetadata, IAMRouteSecurityKey, i.securityKey
 	case IAMPathPodIdentity:
 		route, handle = IAMRoutePodIdentity, i.podIdentity
 	default:
@@ -556,13 +595,26 @@ func (i *IAM) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	}
 	start := time.Now()
 	i.mu.Lock()
-	f, faulted := i.takeFault(route)
+	f, faulted := i.takeFault(route, detail)
 	i.mu.Unlock()
 	var rep iamReply
 	var ierr *iamError
-	if faulted {
+	switch {
+	case faulted && f.Echo:
+		i.mu.Lock()
+		i.stats.Refusals++
+		if route == IAMRouteIDToken {
+			i.stats.IDTokenRefusals++
+		}
+		i.mu.Unlock()
+		i.log(r, route, f.Status, "", time.Since(start))
+		secret := carriedCredential(r)
+		i.remember(secret)
+		writeEcho(w, f.Status, secret)
+		return
+	case faulted:
 		ierr = iamErr(f.Status, fmt.Sprintf("IAM.%04d", f.Status), "injected fault: %d %s", f.Status, http.StatusText(f.Status))
-	} else {
+	default:
 		rep, ierr = handle(r)
 	}
 	if ierr != nil {
@@ -599,6 +651,47 @@ func (i *IAM) log(r *http.Request, route string, status int, code string, d time
 		slog.String("code", code),
 		slog.Duration("duration", d),
 	)
+}
+
+// carriedCredential is the credential a request carries, "" when none.
+func carriedCredential(r *http.Request) string {
+	for _, h := range []string{"Authorization", HeaderMetadataToken, HeaderAuthToken} {
+		if v := r.Header.Get(h); v != "" {
+			return v
+		}
+	}
+	body, _ := io.ReadAll(io.LimitReader(r.Body, MaxBodyBytes))
+	var q struct {
+		Auth struct {
+			IDToken struct {
+				ID string `json:"id"`
+			} `json:"id_token"`
+			Identity struct {
+				Token struct {
+					ID string `json:"id"`
+				} `json:"token"`
+			} `json:"identity"`
+		} `json:"auth"`
+	}
+	_ = json.Unmarshal(body, &q)
+	if q.Auth.IDToken.ID != "" {
+		return q.Auth.IDToken.ID
+	}
+	return q.Auth.Identity.Token.ID
+}
+
+// writeEcho answers status with an error message that repeats secret JSON-escaped.
+func writeEcho(w http.ResponseWriter, status int, secret string) {
+	var escaped strings.Builder
+	for _, r := range secret {
+		if r > 0xFFFF {
+			r = '?'
+		}
+		fmt.Fprintf(&escaped, "\\u%04x", r)
+	}
+	body := fmt.Sprintf(`{"error_code":"IAM.%04d","error_msg":"injected fault: %d %s; the request carried %s"}`,
+		status, status, http.StatusText(status), escaped.String())
+	write(w, reply{status: status, contentType: contentTypeJSON, body: []byte(body)})
 }
 
 func writeIAMError(w http.ResponseWriter, route string, e *iamError) {
@@ -734,7 +827,11 @@ func (i *IAM) exchangeIDToken(r *http.Request) (iamReply, *iamError) {
 	now := i.now()
 	i.mu.Lock()
 	idp, ok := i.idps[idpID]
+	unscopedOnly := i.unscopedOnly
 	i.mu.Unlock()
+	if unscopedOnly && q.Auth.Scope != nil {
+		return iamReply{}, badIAMRequest("auth.scope is not accepted: exchange the id_token for an unscoped token")
+	}
 	if !ok {
 		return iamReply{}, iamErr(http.StatusNotFound, IAMCodeUnknownIdP, "identity provider %q does not exist", idpID)
 	}
@@ -872,7 +969,13 @@ func (i *IAM) securityTokens(r *http.Request) (iamReply, *iamError) {
 
 // metadataToken serves PUT IAMPathMetadataToken.
 func (i *IAM) metadataToken(r *http.Request) (iamReply, *iamError) {
-	if r.Method != http.MethodPut {
+	i.mu.Lock()
+	tokenless := i.tokenless
+	i.mu.Unlock()
+	switch {
+	case tokenless:
+		return iamReply{}, iamErr(http.StatusMethodNotAllowed, "", "this metadata service issues no session tokens")
+	case r.Method != http.MethodPut:
 		return iamReply{}, methodNotAllowed(r, http.MethodPut)
 	}
 	v := strings.TrimSpace(r.Header.Get(HeaderMetadataTokenTTL))
@@ -897,14 +1000,14 @@ func (i *IAM) securityKey(r *http.Request) (iamReply, *iamError) {
 		return iamReply{}, methodNotAllowed(r, http.MethodGet)
 	}
 	token := r.Header.Get(HeaderMetadataToken)
-	if token == "" {
-		return iamReply{}, iamErr(http.StatusUnauthorized, "", "%s is missing: get one with PUT %s", HeaderMetadataToken, IAMPathMetadataToken)
-	}
 	now := i.now()
 	i.mu.Lock()
 	expiresAt, ok := i.metaTokens[token]
 	var ierr *iamError
 	switch {
+	case token == "" && !i.tokenless:
+		ierr = iamErr(http.StatusUnauthorized, "", "%s is missing: get one with PUT %s", HeaderMetadataToken, IAMPathMetadataToken)
+	case token == "":
 	case !ok:
 		ierr = iamErr(http.StatusUnauthorized, "", "the metadata token is not valid")
 	case expiredAt(expiresAt, now):
@@ -963,7 +1066,7 @@ func (i *IAM) issueCredential(trusted []*Emulator, projects []string, expiresAt 
 	c := TemporaryCredential{
 		Access:        rand.Text()[:20],
 		Secret:        rand.Text() + rand.Text()[:14],
-		SecurityToken: randomText(192),
+		SecurityToken: i.newSecurityToken(),
 		ExpiresAt:     expiresAt.UTC().Format(IAMTimeFormat),
 	}
 	i.remember(c.Secret, c.SecurityToken)
@@ -973,6 +1076,17 @@ func (i *IAM) issueCredential(trusted []*Emulator, projects []string, expiresAt 
 		}
 	}
 	return c
+}
+
+// newSecurityToken returns a random security token of the length SetSecurityTokenLength set.
+func (i *IAM) newSecurityToken() string {
+	i.mu.Lock()
+	n := i.securityTokenLength
+	i.mu.Unlock()
+	if n <= 0 {
+		return randomText(192)
+	}
+	return randomText(n)[:n]
 }
 
 // pruneTokens forgets IAM and metadata tokens that expired more than expiredRetention ago.

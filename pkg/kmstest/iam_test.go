@@ -678,3 +678,84 @@ func TestIAMSecretsListsWhatItWasSentAndIssued(t *testing.T) {
 		t.Error("Secrets() lists the access key, which is not a secret")
 	}
 }
+
+func TestIAMRefusesScopedTokensWhenAsked(t *testing.T) {
+	f := newIAMFixture(t)
+	f.iam.RefuseScopedTokens(true)
+	status, _, body := f.exchange(t, f.jwt(f.claims()), DefaultProjectID)
+	if e := wantIAMError(t, status, body, http.StatusBadRequest, IAMCodeBadRequest); !strings.Contains(e.Message, "unscoped") {
+		t.Errorf("scoped exchange refused with %q, want it to ask for an unscoped token", e.Message)
+	}
+	c := f.mustSecurityTokens(t, f.mustExchange(t, ""), 0)
+	if status, body := kmsWithAKSK(t, f.kms, c, f.clock.now()); status != http.StatusOK {
+		t.Errorf("KMS with the AK/SK of an unscoped token: %d %s", status, body)
+	}
+	f.iam.RefuseScopedTokens(false)
+	if status, _, body := f.exchange(t, f.jwt(f.claims()), DefaultProjectID); status != http.StatusCreated {
+		t.Errorf("scoped exchange after RefuseScopedTokens(false): %d %s", status, body)
+	}
+}
+
+func TestIAMMetadataWithoutSessionTokens(t *testing.T) {
+	f := newIAMFixture(t)
+	f.iam.SetNodeAgency(DefaultProjectID)
+	f.iam.SetMetadataTokenless(true)
+	if status, body := f.metadataToken(t, "60"); status != http.StatusMethodNotAllowed {
+		t.Fatalf("metadata token PUT on a tokenless host: %d %s, want 405", status, body)
+	}
+	status, _, body := f.call(t, http.MethodGet, IAMPathSecurityKey, "", nil)
+	if status != http.StatusOK {
+		t.Fatalf("securitykey without a token on a tokenless host: %d %s", status, body)
+	}
+	if status, _, _ := f.call(t, http.MethodGet, IAMPathSecurityKey, "", map[string]string{HeaderMetadataToken: "forged"}); status != http.StatusUnauthorized {
+		t.Errorf("securitykey with an unknown token on a tokenless host: %d, want 401", status)
+	}
+	f.iam.SetMetadataTokenless(false)
+	if status, body := f.metadataToken(t, "60"); status != http.StatusOK {
+		t.Errorf("metadata token PUT after SetMetadataTokenless(false): %d %s", status, body)
+	}
+}
+
+func TestIAMFaultsOfOneMetadataRoute(t *testing.T) {
+	f := newIAMFixture(t)
+	f.iam.SetNodeAgency(DefaultProjectID)
+	f.iam.InjectFault(IAMFault{Route: IAMRouteSecurityKey, Status: http.StatusUnauthorized, Count: 1})
+	status, token := f.metadataToken(t, "60")
+	if status != http.StatusOK {
+		t.Fatalf("metadata token with a securitykey fault queued: %d %s", status, token)
+	}
+	h := map[string]string{HeaderMetadataToken: string(token)}
+	if status, _, _ := f.call(t, http.MethodGet, IAMPathSecurityKey, "", h); status != http.StatusUnauthorized {
+		t.Errorf("securitykey under a 401 fault: %d", status)
+	}
+	if status, _, body := f.call(t, http.MethodGet, IAMPathSecurityKey, "", h); status != http.StatusOK {
+		t.Errorf("securitykey after the fault: %d %s", status, body)
+	}
+	f.iam.InjectFault(IAMFault{Route: IAMRouteMetadataToken, Status: http.StatusNotFound, Count: 1})
+	if status, _ := f.metadataToken(t, "60"); status != http.StatusNotFound {
+		t.Errorf("metadata token under a 404 fault: %d", status)
+	}
+}
+
+func TestIAMEchoFaultRepeatsTheCredentialJSONEscaped(t *testing.T) {
+	f := newIAMFixture(t)
+	f.iam.InjectFault(IAMFault{Route: IAMRouteIDToken, Status: http.StatusBadRequest, Count: 1, Echo: true})
+	jwt := f.jwt(f.claims())
+	status, _, body := f.exchange(t, jwt, "")
+	if status != http.StatusBadRequest || strings.Contains(string(body), jwt) {
+		t.Fatalf("echo fault: %d %s, want 400 without the raw token", status, body)
+	}
+	var e iamErrorBody
+	if err := json.Unmarshal(body, &e); err != nil || !strings.Contains(e.Message, jwt) {
+		t.Errorf("decoded message %q (%v) does not repeat the id_token", e.Message, err)
+	}
+}
+
+func TestIAMIssuesSecurityTokensOfTheLengthAsked(t *testing.T) {
+	f := newIAMFixture(t)
+	f.iam.SetSecurityTokenLength(1 << 20)
+	c := f.mustSecurityTokens(t, f.mustExchange(t, DefaultProjectID), 0)
+	if len(c.SecurityToken) != 1<<20 {
+		t.Errorf("security token of %d bytes, want 1 MiB", len(c.SecurityToken))
+	}
+}
