@@ -3,6 +3,7 @@ package controllers
 import (
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 
 	apiextensionsv1 "k8s.io/apiextensions-apiserver/pkg/apis/apiextensions/v1"
@@ -44,8 +45,12 @@ func TestSchemaFollowsKMSRules(t *testing.T) {
 			t.Errorf("%s = %d in the CRD, %d in internal/kms/rules.go", c.name, c.got, c.want)
 		}
 	}
-	if tagKey.Pattern != kms.TagTextPattern || tagValue.Pattern != kms.TagTextPattern {
-		t.Errorf("tag patterns %q and %q differ from kms.TagTextPattern %q", tagKey.Pattern, tagValue.Pattern, kms.TagTextPattern)
+	// The CEL rule quotes the pattern in a CEL string, where a backslash is doubled.
+	rule := "!self.matches('" + strings.ReplaceAll(kms.ForbiddenTagCharPattern, `\`, `\\`) + "')"
+	for name, s := range map[string]apiextensionsv1.JSONSchemaProps{"tag key": tagKey, "tag value": *tagValue} {
+		if len(s.XValidations) != 1 || s.XValidations[0].Rule != rule || s.Pattern != "" {
+			t.Errorf("%s: rules %v, pattern %q; want only the rule %s, from kms.ForbiddenTagCharPattern", name, s.XValidations, s.Pattern, rule)
+		}
 	}
 	enum := spec.Properties["matches"].Items.Schema.Properties["key"].Enum
 	if len(enum) != 1 || string(enum[0].Raw) != `"`+string(kms.MatchResourceName)+`"` {
