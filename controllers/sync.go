@@ -43,8 +43,8 @@ func (r *KmsKeySelectorReconciler) sync(ctx context.Context, sel *kmsv1alpha1.Km
 	if err != nil {
 		return err
 	}
-	r.recordChanges(sel, previous, rendered, tpls)
-	setSynced(sel, keys, now, next)
+	r.recordChanges(sel, previouslyListed(sel, previous), listedKeys(keys))
+	setSynced(sel, keys, len(rendered.Data)+len(rendered.BinaryData), now, next)
 	recordSynced(sel)
 	return nil
 }
