@@ -2,6 +2,7 @@ package controllers_test
 
 import (
 	"encoding/json"
+	"io"
 	"net/http"
 	"time"
 
@@ -109,15 +110,21 @@ func selectorTable(sel *kmsv1alpha1.KmsKeySelector) *metav1.Table {
 	GinkgoHelper()
 	hc, err := rest.HTTPClientFor(env.Config)
 	Expect(err).NotTo(HaveOccurred())
-	req, err := http.NewRequestWithContext(ctx(), http.MethodGet,
-		env.Config.Host+"/apis/"+kmsv1alpha1.GroupVersion.String()+"/namespaces/"+sel.Namespace+"/kmskeyselectors", nil)
-	Expect(err).NotTo(HaveOccurred())
-	req.Header.Set("Accept", "application/json;as=Table;v=v1;g=meta.k8s.io")
-	resp, err := hc.Do(req)
-	Expect(err).NotTo(HaveOccurred())
-	defer resp.Body.Close()
-	Expect(resp.StatusCode).To(Equal(http.StatusOK))
+	url := env.Config.Host + "/apis/" + kmsv1alpha1.GroupVersion.String() + "/namespaces/" + sel.Namespace + "/kmskeyselectors"
 	table := &metav1.Table{}
-	Expect(json.NewDecoder(resp.Body).Decode(table)).To(Succeed())
+	// Eventually: once, early in the suite, the API server answered 404 for a list it served
+	// a moment later.
+	Eventually(func(g Gomega) {
+		req, err := http.NewRequestWithContext(ctx(), http.MethodGet, url, nil)
+		g.Expect(err).NotTo(HaveOccurred())
+		req.Header.Set("Accept", "application/json;as=Table;v=v1;g=meta.k8s.io")
+		resp, err := hc.Do(req)
+		g.Expect(err).NotTo(HaveOccurred())
+		defer resp.Body.Close()
+		body, err := io.ReadAll(resp.Body)
+		g.Expect(err).NotTo(HaveOccurred())
+		g.Expect(resp.StatusCode).To(Equal(http.StatusOK), "%s: %s", url, body)
+		g.Expect(json.Unmarshal(body, table)).To(Succeed())
+	}).Should(Succeed())
 	return table
 }
