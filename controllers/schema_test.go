@@ -3,6 +3,7 @@ package controllers
 import (
 	"os"
 	"path/filepath"
+	"regexp"
 	"strings"
 	"testing"
 
@@ -55,5 +56,44 @@ func TestSchemaFollowsKMSRules(t *testing.T) {
 	enum := spec.Properties["matches"].Items.Schema.Properties["key"].Enum
 	if len(enum) != 1 || string(enum[0].Raw) != `"`+string(kms.MatchResourceName)+`"` {
 		t.Errorf("match key enum = %v, want only %q", enum, kms.MatchResourceName)
+	}
+}
+
+// TestCRDDescriptionsReadWell keeps kubectl explain readable: whole sentences, no description
+// twice, and the default of every field that has one.
+func TestCRDDescriptionsReadWell(t *testing.T) {
+	paths, err := filepath.Glob(filepath.Join("..", "config", "crd", "bases", "*.yaml"))
+	if err != nil || len(paths) != 3 {
+		t.Fatalf("CRDs: %v, %v", paths, err)
+	}
+	brokenSentence := regexp.MustCompile(`\n[a-z(]`)
+	for _, path := range paths {
+		raw, err := os.ReadFile(path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		crd := &apiextensionsv1.CustomResourceDefinition{}
+		if err := yaml.Unmarshal(raw, crd); err != nil {
+			t.Fatal(err)
+		}
+		var walk func(field string, s apiextensionsv1.JSONSchemaProps)
+		walk = func(field string, s apiextensionsv1.JSONSchemaProps) {
+			if brokenSentence.MatchString(s.Description) {
+				t.Errorf("%s: %s: the description breaks a sentence: %q", crd.Name, field, s.Description)
+			}
+			if s.Default != nil && s.Type != "object" && !strings.Contains(s.Description, "default") {
+				t.Errorf("%s: %s: the description does not give the default %s", crd.Name, field, s.Default.Raw)
+			}
+			for name, p := range s.Properties {
+				walk(field+"."+name, p)
+			}
+			if s.Items != nil && s.Items.Schema != nil {
+				if s.Description != "" && s.Items.Schema.Description != "" {
+					t.Errorf("%s: %s: kubectl explain shows the items' description after the field's", crd.Name, field)
+				}
+				walk(field+"[]", *s.Items.Schema)
+			}
+		}
+		walk(crd.Spec.Names.Kind, *crd.Spec.Versions[0].Schema.OpenAPIV3Schema)
 	}
 }

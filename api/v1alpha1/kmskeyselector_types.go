@@ -66,7 +66,7 @@ type KmsKeySelectorSpec struct {
 	// +kubebuilder:validation:Maximum=1000
 	PageSize *int32 `json:"pageSize,omitempty"`
 
-	// Suspend stops syncing; the ConfigMap keeps its last content.
+	// Suspend, when true, stops syncing; the ConfigMap keeps its last content.
 	// +optional
 	Suspend bool `json:"suspend,omitempty"`
 
@@ -159,7 +159,7 @@ type MatchSelector struct {
 	// +required
 	Key MatchField `json:"key"`
 
-	// Value is the substring to look for.
+	// Value is the substring to look for, case-sensitive: 1 to 255 characters.
 	// +required
 	// +kubebuilder:validation:MinLength=1
 	// +kubebuilder:validation:MaxLength=255
@@ -188,7 +188,8 @@ type TargetSpec struct {
 	// +kubebuilder:validation:Pattern=`^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$`
 	ConfigMapName string `json:"configMapName,omitempty"`
 
-	// DeletionPolicy is Delete (the ConfigMap is garbage-collected with the selector) or Retain.
+	// DeletionPolicy is Delete, the default (the ConfigMap is garbage-collected with the
+	// selector), or Retain (the ConfigMap stays).
 	// +optional
 	// +kubebuilder:default=Delete
 	DeletionPolicy DeletionPolicy `json:"deletionPolicy,omitempty"`
