@@ -78,9 +78,7 @@ func readmeCommands(path string) []string {
 	text := string(raw)
 	var cmds []string
 	for _, m := range regexp.MustCompile("(?s)```sh\n(.*?)```").FindAllStringSubmatch(text, -1) {
-		for _, line := range strings.Split(strings.ReplaceAll(m[1], "\\\n", " "), "\n") {
-			cmds = append(cmds, line)
-		}
+		cmds = append(cmds, strings.Split(strings.ReplaceAll(m[1], "\\\n", " "), "\n")...)
 	}
 	for _, m := range regexp.MustCompile("`(kubectl [^`]+)`").FindAllStringSubmatch(text, -1) {
 		cmds = append(cmds, m[1])

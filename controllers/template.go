@@ -50,14 +50,6 @@ func (t *templates) defines(name string) bool {
 	return ok
 }
 
-// entries returns the templates by entry name; t may be nil.
-func (t *templates) entries() map[string]*template.Template {
-	if t == nil {
-		return nil
-	}
-	return t.byEntry
-}
-
 // templateFuncs are the functions a template may call; byAlias is bound to the keys of each
 // execution. None touches the network, the file system, the environment or the clock.
 func templateFuncs(keys []keyRecord) template.FuncMap {
