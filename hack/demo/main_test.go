@@ -11,7 +11,6 @@ import (
 	"regexp"
 	"slices"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -32,7 +31,7 @@ import (
 // reader of its output would, it applies the try-it-yourself manifests exactly as printed and
 // reads the metrics it points to, and stops it as Ctrl-C does.
 func TestDemo(t *testing.T) {
-	out := &syncBuffer{}
+	out := &testkit.Buffer{} // the demo writes it while the test reads it
 	ctx, interrupt := context.WithCancel(t.Context())
 	dir := t.TempDir()
 	o := options{root: "../..", keepRunning: true, kubeconfig: filepath.Join(dir, "kubeconfig"), kmsCA: filepath.Join(dir, "ca.pem")}
@@ -204,26 +203,8 @@ func tryPrintedManifests(t *testing.T, printed, kubeconfig string) {
 	}
 }
 
-// syncBuffer is a buffer that the demo writes while the test reads it.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
-
 // waitFor returns a channel closed once the output contains text.
-func waitFor(out *syncBuffer, text string) <-chan struct{} {
+func waitFor(out *testkit.Buffer, text string) <-chan struct{} {
 	ch := make(chan struct{})
 	go func() {
 		defer close(ch)
