@@ -114,3 +114,13 @@ func TestSyncedMessage(t *testing.T) {
 		}
 	}
 }
+
+// A selector stored before the schema required tags, matches or allKeys lists nothing.
+func TestListRequestRefusesASelectorThatChoosesNoKeys(t *testing.T) {
+	sel := &kmsv1alpha1.KmsKeySelector{}
+	_, err := (&KmsKeySelectorReconciler{}).listRequest(t.Context(), sel, provider{})
+	f := asFailure(err)
+	if f == nil || f.reason != kmsv1alpha1.ReasonInvalidSpec || !strings.Contains(err.Error(), "spec.allKeys: true") {
+		t.Fatalf("err = %v, want InvalidSpec naming spec.allKeys", err)
+	}
+}
