@@ -68,7 +68,7 @@ var _ = Describe("What kubectl shows of a selector", func() {
 		Eventually(f.Events(sel)).Should(ContainElements(
 			And(HaveField("Reason", "KeyDisabled"), HaveField("Note", "1 key(s) moved to Disabled: "+keyA.ID)),
 			And(HaveField("Reason", "KeysChanged"), HaveField("Note", "Keys changed: 1 changed state"))))
-		Expect(f.Get(sel)(Default).Status.StateCounts.Disabled).To(Equal(int32(2)))
+		Eventually(func(g Gomega) int32 { return f.Get(sel)(g).Status.StateCounts.Disabled }).Should(Equal(int32(2)))
 
 		By("an unchanged sync, then a barrier: a key removed")
 		f.ForceSync(sel)
@@ -91,9 +91,10 @@ var _ = Describe("What kubectl shows of a selector", func() {
 		Expect(f.KMS.PutKeys(testkit.Key("0f000000-0000-4000-8000-000000000006", "search-capital", kms.StateEnabled,
 			map[string]string{"team": "Search"}))).To(Succeed())
 		f.ForceSync(sel)
+		// The event is recorded before the status is written.
+		Eventually(f.ReadyCondition(sel)).Should(HaveField("Message", `1 key matched; ConfigMap "capital" has 2 entries`))
 		Eventually(f.Events(sel)).ShouldNot(BeEmpty())
 		Expect(f.Events(sel)(Default)).To(ConsistOf(HaveField("Note", "Keys changed: 1 added")))
-		Expect(f.ReadyCondition(sel)(Default).Message).To(Equal(`1 key matched; ConfigMap "capital" has 2 entries`))
 	})
 
 	It("names ListKmsByTags in a KMS error", func() {
