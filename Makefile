@@ -22,8 +22,9 @@ help: ## Display this help.
 ##@ Development
 
 .PHONY: manifests
-manifests: controller-gen ## Generate the CRD and RBAC from the markers.
+manifests: controller-gen ## Generate the CRDs and RBAC from the markers.
 	$(CONTROLLER_GEN) rbac:roleName=manager-role crd paths="./..." output:crd:artifacts:config=config/crd/bases
+	go run ./hack/crd-descriptions config/crd/bases/*.yaml
 
 .PHONY: generate
 generate: controller-gen ## Generate DeepCopy methods.
@@ -105,17 +106,17 @@ ifndef ignore-not-found
 endif
 
 .PHONY: build-installer
-build-installer: manifests generate kustomize ## Write dist/install.yaml: CRD, RBAC and Deployment, with the image IMG.
+build-installer: manifests generate kustomize ## Write dist/install.yaml: CRDs, RBAC and Deployment, with the image IMG.
 	mkdir -p dist
 	cd config/manager && $(KUSTOMIZE) edit set image controller=$(IMG)
 	$(KUSTOMIZE) build config/default > dist/install.yaml
 
 .PHONY: install
-install: manifests kustomize ## Install the CRD into the cluster of the current kubeconfig.
+install: manifests kustomize ## Install the three CRDs into the cluster of the current kubeconfig.
 	$(KUSTOMIZE) build config/crd | $(KUBECTL) apply -f -
 
 .PHONY: uninstall
-uninstall: manifests kustomize ## Remove the CRD (and so every KmsKeySelector). Call with ignore-not-found=true to ignore resource not found errors.
+uninstall: manifests kustomize ## Remove the three CRDs (and so every KmsKeySelector and provider). Call with ignore-not-found=true to ignore resource not found errors.
 	$(KUSTOMIZE) build config/crd | $(KUBECTL) delete --ignore-not-found=$(ignore-not-found) -f -
 
 .PHONY: deploy
@@ -124,11 +125,11 @@ deploy: manifests kustomize ## Deploy the operator, with the image IMG, to the c
 	$(KUSTOMIZE) build config/default | $(KUBECTL) apply -f -
 
 .PHONY: undeploy
-undeploy: kustomize ## Remove the operator and its CRD. Call with ignore-not-found=true to ignore resource not found errors.
+undeploy: kustomize ## Remove the operator and its CRDs. Call with ignore-not-found=true to ignore resource not found errors.
 	$(KUSTOMIZE) build config/default | $(KUBECTL) delete --ignore-not-found=$(ignore-not-found) -f -
 
 .PHONY: helm-crds
-helm-crds: manifests ## Copy the generated CRD into the Helm chart (charts/kms-key-sync/crds).
+helm-crds: manifests ## Copy the generated CRDs into the Helm chart (charts/kms-key-sync/crds).
 	cp config/crd/bases/*.yaml charts/kms-key-sync/crds/
 
 .PHONY: helm-lint

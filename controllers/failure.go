@@ -45,7 +45,7 @@ func permanent(reason string) bool {
 	return reason == kmsv1alpha1.ReasonInvalidSpec || reason == kmsv1alpha1.ReasonInsecureEndpoint
 }
 
-// kmsFailure classifies an error of a KMS listing.
+// kmsFailure classifies an error of a KMS call, whose message names the call (ListKmsByTags).
 func kmsFailure(err error) error {
 	var invalid *kms.ValidationError
 	reason := kmsv1alpha1.ReasonKMSRequestFailed
@@ -57,7 +57,7 @@ func kmsFailure(err error) error {
 	case errors.As(err, &invalid):
 		reason = kmsv1alpha1.ReasonInvalidSpec
 	}
-	return failed(reason, fmt.Errorf("listing KMS keys: %w", err))
+	return failed(reason, err)
 }
 
 // renderFailure classifies an error of rendering the content. An expression that fails on a

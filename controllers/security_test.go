@@ -41,6 +41,7 @@ var _ = Describe("Security", func() {
 			"projectId": kmstest.DefaultProjectID, "endpoint": a.KMS.URL,
 			"credentialsSecretRef": map[string]any{"name": "only-in-b", "namespace": b.Namespace},
 		}, "spec", "provider")).To(Succeed())
+		Expect(unstructured.SetNestedField(u.Object, true, "spec", "allKeys")).To(Succeed())
 		Expect(k8sClient.Create(ctx(), u)).To(Succeed())
 		sneaky := &kmsv1alpha1.KmsKeySelector{}
 		Expect(k8sClient.Get(ctx(), types.NamespacedName{Namespace: a.Namespace, Name: "sneaky"}, sneaky)).To(Succeed())

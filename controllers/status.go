@@ -1,6 +1,7 @@
 package controllers
 
 import (
+	"context"
 	"fmt"
 	"sort"
 	"strings"
@@ -21,9 +22,9 @@ import (
 // maxStatusKeys is how many keys the status lists; KeyCount always gives the full number.
 const maxStatusKeys = 100
 
-// setSynced records a successful sync of keys, sorted by id, listed at now, and the time of the
-// next refresh.
-func setSynced(sel *kmsv1alpha1.KmsKeySelector, keys []kms.Key, now, next time.Time) {
+// setSynced records a successful sync of keys, sorted by id, listed at now, into a ConfigMap of
+// entries entries, and the time of the next refresh.
+func setSynced(sel *kmsv1alpha1.KmsKeySelector, keys []kms.Key, entries int, now, next time.Time) {
 	st := &sel.Status
 	st.LastSyncTime = &metav1.Time{Time: now.Truncate(time.Second)}
 	st.NextSyncTime = &metav1.Time{Time: next}
@@ -40,8 +41,27 @@ func setSynced(sel *kmsv1alpha1.KmsKeySelector, keys []kms.Key, now, next time.T
 		}
 	}
 	st.StateCounts = &counts
-	setReady(sel, metav1.ConditionTrue, kmsv1alpha1.ReasonSynced,
-		fmt.Sprintf("%d matching keys are in ConfigMap %q", len(keys), targetName(sel)))
+	setReady(sel, metav1.ConditionTrue, kmsv1alpha1.ReasonSynced, syncedMessage(sel, len(keys), entries))
+}
+
+// syncedMessage says how many keys matched and how many entries the ConfigMap holds, which
+// expressions decide; for no match, what to check.
+func syncedMessage(sel *kmsv1alpha1.KmsKeySelector, keys, entries int) string {
+	written := fmt.Sprintf("ConfigMap %q has %s", targetName(sel), plural(entries, "entry", "entries"))
+	switch {
+	case keys > 0:
+		return fmt.Sprintf("%s matched; %s", plural(keys, "key", "keys"), written)
+	case sel.Spec.AllKeys:
+		return "No key matched: the project has no keys; " + written
+	}
+	return "No key matched spec.tags and spec.matches; tag keys and values, and match values, are case-sensitive: check them against the keys' tags and aliases; " + written
+}
+
+func plural(n int, one, many string) string {
+	if n == 1 {
+		return "1 " + one
+	}
+	return fmt.Sprintf("%d %s", n, many)
 }
 
 func recordSynced(sel *kmsv1alpha1.KmsKeySelector) {
@@ -78,29 +98,76 @@ func countState(c *kmsv1alpha1.StateCounts, s kms.State) {
 	}
 }
 
-// keyDiff compares two renderings of ConfigMap data by their "<id>: <state>" entries.
+// syncedKeys is what one sync listed, for telling what the next one changed: each key's state by
+// id, and the details of every key (keys.json, as the default entries hold it) when known.
+type syncedKeys struct {
+	states  map[string]string
+	details string
+	// total is the number of keys. When it is larger than len(states), states holds only the
+	// first keys by id, up to last.
+	total int
+	last  string
+}
+
+// listedKeys is what a sync of keys, sorted by id, listed.
+func listedKeys(keys []kms.Key) syncedKeys {
+	k := syncedKeys{states: make(map[string]string, len(keys)), total: len(keys)}
+	for _, key := range keys {
+		k.states[key.ID] = key.State.String()
+	}
+	// Rendered without expressions, as the details of the previous sync are read back.
+	if c, err := render.Render(context.Background(), render.Keys(keys), nil); err == nil {
+		k.details = c.Details()
+	}
+	return k
+}
+
+// previouslyListed is what the last sync listed: the keys.json that the ConfigMap held, or else,
+// when expressions replaced the default entries or the ConfigMap is gone, the keys of the status,
+// which lists the first 100.
+func previouslyListed(sel *kmsv1alpha1.KmsKeySelector, stored *render.Content) syncedKeys {
+	if stored != nil {
+		if c, ok := render.Rebuild(context.Background(), *stored, nil); ok {
+			k := syncedKeys{states: map[string]string{}, details: c.Details()}
+			for id, state := range c.Data {
+				if id != kmsv1alpha1.KeysJSONKey {
+					k.states[id] = state
+				}
+			}
+			k.total = len(k.states)
+			return k
+		}
+	}
+	st := sel.Status
+	k := syncedKeys{states: make(map[string]string, len(st.Keys)), total: int(ptr.Deref(st.KeyCount, 0))}
+	for _, key := range st.Keys {
+		k.states[key.ID] = key.State
+		k.last = max(k.last, key.ID)
+	}
+	k.total = max(k.total, len(k.states))
+	return k
+}
+
+// keyDiff is what changed between two syncs, key by key.
 type keyDiff struct {
 	added, removed, changed int
 	// movedTo lists, by new state, the ids of keys whose state changed.
 	movedTo map[string][]string
-	// detailsChanged is set when only keys.json differs (an alias or tag changed).
+	// detailsChanged is set when an alias, tag or other detail of a key changed.
 	detailsChanged bool
 }
 
-func diffKeys(previousContent *render.Content, currentContent render.Content, exprs *render.Expressions) keyDiff {
-	var previous map[string]string
-	if previousContent != nil {
-		previous = previousContent.Data
-	}
-	current := currentContent.Data
-	isKey := func(name string) bool { return name != kmsv1alpha1.KeysJSONKey && !exprs.Defines(name) }
+// diffKeys compares two syncs. When previous knows only its first keys, the keys after them are
+// compared by number: their state changes are not seen.
+func diffKeys(previous, current syncedKeys) keyDiff {
 	d := keyDiff{movedTo: map[string][]string{}}
-	for id, state := range current {
-		if !isKey(id) {
-			continue
-		}
-		old, ok := previous[id]
+	complete := previous.total == len(previous.states)
+	beyond := 0
+	for id, state := range current.states {
+		old, ok := previous.states[id]
 		switch {
+		case !ok && !complete && id > previous.last:
+			beyond++
 		case !ok:
 			d.added++
 		case old != state:
@@ -108,18 +175,20 @@ func diffKeys(previousContent *render.Content, currentContent render.Content, ex
 			d.movedTo[state] = append(d.movedTo[state], id)
 		}
 	}
-	for id := range previous {
-		if _, ok := current[id]; !ok && isKey(id) {
+	for id := range previous.states {
+		if _, ok := current.states[id]; !ok {
 			d.removed++
 		}
+	}
+	if net := beyond - (previous.total - len(previous.states)); net > 0 {
+		d.added += net
+	} else {
+		d.removed -= net
 	}
 	for _, ids := range d.movedTo {
 		sort.Strings(ids)
 	}
-	d.detailsChanged = previousContent == nil || previousContent.Details() != currentContent.Details()
-	for _, name := range exprs.Entries() {
-		d.detailsChanged = d.detailsChanged || previous[name] != current[name]
-	}
+	d.detailsChanged = previous.details != "" && current.details != "" && previous.details != current.details
 	return d
 }
 
@@ -127,8 +196,21 @@ func (d keyDiff) empty() bool {
 	return d.added == 0 && d.removed == 0 && d.changed == 0 && !d.detailsChanged
 }
 
+// String names what changed, and nothing that did not.
 func (d keyDiff) String() string {
-	return fmt.Sprintf("Keys changed: %d added, %d removed, %d changed state", d.added, d.removed, d.changed)
+	var parts []string
+	for _, p := range []struct {
+		n    int
+		what string
+	}{{d.added, "added"}, {d.removed, "removed"}, {d.changed, "changed state"}} {
+		if p.n > 0 {
+			parts = append(parts, fmt.Sprintf("%d %s", p.n, p.what))
+		}
+	}
+	if len(parts) == 0 {
+		return "Keys changed: an alias, tag or other detail of a key changed"
+	}
+	return "Keys changed: " + strings.Join(parts, ", ")
 }
 
 func abbreviate(ids []string, n int) string {

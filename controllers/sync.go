@@ -40,8 +40,8 @@ func (r *KmsKeySelectorReconciler) sync(ctx context.Context, sel *kmsv1alpha1.Km
 	if err != nil {
 		return err
 	}
-	r.recordChanges(sel, previous, rendered, exprs)
-	setSynced(sel, keys, now, next)
+	r.recordChanges(sel, previouslyListed(sel, previous), listedKeys(keys))
+	setSynced(sel, keys, len(rendered.Data)+len(rendered.BinaryData), now, next)
 	sel.Status.ContentDigest = rendered.Digest()
 	recordSynced(sel)
 	return nil
@@ -50,6 +50,11 @@ func (r *KmsKeySelectorReconciler) sync(ctx context.Context, sel *kmsv1alpha1.Km
 // listRequest builds the KMS request from the spec, the provider and its credentials Secret.
 func (r *KmsKeySelectorReconciler) listRequest(ctx context.Context, sel *kmsv1alpha1.KmsKeySelector, p provider) (keysource.Request, error) {
 	filter := filterFromSpec(sel.Spec)
+	if len(filter.Tags) == 0 && len(filter.Matches) == 0 && !sel.Spec.AllKeys {
+		// The schema refuses this; a selector stored before it did must not list every key.
+		return keysource.Request{}, failedf(kmsv1alpha1.ReasonInvalidSpec,
+			"spec sets no tags and no matches; choose keys with spec.tags or spec.matches, or set spec.allKeys: true to list every key of the project")
+	}
 	if err := filter.Validate(); err != nil {
 		return keysource.Request{}, failed(kmsv1alpha1.ReasonInvalidSpec, fmt.Errorf("spec: %w", err))
 	}

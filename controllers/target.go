@@ -233,10 +233,11 @@ func metadataUpToDate(target *metav1.PartialObjectMetadata, sel *kmsv1alpha1.Kms
 	return owned == (deletionPolicy(sel.Spec) == kmsv1alpha1.DeletionPolicyDelete)
 }
 
-// recordChanges emits an event when the keys changed, and a warning for every key that moved to
-// Disabled or PendingDeletion. An unchanged refresh emits nothing.
-func (r *KmsKeySelectorReconciler) recordChanges(sel *kmsv1alpha1.KmsKeySelector, previous *render.Content, current render.Content, exprs *render.Expressions) {
-	diff := diffKeys(previous, current, exprs)
+// recordChanges emits an event when the keys listed changed, whatever entries the expressions
+// wrote, and a warning for every key that moved to Disabled or PendingDeletion. An unchanged
+// refresh emits nothing.
+func (r *KmsKeySelectorReconciler) recordChanges(sel *kmsv1alpha1.KmsKeySelector, previous, current syncedKeys) {
+	diff := diffKeys(previous, current)
 	if diff.empty() {
 		return
 	}

@@ -13,24 +13,6 @@ import (
 	"github.com/kms-key-sync/kms-key-sync/internal/render"
 )
 
-func TestDiffKeys(t *testing.T) {
-	prev := &render.Content{Data: map[string]string{"a": "Enabled", "b": "Enabled", "c": "Enabled", kmsv1alpha1.KeysJSONKey: "[1]"}}
-	cur := render.Content{Data: map[string]string{"a": "Enabled", "b": "Disabled", "d": "PendingDeletion", kmsv1alpha1.KeysJSONKey: "[2]"}}
-	d := diffKeys(prev, cur, nil)
-	if d.added != 1 || d.removed != 1 || d.changed != 1 || !d.detailsChanged {
-		t.Fatalf("diff = %+v", d)
-	}
-	if got := d.movedTo["Disabled"]; len(got) != 1 || got[0] != "b" {
-		t.Errorf("movedTo[Disabled] = %v", got)
-	}
-	if got := d.movedTo["PendingDeletion"]; len(got) != 0 {
-		t.Errorf("a new key counted as moved: movedTo[PendingDeletion] = %v", got)
-	}
-	if !diffKeys(&cur, cur, nil).empty() {
-		t.Error("identical data gave a non-empty diff")
-	}
-}
-
 func manyKeys(n int) []kms.Key {
 	keys := make([]kms.Key, n)
 	for i := range keys {

@@ -25,6 +25,13 @@ func validSpec() map[string]any {
 	}
 }
 
+// The schema's messages for a refreshInterval that is not a duration and for a forbidden tag
+// character.
+const (
+	notADuration   = "must be a Go duration such as 30s, 5m or 1h; days (d) are not accepted"
+	forbiddenChars = `may not contain * < > \ = or control characters`
+)
+
 type specEdit func(spec map[string]any)
 
 func set(value any, path ...string) specEdit {
@@ -117,20 +124,20 @@ var _ = Describe("KmsKeySelector schema", func() {
 		Entry("empty tag key", "spec.tags[0].key", "at least 1", tagKey("")),
 		Entry("tag key of 37 characters", "spec.tags[0].key", "may not be more than 36", tagKey(long("k", 37))),
 		Entry("tag key of 37 non-ASCII characters", "spec.tags[0].key", "may not be more than 36", tagKey(long("é", 37))),
-		Entry("tag key with *", "spec.tags[0].key", "should match", tagKey("a*b")),
-		Entry("tag key with <", "spec.tags[0].key", "should match", tagKey("a<b")),
-		Entry("tag key with >", "spec.tags[0].key", "should match", tagKey("a>b")),
-		Entry(`tag key with \`, "spec.tags[0].key", "should match", tagKey(`a\b`)),
-		Entry("tag key with =", "spec.tags[0].key", "should match", tagKey("a=b")),
-		Entry("tag key with a control character", "spec.tags[0].key", "should match", tagKey("a\x01b")),
-		Entry("tag key with a tab", "spec.tags[0].key", "should match", tagKey("a\tb")),
+		Entry("tag key with *", "spec.tags[0].key", forbiddenChars, tagKey("a*b")),
+		Entry("tag key with <", "spec.tags[0].key", forbiddenChars, tagKey("a<b")),
+		Entry("tag key with >", "spec.tags[0].key", forbiddenChars, tagKey("a>b")),
+		Entry(`tag key with \`, "spec.tags[0].key", forbiddenChars, tagKey(`a\b`)),
+		Entry("tag key with =", "spec.tags[0].key", forbiddenChars, tagKey("a=b")),
+		Entry("tag key with a control character", "spec.tags[0].key", forbiddenChars, tagKey("a\x01b")),
+		Entry("tag key with a tab", "spec.tags[0].key", forbiddenChars, tagKey("a\tb")),
 		Entry("tag value of 44 characters", "spec.tags[0].values[0]", "may not be more than 43", tagValue(long("v", 44))),
-		Entry("tag value with *", "spec.tags[0].values[0]", "should match", tagValue("a*b")),
-		Entry("tag value with <", "spec.tags[0].values[0]", "should match", tagValue("a<b")),
-		Entry("tag value with >", "spec.tags[0].values[0]", "should match", tagValue("a>b")),
-		Entry(`tag value with \`, "spec.tags[0].values[0]", "should match", tagValue(`a\b`)),
-		Entry("tag value with =", "spec.tags[0].values[0]", "should match", tagValue("a=b")),
-		Entry("tag value with a newline", "spec.tags[0].values[0]", "should match", tagValue("a\nb")),
+		Entry("tag value with *", "spec.tags[0].values[0]", forbiddenChars, tagValue("a*b")),
+		Entry("tag value with <", "spec.tags[0].values[0]", forbiddenChars, tagValue("a<b")),
+		Entry("tag value with >", "spec.tags[0].values[0]", forbiddenChars, tagValue("a>b")),
+		Entry(`tag value with \`, "spec.tags[0].values[0]", forbiddenChars, tagValue(`a\b`)),
+		Entry("tag value with =", "spec.tags[0].values[0]", forbiddenChars, tagValue("a=b")),
+		Entry("tag value with a newline", "spec.tags[0].values[0]", forbiddenChars, tagValue("a\nb")),
 		Entry("duplicate tag keys", "spec.tags[1]", "Duplicate value", set([]any{map[string]any{"key": "env"}, map[string]any{"key": "env"}}, "tags")),
 		Entry("duplicate values of one key", "spec.tags[0].values[1]", "Duplicate value", set([]any{map[string]any{"key": "env", "values": []any{"a", "a"}}}, "tags")),
 		Entry("a match key other than resource_name", "spec.matches[0].key", "Unsupported value", set([]any{map[string]any{"key": "key_alias", "value": "x"}}, "matches")),
@@ -138,10 +145,15 @@ var _ = Describe("KmsKeySelector schema", func() {
 		Entry("empty match value", "spec.matches[0].value", "at least 1", matchValue("")),
 		Entry("match value of 256 characters", "spec.matches[0].value", "may not be more than 255", matchValue(long("m", 256))),
 		Entry("two matches", "spec.matches", "at most 1", set([]any{map[string]any{"key": "resource_name", "value": "a"}, map[string]any{"key": "resource_name", "value": "b"}}, "matches")),
-		Entry("negative refreshInterval", "spec.refreshInterval", "should match", set("-5m", "refreshInterval")),
+		Entry("negative refreshInterval", "spec.refreshInterval", notADuration, set("-5m", "refreshInterval")),
 		Entry("zero refreshInterval", "spec.refreshInterval", "at least 10s", set("0s", "refreshInterval")),
 		Entry("refreshInterval of 9s", "spec.refreshInterval", "at least 10s", set("9s", "refreshInterval")),
-		Entry("refreshInterval that is not a duration", "spec.refreshInterval", "should match", set("5 minutes", "refreshInterval")),
+		Entry("refreshInterval that is not a duration", "spec.refreshInterval", notADuration, set("5 minutes", "refreshInterval")),
+		Entry("refreshInterval in days", "spec.refreshInterval", notADuration, set("1d", "refreshInterval")),
+		Entry("no tags and no matches", "spec", "set spec.tags or spec.matches to choose keys, or spec.allKeys: true", remove("tags"), remove("matches")),
+		Entry("empty tags and matches", "spec", "set spec.tags or spec.matches to choose keys, or spec.allKeys: true", set([]any{}, "tags"), set([]any{}, "matches")),
+		Entry("allKeys with tags", "spec", "not both", set(true, "allKeys"), remove("matches")),
+		Entry("allKeys with matches", "spec", "not both", set(true, "allKeys"), remove("tags")),
 		Entry("pageSize 0", "spec.pageSize", "greater than or equal to 1", set(int64(0), "pageSize")),
 		Entry("negative pageSize", "spec.pageSize", "greater than or equal to 1", set(int64(-1), "pageSize")),
 		Entry("pageSize 1001", "spec.pageSize", "less than or equal to 1000", set(int64(1001), "pageSize")),
@@ -165,7 +177,29 @@ var _ = Describe("KmsKeySelector schema", func() {
 		Entry("pageSize 1", set(int64(1), "pageSize")),
 		Entry("pageSize 1000", set(int64(1000), "pageSize")),
 		Entry("endpoint instead of region", remove("provider", "region"), set("https://kms.example.internal", "provider", "endpoint")),
+		Entry("tags without matches", remove("matches")),
+		Entry("matches without tags", remove("tags")),
+		Entry("allKeys alone", remove("tags"), remove("matches"), set(true, "allKeys")),
+		Entry("refreshInterval of 1h30m", set("1h30m", "refreshInterval")),
 	)
+
+	// A value that is not a duration gets one message that says what a duration is, and not the
+	// minimum's rule or CEL's conversion error on top of it.
+	It("explains a refreshInterval that is not a duration in plain words, once", func() {
+		err := k8sClient.Create(ctx(), selectorObject(ns, "minutes", set("5 minutes", "refreshInterval")))
+		Expect(err).To(HaveOccurred())
+		Expect(err.Error()).To(ContainSubstring(`spec.refreshInterval: Invalid value: "5 minutes": ` + notADuration))
+		Expect(err.Error()).NotTo(ContainSubstring("at least 10s"))
+		Expect(err.Error()).NotTo(ContainSubstring("Duration"))
+		Expect(err.Error()).NotTo(ContainSubstring("should match"))
+	})
+
+	It("names the forbidden tag characters instead of a regular expression", func() {
+		err := k8sClient.Create(ctx(), selectorObject(ns, "stars", tagKey("a*"), tagValue("b=")))
+		Expect(err).To(HaveOccurred())
+		Expect(err.Error()).To(ContainSubstring(forbiddenChars))
+		Expect(err.Error()).NotTo(ContainSubstring(`\x00`))
+	})
 
 	It("defaults refreshInterval, pageSize and deletionPolicy", func() {
 		Expect(k8sClient.Create(ctx(), selectorObject(ns, "defaults"))).To(Succeed())

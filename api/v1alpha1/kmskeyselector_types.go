@@ -9,6 +9,7 @@ import (
 
 // KmsKeySelectorSpec says which KMS keys to list, with which credentials, and where to write them.
 // +kubebuilder:validation:XValidation:rule="has(self.provider) != has(self.providerRef)",message="set exactly one of spec.provider and spec.providerRef"
+// +kubebuilder:validation:XValidation:rule="(has(self.allKeys) && self.allKeys) != ((has(self.tags) && size(self.tags) > 0) || (has(self.matches) && size(self.matches) > 0))",message="set spec.tags or spec.matches to choose keys, or spec.allKeys: true to list every key of the project, not both"
 type KmsKeySelectorSpec struct {
 	// Provider says, inline, where the KMS API is and which credentials of the selector's
 	// namespace to call it with. Set it or ProviderRef.
@@ -21,41 +22,51 @@ type KmsKeySelectorSpec struct {
 	// +optional
 	ProviderRef *ProviderReference `json:"providerRef,omitempty"`
 
-	// Tags select keys by tag. Different tag keys are ANDed; the values of one key are ORed; an
-	// empty values list matches any value of that key. No tags selects every key of the project.
+	// Tags choose keys by tag: at most 10 tag keys, each unique. Different tag keys are ANDed,
+	// the values of one key are ORed, and an empty values list matches any value of that key.
+	// Tag keys and values are case-sensitive. Set tags, matches or both, or allKeys.
 	// +optional
 	// +listType=map
 	// +listMapKey=key
 	// +kubebuilder:validation:MaxItems=10
 	Tags []TagSelector `json:"tags,omitempty"`
 
-	// Matches narrow the selection by a key field. Each match is ANDed with the tags.
+	// Matches choose keys by a key field: at most one, resource_name, a case-sensitive substring
+	// of the key alias. A match is ANDed with the tags.
 	// +optional
 	// +listType=map
 	// +listMapKey=key
 	// +kubebuilder:validation:MaxItems=1
 	Matches []MatchSelector `json:"matches,omitempty"`
 
-	// RefreshInterval is how often the keys are listed again, as a Go duration such as "5m".
-	// Each selector refreshes at a fixed offset within the interval, derived from its question:
-	// selectors asking the same question refresh together and share one listing, and different
-	// questions are spread over the interval.
+	// AllKeys, when true, lists every key of the project. It is the only way to do so: a
+	// selector without tags or matches is refused, so that a mistyped or dropped field cannot
+	// select every key. Do not combine it with tags or matches.
+	// +optional
+	AllKeys bool `json:"allKeys,omitempty"`
+
+	// RefreshInterval is how often the keys are listed again: a Go duration such as 30s, 5m or
+	// 1h, at least 10s; the default is 5m. Days (d) are not accepted. Each selector refreshes at
+	// a fixed offset within the interval, derived from its question: selectors asking the same
+	// question refresh together and share one listing, and different questions are spread over
+	// the interval.
 	// +optional
 	// +kubebuilder:default="5m"
 	// +kubebuilder:validation:Type=string
-	// +kubebuilder:validation:Pattern=`^([0-9]+(\.[0-9]+)?(ns|us|µs|ms|s|m|h))+$`
-	// +kubebuilder:validation:XValidation:rule="duration(self) >= duration('10s')",message="must be at least 10s"
+	// +kubebuilder:validation:MaxLength=64
+	// +kubebuilder:validation:XValidation:rule=`self.matches('^([0-9]+(\\.[0-9]+)?(ns|us|µs|ms|s|m|h))+$')`,message="must be a Go duration such as 30s, 5m or 1h; days (d) are not accepted"
+	// +kubebuilder:validation:XValidation:rule=`!self.matches('^([0-9]+(\\.[0-9]+)?(ns|us|µs|ms|s|m|h))+$') || duration(self) >= duration('10s')`,message="must be at least 10s"
 	RefreshInterval *metav1.Duration `json:"refreshInterval,omitempty"`
 
-	// PageSize is the number of keys requested per ListKmsByTags call. The default, 1000, is the
-	// API's maximum and needs the fewest calls.
+	// PageSize is the number of keys requested per ListKmsByTags call, from 1 to 1000. The
+	// default, 1000, is the API's maximum and needs the fewest calls.
 	// +optional
 	// +kubebuilder:default=1000
 	// +kubebuilder:validation:Minimum=1
 	// +kubebuilder:validation:Maximum=1000
 	PageSize *int32 `json:"pageSize,omitempty"`
 
-	// Suspend stops syncing; the ConfigMap keeps its last content.
+	// Suspend, when true, stops syncing; the ConfigMap keeps its last content.
 	// +optional
 	Suspend bool `json:"suspend,omitempty"`
 
@@ -114,21 +125,24 @@ type SecretReference struct {
 	Name string `json:"name"`
 }
 
-// TagSelector matches keys carrying a tag.
+// TagSelector chooses keys carrying a tag.
 type TagSelector struct {
-	// Key is the tag key.
+	// Key is the tag key, case-sensitive: 1 to 36 characters, none of them * < > \ = or a
+	// control character.
 	// +required
 	// +kubebuilder:validation:MinLength=1
 	// +kubebuilder:validation:MaxLength=36
-	// +kubebuilder:validation:Pattern=`^[^\x00-\x1f*<>\\=]*$`
+	// +kubebuilder:validation:XValidation:rule=`!self.matches('[\\x00-\\x1f*<>\\\\=]')`,message="may not contain * < > \\ = or control characters"
 	Key string `json:"key"`
 
-	// Values are ORed; an empty list matches any value of the key.
+	// Values are the tag values to choose, case-sensitive and ORed: at most 64, unique, each at
+	// most 43 characters, none of them * < > \ = or a control character. An empty list matches
+	// any value of the key.
 	// +optional
 	// +listType=set
 	// +kubebuilder:validation:MaxItems=64
 	// +kubebuilder:validation:items:MaxLength=43
-	// +kubebuilder:validation:items:Pattern=`^[^\x00-\x1f*<>\\=]*$`
+	// +kubebuilder:validation:items:XValidation:rule=`!self.matches('[\\x00-\\x1f*<>\\\\=]')`,message="may not contain * < > \\ = or control characters"
 	Values []string `json:"values,omitempty"`
 }
 
@@ -145,7 +159,7 @@ type MatchSelector struct {
 	// +required
 	Key MatchField `json:"key"`
 
-	// Value is the substring to look for.
+	// Value is the substring to look for, case-sensitive: 1 to 255 characters.
 	// +required
 	// +kubebuilder:validation:MinLength=1
 	// +kubebuilder:validation:MaxLength=255
@@ -175,7 +189,8 @@ type TargetSpec struct {
 	// +kubebuilder:validation:Pattern=`^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$`
 	ConfigMapName string `json:"configMapName,omitempty"`
 
-	// DeletionPolicy is Delete (the ConfigMap is garbage-collected with the selector) or Retain.
+	// DeletionPolicy is Delete, the default (the ConfigMap is garbage-collected with the
+	// selector), or Retain (the ConfigMap stays).
 	// +optional
 	// +kubebuilder:default=Delete
 	DeletionPolicy DeletionPolicy `json:"deletionPolicy,omitempty"`
@@ -263,7 +278,8 @@ type KmsKeySelectorStatus struct {
 	// +optional
 	ProviderDigest string `json:"providerDigest,omitempty"`
 
-	// KeyCount is the number of matching keys, all of which are in the ConfigMap.
+	// KeyCount is the number of matching keys. Under mergePolicy Replace the ConfigMap holds the
+	// expressions' entries rather than one per key.
 	// +optional
 	KeyCount *int32 `json:"keyCount,omitempty"`
 
@@ -316,7 +332,7 @@ type KeyStatus struct {
 // +kubebuilder:printcolumn:name="Reason",type=string,JSONPath=`.status.conditions[?(@.type=="Ready")].reason`
 // +kubebuilder:printcolumn:name="Keys",type=integer,JSONPath=`.status.keyCount`
 // +kubebuilder:printcolumn:name="Last Sync",type=date,JSONPath=`.status.lastSyncTime`
-// +kubebuilder:printcolumn:name="Next Sync",type=date,JSONPath=`.status.nextSyncTime`,priority=1
+// +kubebuilder:printcolumn:name="Next Sync",type=string,JSONPath=`.status.nextSyncTime`,priority=1
 // +kubebuilder:printcolumn:name="Age",type=date,JSONPath=`.metadata.creationTimestamp`
 // +kubebuilder:validation:XValidation:rule="size(self.metadata.name) <= 63",message="metadata.name must be at most 63 characters: it is the value of the kms.keysync.dev/selector label on the ConfigMap"
 type KmsKeySelector struct {

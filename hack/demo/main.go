@@ -18,6 +18,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"net"
 	"os"
 	"os/signal"
 	"path/filepath"
@@ -47,8 +48,8 @@ const (
 type options struct {
 	root        string // the repository root, which holds config/ and hack/
 	keepRunning bool   // after the steps, serve kubectl until interrupted
-	kubeconfig  string // where keepRunning writes the kubeconfig, relative to root
-	kmsCA       string // where keepRunning writes the emulator's CA, relative to root
+	kubeconfig  string // where keepRunning writes the kubeconfig, relative to root unless absolute
+	kmsCA       string // where keepRunning writes the emulator's CA, relative to root unless absolute
 	verbose     bool
 }
 
@@ -66,13 +67,15 @@ type result struct {
 
 // demo holds what the steps start; cleanup stops it in reverse order.
 type demo struct {
-	o        options
-	out      io.Writer
-	fail     context.CancelCauseFunc // ends the steps early, when the operator stops on its own
-	env      *testkit.Env
-	client   client.Client // the administrator's
-	kms      *kmstest.Server
-	cleanups []func() error
+	o      options
+	out    io.Writer
+	fail   context.CancelCauseFunc // ends the steps early, when the operator stops on its own
+	env    *testkit.Env
+	client client.Client // the administrator's
+	kms    *kmstest.Server
+	// metricsURL is where the operator serves its metrics, on localhost.
+	metricsURL string
+	cleanups   []func() error
 }
 
 func main() {
@@ -217,10 +220,15 @@ func (d *demo) startEmulator(projectID string) error {
 // (step 3).
 func (d *demo) startOperator(ctx context.Context) error {
 	d.step(3, "Starting the operator (operator.New, as %s, trusting the emulator's certificate)", d.env.OperatorUser)
-	o, err := testkit.OperatorOptions("0")
+	metricsAddr, err := freeLocalAddress()
 	if err != nil {
 		return err
 	}
+	o, err := testkit.OperatorOptions(metricsAddr)
+	if err != nil {
+		return err
+	}
+	d.metricsURL = "http://" + metricsAddr + "/metrics"
 	o.MaxConcurrentReconciles = 2
 	o.SyncTimeout = 20 * time.Second
 	o.KMS.RequestTimeout = 5 * time.Second
@@ -251,8 +259,19 @@ func (d *demo) startOperator(ctx context.Context) error {
 	if !mgr.GetCache().WaitForCacheSync(ctx) {
 		return fmt.Errorf("waiting for the operator's cache: %w", context.Cause(ctx))
 	}
-	d.printf("operator running, its cache synced in %s", time.Since(started).Round(time.Millisecond))
+	d.printf("operator running, its cache synced in %s; metrics at %s", time.Since(started).Round(time.Millisecond), d.metricsURL)
 	return nil
+}
+
+// freeLocalAddress returns an address on 127.0.0.1 with a port that was free a moment ago: the
+// metrics server binds it itself, and must be told the port to print its URL.
+func freeLocalAddress() (string, error) {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return "", fmt.Errorf("finding a port for the metrics: %w", err)
+	}
+	defer l.Close()
+	return l.Addr().String(), nil
 }
 
 // steps is the number of steps, the last being the cleanup.

@@ -329,8 +329,8 @@ func (d *demo) printEvents(ctx context.Context, sel *kmsv1alpha1.KmsKeySelector,
 	return reasons, tw.Flush()
 }
 
-// serveUntilInterrupted writes an administrator's kubeconfig and the emulator's CA, and keeps
-// everything running until Ctrl-C.
+// serveUntilInterrupted writes an administrator's kubeconfig and the emulator's CA, prints what
+// to try next, and keeps everything running until Ctrl-C.
 func (d *demo) serveUntilInterrupted(interrupted, failed context.Context, sel *kmsv1alpha1.KmsKeySelector, data map[string]string) error {
 	path, err := d.writeFile(d.o.kubeconfig, d.env.AdminKubeconfig())
 	if err != nil {
@@ -346,11 +346,24 @@ func (d *demo) serveUntilInterrupted(interrupted, failed context.Context, sel *k
 	}
 	fmt.Fprintf(d.out, "\nEverything keeps running. In another terminal:\n\n")
 	fmt.Fprintf(d.out, "  export KUBECONFIG=%s\n", path)
-	fmt.Fprintf(d.out, "  kubectl get kks -n %s\n  kubectl get configmap %s -n %s -o yaml\n\n", namespace, sel.Spec.Target.ConfigMapName, namespace)
-	fmt.Fprintf(d.out, "KMS emulator: %s (token %s)\n", d.kms.URL, demoToken)
+	fmt.Fprintf(d.out, "  kubectl get kms -A   # every KmsKeySelector (kks), KmsProvider (kmsp) and ClusterKmsProvider (ckmsp)\n")
+	fmt.Fprintf(d.out, "  kubectl get kks -n %s -o wide\n  kubectl get configmap %s -n %s -o yaml\n\n", namespace, sel.Spec.Target.ConfigMapName, namespace)
+	fmt.Fprintf(d.out, "Try it yourself: a credentials Secret and a selector of your own, against the emulator.\n")
+	fmt.Fprintf(d.out, "Apply them as they are, then edit and apply again:\n\n")
+	fmt.Fprintf(d.out, "%s\n", tryItYourself(d.kms.URL, d.kms.ProjectID())) // unindented, to paste into a shell
+	fmt.Fprintf(d.out, "\n  kubectl get kks my-keys -n %[1]s -o wide\n  kubectl get configmap my-keys -n %[1]s -o yaml\n", namespace)
+	fmt.Fprintf(d.out, "  kubectl describe kks my-keys -n %s   # the Ready message and the events\n\n", namespace)
+	fmt.Fprintf(d.out, "KMS emulator: %s (token %s, project %s)\n", d.kms.URL, demoToken, d.kms.ProjectID())
 	fmt.Fprintf(d.out, "Admin API:    %s/admin/keys (unauthenticated). Disable another key and resync:\n\n", d.kms.URL)
 	fmt.Fprintf(d.out, "  curl -s --cacert %s -X PATCH %s/admin/keys/%s -d '{\"state\": \"Disabled\"}'\n", caPath, d.kms.URL, other)
 	fmt.Fprintf(d.out, "  kubectl annotate kks %s -n %s --overwrite %s=\"$(date +%%s)\"\n\n", sel.Name, namespace, kmsv1alpha1.ForceSyncAnnotation)
+	fmt.Fprintf(d.out, "Metrics:      %s (plain HTTP on localhost, in the demo only). For example:\n\n", d.metricsURL)
+	for _, q := range metricsQueries {
+		fmt.Fprintf(d.out, "  curl -s %s | grep '^%s'   # %s\n", d.metricsURL, q.metric, q.meaning)
+	}
+	fmt.Fprintf(d.out, "\nUnlike a cluster, the demo has no garbage collector (a deleted selector leaves its ConfigMap,\n")
+	fmt.Fprintf(d.out, "and deleting a namespace hangs), and it retries failed syncs faster than the defaults.\n")
+	fmt.Fprintf(d.out, "Run make demo-up DEMO_ARGS=-v to see the operator's log.\n\n")
 	fmt.Fprintf(d.out, "Press Ctrl-C to stop and clean up.\n")
 	<-failed.Done() // Ctrl-C, or the operator stopped on its own
 	if interrupted.Err() != nil {
@@ -359,10 +372,49 @@ func (d *demo) serveUntilInterrupted(interrupted, failed context.Context, sel *k
 	return context.Cause(failed)
 }
 
+// metricsQueries are the metrics the demo suggests looking at.
+var metricsQueries = []struct{ metric, meaning string }{
+	{"kms_key_sync_keys{", "keys per selector and state"},
+	{"kms_key_sync_syncs_total", "sync attempts, by result"},
+	{"kms_key_sync_kms_requests_total", "KMS calls, by operation and outcome"},
+}
+
+// tryItYourself is a command that applies a credentials Secret and a selector of the demo's
+// namespace, listing from the emulator at endpoint.
+func tryItYourself(endpoint, projectID string) string {
+	return fmt.Sprintf(`kubectl apply -f - <<'EOF'
+apiVersion: v1
+kind: Secret
+metadata:
+  name: my-kms-credentials
+  namespace: %[1]s
+stringData:
+  token: %[2]s
+---
+apiVersion: kms.keysync.dev/v1alpha1
+kind: KmsKeySelector
+metadata:
+  name: my-keys
+  namespace: %[1]s
+spec:
+  provider:
+    endpoint: %[3]s
+    projectId: %[4]s
+    credentialsSecretRef:
+      name: my-kms-credentials
+  tags:
+  - key: team
+    values: [search]
+EOF`, namespace, demoToken, endpoint, projectID)
+}
+
 // writeFile writes data to name, relative to the root, until the demo cleans up, and returns its
 // absolute path.
 func (d *demo) writeFile(name string, data []byte) (string, error) {
-	path, err := filepath.Abs(filepath.Join(d.o.root, name))
+	if !filepath.IsAbs(name) {
+		name = filepath.Join(d.o.root, name)
+	}
+	path, err := filepath.Abs(name)
 	if err == nil {
 		err = os.MkdirAll(filepath.Dir(path), 0o755)
 	}

@@ -48,7 +48,7 @@ func (c *Client) ListKeys(ctx context.Context, f Filter) ([]Key, error) {
 	for pass := 1; pass <= maxListPasses; pass++ {
 		if pass > 1 {
 			if err := c.sleep(ctx, c.backoff(pass-1)); err != nil {
-				return nil, fmt.Errorf("kms %s: %w while restarting an inconsistent listing: %w", ActionFilter, err, last)
+				return nil, fmt.Errorf("%s: %w while restarting an inconsistent listing: %w", operationName(ActionFilter), err, last)
 			}
 		}
 		keys, err := c.listPass(ctx, f)
@@ -59,7 +59,7 @@ func (c *Client) ListKeys(ctx context.Context, f Filter) ([]Key, error) {
 		last = err
 		c.s.logger.V(1).Info("kms listing inconsistent", "pass", pass, "maxPasses", maxListPasses, "reason", err.Error())
 	}
-	return nil, fmt.Errorf("kms %s: %w after %d passes: %w", ActionFilter, ErrInconsistentListing, maxListPasses, last)
+	return nil, fmt.Errorf("%s: %w after %d passes: %w", operationName(ActionFilter), ErrInconsistentListing, maxListPasses, last)
 }
 
 // CountKeys returns the number of keys that match f (action=count).
@@ -175,13 +175,13 @@ func (c *Client) withRetry(ctx context.Context, op string, try func() error) err
 			return err
 		}
 		if attempt >= p.maxAttempts() {
-			return fmt.Errorf("kms %s: giving up after %s: %w", op, plural(attempt, "attempt"), err)
+			return fmt.Errorf("%s: giving up after %s: %w", operationName(op), plural(attempt, "attempt"), err)
 		}
 		d := c.retryDelay(attempt, err)
 		c.s.logger.V(1).Info("kms request failed, retrying", "operation", op, "attempt", attempt,
 			"delay", d, "error", err.Error())
 		if serr := c.sleep(ctx, d); serr != nil {
-			return fmt.Errorf("kms %s: %w while waiting to retry after %s: %w", op, serr, plural(attempt, "attempt"), err)
+			return fmt.Errorf("%s: %w while waiting to retry after %s: %w", operationName(op), serr, plural(attempt, "attempt"), err)
 		}
 	}
 }

@@ -247,7 +247,7 @@ func TestRetriesAndErrors(t *testing.T) {
 				}
 			}},
 		{name: "5xx html exhausts attempts", script: []http.HandlerFunc{status(502, html), status(503, html), status(500, html), status(504, html)},
-			wantErr: "kms filter: giving up after 4 attempts: kms filter: http 504: unexpected body", calls: 4, retryable: true,
+			wantErr: "ListKmsByTags: giving up after 4 attempts: ListKmsByTags: http 504: unexpected body", calls: 4, retryable: true,
 			check: func(t *testing.T, err error, slept []time.Duration) {
 				var apiErr *APIError
 				if !errors.As(err, &apiErr) || len(apiErr.Excerpt) > maxExcerpt || strings.ContainsAny(apiErr.Excerpt, "\n\x01") {
@@ -258,7 +258,7 @@ func TestRetriesAndErrors(t *testing.T) {
 				}
 			}},
 		{name: "400 is not retried", script: []http.HandlerFunc{status(400, `{"error":{"error_code":"KMS.0206","error_msg":"tags[0].key invalid"}}`)},
-			wantErr: "kms filter: http 400: KMS.0206: tags[0].key invalid", calls: 1,
+			wantErr: "ListKmsByTags: http 400: KMS.0206: tags[0].key invalid", calls: 1,
 			check: func(t *testing.T, err error, _ []time.Duration) {
 				var apiErr *APIError
 				if !errors.As(err, &apiErr) || apiErr.Code != "KMS.0206" || IsAuthFailure(err) || IsThrottled(err) {
@@ -266,7 +266,7 @@ func TestRetriesAndErrors(t *testing.T) {
 				}
 			}},
 		{name: "403 is an auth failure", script: []http.HandlerFunc{status(403, `{"error":{"error_code":"KMS.0302","error_msg":"bad signature"}}`)},
-			wantErr: "kms filter: http 403: KMS.0302: bad signature", calls: 1,
+			wantErr: "ListKmsByTags: http 403: KMS.0302: bad signature", calls: 1,
 			check: func(t *testing.T, err error, _ []time.Duration) {
 				if !IsAuthFailure(err) {
 					t.Error("IsAuthFailure = false")
@@ -276,9 +276,9 @@ func TestRetriesAndErrors(t *testing.T) {
 			wantErr: "http 401: APIGW.0301", calls: 1},
 		{name: "malformed JSON is retried", script: []http.HandlerFunc{status(200, `{"resources":[`)}, calls: 2},
 		{name: "missing key id is not retried", script: []http.HandlerFunc{status(200, `{"resources":[{}],"total_count":1}`)},
-			wantErr: "kms filter: decode response: resources[0]: missing key id", calls: 1},
+			wantErr: "ListKmsByTags: decode response: resources[0]: missing key id", calls: 1},
 		{name: "persistent throttling", script: []http.HandlerFunc{status(429, ""), status(429, ""), status(429, ""), status(429, "")},
-			wantErr: "giving up after 4 attempts: kms filter: http 429", calls: 4, retryable: true,
+			wantErr: "giving up after 4 attempts: ListKmsByTags: http 429", calls: 4, retryable: true,
 			check: func(t *testing.T, err error, _ []time.Duration) {
 				if !IsThrottled(err) {
 					t.Error("IsThrottled = false")
@@ -486,7 +486,7 @@ func TestRequestTimeout(t *testing.T) {
 	_, err = c.ListKeys(context.Background(), Filter{})
 	var terr *TransportError
 	if !errors.As(err, &terr) || !terr.Timeout() || !IsRetryable(err) ||
-		!strings.Contains(err.Error(), "giving up after 1 attempt: kms filter: request failed: timed out after 20ms") {
+		!strings.Contains(err.Error(), "giving up after 1 attempt: ListKmsByTags: request failed: timed out after 20ms") {
 		t.Errorf("err = %v", err)
 	}
 }
@@ -554,7 +554,7 @@ func TestAPIErrorParsing(t *testing.T) {
 	if e.RetryAfter != 90*time.Second || e.RequestID != "req-1" || e.Excerpt != "Too Many Requests" || !e.Retryable() {
 		t.Errorf("%+v", e)
 	}
-	if got := e.Error(); got != `kms count: http 429: unexpected body "Too Many Requests" (request id req-1)` {
+	if got := e.Error(); got != `ListKmsByTags (action count): http 429: unexpected body "Too Many Requests" (request id req-1)` {
 		t.Errorf("Error() = %q", got)
 	}
 	for in, want := range map[string]time.Duration{"": 0, "0": 0, "-3": 0, "2": 2 * time.Second, "soon": 0,
@@ -580,7 +580,7 @@ func TestTransportErrorRetryable(t *testing.T) {
 		})
 	})
 	_, err := c.CountKeys(context.Background(), Filter{})
-	if !IsRetryable(err) || !strings.Contains(err.Error(), "giving up after 2 attempts: kms count: request failed: connection reset by peer") {
+	if !IsRetryable(err) || !strings.Contains(err.Error(), "giving up after 2 attempts: ListKmsByTags (action count): request failed: connection reset by peer") {
 		t.Errorf("err = %v", err)
 	}
 }

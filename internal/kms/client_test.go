@@ -315,7 +315,7 @@ func TestFaults(t *testing.T) {
 		{name: "duplicate key across pages", fault: kmstest.Fault{Kind: kmstest.FaultDuplicate, Times: 1}, calls: 3 + 3},
 		{name: "empty page with nonzero total", fault: kmstest.Fault{Kind: kmstest.FaultEmptyPage, Times: 1, Skip: 1}, calls: 2 + 3},
 		{name: "persistent 503", fault: kmstest.Fault{Kind: kmstest.FaultServerError, Status: 503}, calls: 4, outcome: kms.OutcomeServerError,
-			wantErr: "kms filter: giving up after 4 attempts: kms filter: http 503: unexpected body \"<html> <head><title>503 Service Unavailable",
+			wantErr: "ListKmsByTags: giving up after 4 attempts: ListKmsByTags: http 503: unexpected body \"<html> <head><title>503 Service Unavailable",
 			check: func(t *testing.T, err error) {
 				var apiErr *kms.APIError
 				if !errors.As(err, &apiErr) || !kms.IsRetryable(err) || kms.IsThrottled(err) || len(apiErr.Excerpt) > 200 {
@@ -323,7 +323,7 @@ func TestFaults(t *testing.T) {
 				}
 			}},
 		{name: "persistent throttling", fault: kmstest.Fault{Kind: kmstest.FaultThrottle, RetryAfter: 30}, calls: 4, outcome: kms.OutcomeThrottled,
-			wantErr: "giving up after 4 attempts: kms filter: http 429: APIGW.0308",
+			wantErr: "giving up after 4 attempts: ListKmsByTags: http 429: APIGW.0308",
 			check: func(t *testing.T, err error) {
 				var apiErr *kms.APIError
 				if !kms.IsThrottled(err) || !errors.As(err, &apiErr) || apiErr.RetryAfter != 30*time.Second {
@@ -331,7 +331,7 @@ func TestFaults(t *testing.T) {
 				}
 			}},
 		{name: "persistent drift", fault: kmstest.Fault{Kind: kmstest.FaultTotalDrift}, calls: 4 * 2,
-			wantErr: "kms filter: listing inconsistent after 4 passes: total_count changed from 2500 to 2501 at offset 1000",
+			wantErr: "ListKmsByTags: listing inconsistent after 4 passes: total_count changed from 2500 to 2501 at offset 1000",
 			check: func(t *testing.T, err error) {
 				if !errors.Is(err, kms.ErrInconsistentListing) {
 					t.Error("want ErrInconsistentListing")
@@ -340,7 +340,7 @@ func TestFaults(t *testing.T) {
 		{name: "persistent empty pages", fault: kmstest.Fault{Kind: kmstest.FaultEmptyPage}, calls: 4,
 			wantErr: "listing inconsistent after 4 passes: empty page at offset 0 of total_count 2500"},
 		{name: "permission denied is not retried", fault: kmstest.Fault{Kind: kmstest.FaultKMSError, Code: kmstest.CodeAPINotPermitted, Message: "role lacks kms:cmk:list"},
-			calls: 1, outcome: kms.OutcomeClientError, wantErr: "kms filter: http 403: KMS.0307: role lacks kms:cmk:list",
+			calls: 1, outcome: kms.OutcomeClientError, wantErr: "ListKmsByTags: http 403: KMS.0307: role lacks kms:cmk:list",
 			check: func(t *testing.T, err error) {
 				if !kms.IsAuthFailure(err) || kms.IsRetryable(err) {
 					t.Errorf("err %v", err)

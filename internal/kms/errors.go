@@ -43,7 +43,7 @@ type APIError struct {
 // Error describes the answer; it never contains credentials.
 func (e *APIError) Error() string {
 	var b strings.Builder
-	fmt.Fprintf(&b, "kms %s: http %d", e.Operation, e.StatusCode)
+	fmt.Fprintf(&b, "%s: http %d", operationName(e.Operation), e.StatusCode)
 	if e.Code != "" || e.Message != "" {
 		fmt.Fprintf(&b, ": %s: %s", e.Code, e.Message)
 	} else if e.Excerpt != "" {
@@ -53,6 +53,15 @@ func (e *APIError) Error() string {
 		fmt.Fprintf(&b, " (request id %s)", e.RequestID)
 	}
 	return b.String()
+}
+
+// operationName names a request as the KMS API documents it, for errors: ListKmsByTags, with the
+// action when it is not the listing itself.
+func operationName(action string) string {
+	if action == ActionFilter {
+		return "ListKmsByTags"
+	}
+	return "ListKmsByTags (action " + action + ")"
 }
 
 // Retryable reports whether the request may succeed when sent again: 429 and 5xx.
@@ -68,7 +77,7 @@ type TransportError struct {
 }
 
 func (e *TransportError) Error() string {
-	return fmt.Sprintf("kms %s: request failed: %v", e.Operation, e.Err)
+	return fmt.Sprintf("%s: request failed: %v", operationName(e.Operation), e.Err)
 }
 
 // Unwrap returns the underlying error.

@@ -17,8 +17,9 @@ const (
 	// ForbiddenTagChars are the printable characters a tag key or value must not contain; ASCII
 	// control characters 0-31 are forbidden as well.
 	ForbiddenTagChars = `*<>\=`
-	// TagTextPattern is the same rule as a regular expression, as the CRD schema states it.
-	TagTextPattern = `^[^\x00-\x1f*<>\\=]*$`
+	// ForbiddenTagCharPattern is the same rule as a regular expression that matches a forbidden
+	// character, as the CRD schema's CEL rule states it.
+	ForbiddenTagCharPattern = `[\x00-\x1f*<>\\=]`
 )
 
 // MatchKey names a field that a match searches.

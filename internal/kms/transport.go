@@ -39,7 +39,7 @@ func (c *Client) attempt(ctx context.Context, op string, body []byte, decode fun
 	elapsed := c.now().Sub(start)
 	if ctx.Err() != nil {
 		// The caller gave up; this is neither the server's fault nor the network's.
-		return fmt.Errorf("kms %s: %w", op, context.Cause(ctx))
+		return fmt.Errorf("%s: %w", operationName(op), context.Cause(ctx))
 	}
 	var terr *TransportError
 	if errors.As(err, &terr) && errors.Is(reqCtx.Err(), context.DeadlineExceeded) {
@@ -69,7 +69,7 @@ func (c *Client) roundTrip(req *http.Request, op string, decode func([]byte) err
 		return resp.StatusCode, &DecodeError{Err: fmt.Errorf("response body exceeds %d bytes", maxResponseBytes)}
 	}
 	if err := decode(data); err != nil {
-		return resp.StatusCode, fmt.Errorf("kms %s: %w", op, err)
+		return resp.StatusCode, fmt.Errorf("%s: %w", operationName(op), err)
 	}
 	return resp.StatusCode, nil
 }

@@ -101,13 +101,13 @@ func TestFilterValidateRejects(t *testing.T) {
 	}
 }
 
-// TestForbiddenCharsMatchPattern keeps ForbiddenTagChars and TagTextPattern (the CRD's form of
-// the rule) saying the same thing for every ASCII character.
+// TestForbiddenCharsMatchPattern keeps ForbiddenTagChars and ForbiddenTagCharPattern (the CRD's
+// form of the rule) saying the same thing for every ASCII character.
 func TestForbiddenCharsMatchPattern(t *testing.T) {
-	re := mustCompile(t, TagTextPattern)
+	re := mustCompile(t, ForbiddenTagCharPattern)
 	for c := 0; c < 128; c++ {
 		s := string(rune(c))
-		if got, want := forbiddenChar(s) == "", re.MatchString(s); got != want {
+		if got, want := forbiddenChar(s) == "", !re.MatchString(s); got != want {
 			t.Errorf("char 0x%02x: allowed by validation %v, by pattern %v", c, got, want)
 		}
 	}

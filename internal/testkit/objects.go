@@ -44,7 +44,8 @@ func TokenSecret(namespace, name, token string) *corev1.Secret {
 }
 
 // Selector returns a selector to create: it lists every key of the emulator's default project at
-// endpoint, with the credentials of CredentialsSecretName; mutate adjusts it.
+// endpoint, with the credentials of CredentialsSecretName; mutate adjusts it. It sets
+// spec.allKeys unless mutate chose keys by tags or matches.
 func Selector(namespace, name, endpoint string, mutate ...func(*kmsv1alpha1.KmsKeySelector)) *kmsv1alpha1.KmsKeySelector {
 	sel := &kmsv1alpha1.KmsKeySelector{
 		ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: namespace},
@@ -58,6 +59,7 @@ func Selector(namespace, name, endpoint string, mutate ...func(*kmsv1alpha1.KmsK
 	for _, m := range mutate {
 		m(sel)
 	}
+	sel.Spec.AllKeys = len(sel.Spec.Tags) == 0 && len(sel.Spec.Matches) == 0
 	return sel
 }
 
