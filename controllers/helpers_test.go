@@ -13,10 +13,7 @@ import (
 	. "github.com/onsi/ginkgo/v2"
 	"github.com/onsi/ginkgo/v2/types"
 	. "github.com/onsi/gomega"
-	rbacv1 "k8s.io/api/rbac/v1"
-	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"sigs.k8s.io/controller-runtime/pkg/client"
-	"sigs.k8s.io/controller-runtime/pkg/envtest"
 
 	kmsv1alpha1 "github.com/kms-key-sync/kms-key-sync/api/v1alpha1"
 	"github.com/kms-key-sync/kms-key-sync/internal/testkit"
@@ -267,36 +264,4 @@ func (r *rowRun) cleanUp() {
 	for _, fn := range slices.Backward(cleanups) {
 		fn()
 	}
-}
-
-// namespaceUser returns a client of a user who, in namespace, may edit selectors and KmsProviders
-// (the roles the operator aggregates to admin and edit) and ConfigMaps, as the built-in edit role
-// allows: an application team. envtest runs no controller that aggregates the built-in roles, so
-// the ConfigMap rule is granted on its own.
-func namespaceUser(namespace string) client.Client {
-	GinkgoHelper()
-	name := "team-user-" + namespace
-	roles, err := testkit.ReadRoles(env.Root+"/config/rbac/kmskeyselector_editor_role.yaml", env.Root+"/config/rbac/kmsprovider_editor_role.yaml")
-	Expect(err).NotTo(HaveOccurred())
-	bind := func(kind, role string) {
-		Expect(k8sClient.Create(ctx(), &rbacv1.RoleBinding{
-			ObjectMeta: metav1.ObjectMeta{Name: role, Namespace: namespace},
-			RoleRef:    rbacv1.RoleRef{APIGroup: rbacv1.GroupName, Kind: kind, Name: role},
-			Subjects:   []rbacv1.Subject{{APIGroup: rbacv1.GroupName, Kind: "User", Name: name}},
-		})).To(Succeed())
-	}
-	for _, r := range roles {
-		Expect(k8sClient.Create(ctx(), &rbacv1.Role{ObjectMeta: metav1.ObjectMeta{Name: r.Name, Namespace: namespace}, Rules: r.Rules})).To(Succeed())
-		bind("Role", r.Name)
-	}
-	configMaps := &rbacv1.Role{ObjectMeta: metav1.ObjectMeta{Name: "configmap-editor", Namespace: namespace}, Rules: []rbacv1.PolicyRule{{
-		APIGroups: []string{""}, Resources: []string{"configmaps"}, Verbs: []string{"get", "list", "watch", "create", "update", "patch", "delete"},
-	}}}
-	Expect(k8sClient.Create(ctx(), configMaps)).To(Succeed())
-	bind("Role", configMaps.Name)
-	authn, err := env.Environment.AddUser(envtest.User{Name: name}, nil)
-	Expect(err).NotTo(HaveOccurred())
-	user, err := client.New(authn.Config(), client.Options{Scheme: k8sClient.Scheme()})
-	Expect(err).NotTo(HaveOccurred())
-	return user
 }

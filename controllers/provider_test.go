@@ -311,7 +311,9 @@ var _ = Describe("Providers", func() {
 		)
 		BeforeEach(func() {
 			f = newFixture(kmstest.WithKeys(keyA))
-			user = namespaceUser(f.Namespace)
+			var err error
+			user, err = env.NamespaceEditor(ctx(), f.Namespace)
+			Expect(err).NotTo(HaveOccurred())
 		})
 
 		It("cannot use a ClusterKmsProvider whose conditions exclude the namespace", func() {

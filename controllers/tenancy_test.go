@@ -1,19 +1,30 @@
 package controllers_test
 
 import (
+	"crypto/sha256"
+	"encoding/hex"
+	"fmt"
+	"maps"
 	"net/http"
 	"net/http/httptest"
 	"net/url"
 	"os"
+	"slices"
+	"strings"
 	"sync/atomic"
 	"time"
 
 	. "github.com/onsi/ginkgo/v2"
 	. "github.com/onsi/gomega"
+	corev1 "k8s.io/api/core/v1"
+	rbacv1 "k8s.io/api/rbac/v1"
+	"k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/types"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	kmsv1alpha1 "github.com/kms-key-sync/kms-key-sync/api/v1alpha1"
+	"github.com/kms-key-sync/kms-key-sync/internal/kms"
 	"github.com/kms-key-sync/kms-key-sync/internal/testkit"
 	"github.com/kms-key-sync/kms-key-sync/pkg/kmstest"
 )
@@ -43,15 +54,56 @@ func (t *tenant) selector(name string, mutate ...func(*kmsv1alpha1.KmsKeySelecto
 }
 
 // attack is one row of the hostile tenant table: run sets the stage as an admin would, attacks
-// as the tenant's user and returns the selector the operator must refuse, with leaked, which
-// counts what reached a place a credential must not go; the refusal's reason and what its
-// message says are the row's. A row whose refusal comes after a listing of the tenant's own
-// KMS sets mayList.
+// as the tenant's user, checks what is particular to the attack, and returns the selector the
+// operator answered, with leaked, which counts what reached a place a credential must not go.
+// The answer's reason (a refusal, or Synced when the attack was to change what the operator
+// syncs) and what its message says are the row's. A row whose answer comes after a listing of
+// the tenant's own KMS sets mayList.
 type attack struct {
 	run     func(t *tenant) (sel *kmsv1alpha1.KmsKeySelector, leaked func() int64)
 	reason  string
 	says    []string
 	mayList bool
+}
+
+// grantConfigMaps lets the tenant's user edit ConfigMaps, as the built-in edit role does (envtest
+// runs no controller that aggregates the built-in roles).
+func (t *tenant) grantConfigMaps() {
+	GinkgoHelper()
+	role := &rbacv1.Role{ObjectMeta: metav1.ObjectMeta{Name: "configmap-editor", Namespace: t.f.Namespace}, Rules: []rbacv1.PolicyRule{{
+		APIGroups: []string{""}, Resources: []string{"configmaps"}, Verbs: []string{"get", "list", "watch", "create", "update", "patch", "delete"},
+	}}}
+	Expect(k8sClient.Create(ctx(), role)).To(Succeed())
+	Expect(k8sClient.Create(ctx(), &rbacv1.RoleBinding{
+		ObjectMeta: metav1.ObjectMeta{Name: role.Name, Namespace: t.f.Namespace},
+		RoleRef:    rbacv1.RoleRef{APIGroup: rbacv1.GroupName, Kind: "Role", Name: role.Name},
+		Subjects:   []rbacv1.Subject{{APIGroup: rbacv1.GroupName, Kind: "User", Name: testkit.NamespaceEditorName(t.f.Namespace)}},
+	})).To(Succeed())
+}
+
+// forgedDigest computes the content digest annotation as anyone who reads the operator's source
+// can: the SHA-256 of the entries, each framed by its length.
+func forgedDigest(cm *corev1.ConfigMap) string {
+	h := sha256.New()
+	for _, k := range slices.Sorted(maps.Keys(cm.Data)) {
+		fmt.Fprintf(h, "d%d:%s%d:%s", len(k), k, len(cm.Data[k]), cm.Data[k])
+	}
+	for _, k := range slices.Sorted(maps.Keys(cm.BinaryData)) {
+		fmt.Fprintf(h, "b%d:%s%d:%s", len(k), k, len(cm.BinaryData[k]), cm.BinaryData[k])
+	}
+	return hex.EncodeToString(h.Sum(nil))
+}
+
+// makeValidationDue backdates the provider's last validation by two hours and pokes it, then
+// waits until the operator has validated it again.
+func makeValidationDue(p client.Object, status func(Gomega) *kmsv1alpha1.KmsProviderStatus) {
+	GinkgoHelper()
+	stale := metav1.NewTime(time.Now().Add(-2 * time.Hour))
+	Expect(k8sClient.Status().Patch(ctx(), p, client.RawPatch(types.MergePatchType,
+		[]byte(fmt.Sprintf(`{"status":{"lastValidationTime":%q}}`, stale.UTC().Format(time.RFC3339)))))).To(Succeed())
+	Expect(k8sClient.Patch(ctx(), p, client.RawPatch(types.MergePatchType,
+		[]byte(fmt.Sprintf(`{"metadata":{"annotations":{"test.kms.keysync.dev/poke":%q}}}`, stale.String()))))).To(Succeed())
+	Eventually(func(g Gomega) time.Time { return status(g).LastValidationTime.Time }).Should(BeTemporally(">", stale.Time))
 }
 
 // iamRequests counts every request that IAM answered on its id-token route: each carried a
@@ -167,6 +219,121 @@ var _ = Describe("A hostile tenant", func() {
 			},
 			reason: kmsv1alpha1.ReasonIdentityExchangeFailed,
 			says:   []string{"IAM securitytokens", "longer than"},
+		}),
+
+		Entry("3: a selector of a namespace that a ClusterKmsProvider excludes", func() attack {
+			return attack{
+				run: func(t *tenant) (*kmsv1alpha1.KmsKeySelector, func() int64) {
+					admin := newFixture(kmstest.WithKeys(keyA))
+					label := "team-" + admin.Namespace
+					p := sharedProvider(admin, label)
+					status := providerStatus(p, func() *kmsv1alpha1.KmsProviderStatus { return &p.Status })
+					Eventually(status).Should(HaveField("Conditions", ContainElement(HaveField("Reason", kmsv1alpha1.ReasonValidated))))
+					team := admin.Tenant(map[string]string{label: "yes"})
+					allowed := team.Create(team.Selector("keys", referTo(kmsv1alpha1.KindClusterKmsProvider, p.Name), testkit.WithRefreshInterval(time.Hour)))
+					Eventually(team.ReadyReason(allowed)).Should(Equal(kmsv1alpha1.ReasonSynced))
+					counted := admin.KMS.Stats().ByAction[kmstest.ActionCount]
+					countCalls := func() int64 { return admin.KMS.Stats().ByAction[kmstest.ActionCount] - counted }
+
+					sel := t.selector("borrow", referTo(kmsv1alpha1.KindClusterKmsProvider, p.Name), testkit.WithRefreshInterval(10*time.Second))
+					Eventually(t.f.ReadyReason(sel)).Should(Equal(kmsv1alpha1.ReasonProviderNotAllowed))
+					By("making the provider's validation due")
+					makeValidationDue(p, status)
+					Expect(status(Default).Selectors).To(Equal(int32(1)), "the refused selector is counted")
+					Expect(meta.FindStatusCondition(status(Default).Conditions, kmsv1alpha1.ConditionReady).Message).To(ContainSubstring("within 1h0m0s"),
+						"the refused selector's 10s refresh set the provider's validation interval")
+					return sel, countCalls
+				},
+				reason: kmsv1alpha1.ReasonProviderNotAllowed,
+				says:   []string{"does not allow namespace", "spec.conditions"},
+			}
+		}()),
+
+		Entry("4: an expression whose errors would make a message too long to write", attack{
+			run: func(t *tenant) (*kmsv1alpha1.KmsKeySelector, func() int64) {
+				t.f.PutCredentials(map[string]string{kmsv1alpha1.SecretToken: t.f.Token})
+				var undeclared strings.Builder
+				for i := 0; undeclared.Len() < 4000; i++ {
+					fmt.Fprintf(&undeclared, "undeclared%d, ", i)
+				}
+				expression := "[" + strings.TrimSuffix(undeclared.String(), ", ") + "]"
+				sel := t.selector("verbose", func(s *kmsv1alpha1.KmsKeySelector) {
+					s.Spec.Target.Data = map[string]string{}
+					for i := range 64 {
+						s.Spec.Target.Data[fmt.Sprintf("entry-%02d", i)] = expression
+					}
+				})
+				Eventually(t.f.ReadyReason(sel)).Should(Equal(kmsv1alpha1.ReasonInvalidSpec))
+				Expect(len(readyMessage(t.f, sel))).To(BeNumerically("<=", 4096))
+				// The API server refuses an event note over 1 KiB: the event exists only if it was cut.
+				Eventually(t.f.Warnings(sel)).Should(ContainElement(And(
+					HaveField("Reason", kmsv1alpha1.ReasonInvalidSpec), HaveField("Note", WithTransform(func(s string) int { return len(s) }, BeNumerically("<=", 1024))))))
+				return sel, func() int64 { return 0 }
+			},
+			reason: kmsv1alpha1.ReasonInvalidSpec,
+			says:   []string{`spec.target.data["entry-00"]`, "undeclared reference", "bytes cut"},
+		}),
+
+		Entry("5: a ConfigMap edited with a recomputed digest annotation", attack{
+			run: func(t *tenant) (*kmsv1alpha1.KmsKeySelector, func() int64) {
+				t.f.PutCredentials(map[string]string{kmsv1alpha1.SecretToken: t.f.Token})
+				t.grantConfigMaps()
+				sel := t.selector("keys", testkit.WithRefreshInterval(time.Hour))
+				Eventually(t.f.States("keys")).Should(Equal(testkit.StatesOf(keyA)))
+				synced := t.f.ConfigMap("keys")(Default).Data
+				data := func(g Gomega) map[string]string { return t.f.ConfigMap("keys")(g).Data }
+
+				By("editing the data and recomputing the digest annotation")
+				forged := t.f.ConfigMap("keys")(Default)
+				forged.Data["forged-key"] = "Enabled"
+				forged.Data[kmsv1alpha1.KeysJSONKey] = `[{"id":"forged-key","state":"Enabled"}]`
+				forged.Annotations[kmsv1alpha1.ContentDigestAnnotation] = forgedDigest(forged)
+				Eventually(func() error { return t.user.Update(ctx(), forged) }).Should(Succeed())
+				Eventually(data).Should(Equal(synced), "the forged content was accepted")
+
+				By("forging it again, then deleting the ConfigMap")
+				forged = t.f.ConfigMap("keys")(Default)
+				forged.Data = map[string]string{"forged-key": "Enabled"}
+				forged.Annotations[kmsv1alpha1.ContentDigestAnnotation] = forgedDigest(forged)
+				Expect(t.user.Update(ctx(), forged)).To(Succeed())
+				Expect(t.user.Delete(ctx(), forged)).To(Succeed())
+				Eventually(data).Should(Equal(synced), "the ConfigMap was restored from forged content")
+				Expect(t.f.FilterCalls()).To(Equal(int64(1)), "the repairs listed KMS")
+				return sel, func() int64 { return 0 }
+			},
+			reason:  kmsv1alpha1.ReasonSynced,
+			mayList: true,
+		}),
+
+		Entry("8: a force-sync while an older listing of the same question is in flight", attack{
+			run: func(t *tenant) (*kmsv1alpha1.KmsKeySelector, func() int64) {
+				t.f.PutCredentials(map[string]string{kmsv1alpha1.SecretToken: t.f.Token})
+				Expect(t.f.KMS.PutKeys(keyB)).To(Succeed())
+				// Two selectors that ask the same question share listings; a page of one key
+				// makes a listing of two keys take two calls.
+				ask := []func(*kmsv1alpha1.KmsKeySelector){testkit.WithTags(testkit.Tag("env", "prod")), testkit.WithPageSize(1), testkit.WithRefreshInterval(time.Hour)}
+				slow, forced := t.selector("slow", ask...), t.selector("forced", ask...)
+				for _, s := range []*kmsv1alpha1.KmsKeySelector{slow, forced} {
+					Eventually(t.f.States(s.Name)).Should(Equal(testkit.StatesOf(keyA, keyB)))
+				}
+
+				By("holding a listing for the first selector after its first page")
+				Expect(t.f.KMS.InjectFault(kmstest.Fault{Kind: kmstest.FaultLatency, Action: kmstest.ActionFilter, Skip: 1, Times: 1, Delay: 3 * time.Second})).To(Succeed())
+				_, err := testkit.ForceSync(ctx(), t.user, slow)
+				Expect(err).NotTo(HaveOccurred())
+				Eventually(t.f.KMS.Faults).Should(BeEmpty(), "the second page is being held")
+
+				By("disabling the first key, then force-syncing the second selector")
+				Expect(t.f.KMS.SetKeyState(keyA.ID, kms.StateDisabled)).To(Succeed())
+				_, err = testkit.ForceSync(ctx(), t.user, forced)
+				Expect(err).NotTo(HaveOccurred())
+				Eventually(t.f.Handled(forced)).Should(Succeed())
+				Expect(t.f.States("forced")(Default)).To(HaveKeyWithValue(keyA.ID, kms.StateDisabled.String()),
+					"the force-sync was answered by the listing that began before it")
+				return forced, func() int64 { return 0 }
+			},
+			reason:  kmsv1alpha1.ReasonSynced,
+			mayList: true,
 		}),
 
 		Entry("6: an endpoint that echoes the token JSON-escaped", attack{

@@ -27,10 +27,13 @@ func (f *Fixture) Tenant(labels map[string]string) *Fixture {
 // KmsProviders, and nothing else.
 var NamespaceEditorRoles = []string{"kmskeyselector_editor_role.yaml", "kmsprovider_editor_role.yaml"}
 
+// NamespaceEditorName is the name of the user that NamespaceEditor acts as, for granting it more.
+func NamespaceEditorName(namespace string) string { return "editor-" + namespace }
+
 // NamespaceEditor returns a client that acts as a user bound, in namespace only, to
 // NamespaceEditorRoles: what a team may do, for tests of what a hostile one can.
 func (e *Env) NamespaceEditor(ctx context.Context, namespace string) (client.Client, error) {
-	name := "editor-" + namespace
+	name := NamespaceEditorName(namespace)
 	var paths []string
 	for _, f := range NamespaceEditorRoles {
 		paths = append(paths, filepath.Join(e.Root, RBACDir, f))
