@@ -1,15 +1,11 @@
 package controllers_test
 
 import (
-	"crypto/sha256"
-	"encoding/hex"
 	"fmt"
-	"maps"
 	"net/http"
 	"net/http/httptest"
 	"net/url"
 	"os"
-	"slices"
 	"strings"
 	"sync/atomic"
 	"time"
@@ -25,6 +21,7 @@ import (
 
 	kmsv1alpha1 "github.com/kms-key-sync/kms-key-sync/api/v1alpha1"
 	"github.com/kms-key-sync/kms-key-sync/internal/kms"
+	"github.com/kms-key-sync/kms-key-sync/internal/render"
 	"github.com/kms-key-sync/kms-key-sync/internal/testkit"
 	"github.com/kms-key-sync/kms-key-sync/pkg/kmstest"
 )
@@ -82,16 +79,9 @@ func (t *tenant) grantConfigMaps() {
 }
 
 // forgedDigest computes the content digest annotation as anyone who reads the operator's source
-// can: the SHA-256 of the entries, each framed by its length.
+// can.
 func forgedDigest(cm *corev1.ConfigMap) string {
-	h := sha256.New()
-	for _, k := range slices.Sorted(maps.Keys(cm.Data)) {
-		fmt.Fprintf(h, "d%d:%s%d:%s", len(k), k, len(cm.Data[k]), cm.Data[k])
-	}
-	for _, k := range slices.Sorted(maps.Keys(cm.BinaryData)) {
-		fmt.Fprintf(h, "b%d:%s%d:%s", len(k), k, len(cm.BinaryData[k]), cm.BinaryData[k])
-	}
-	return hex.EncodeToString(h.Sum(nil))
+	return render.Content{Data: cm.Data, BinaryData: cm.BinaryData}.Digest()
 }
 
 // makeValidationDue backdates the provider's last validation by two hours and pokes it, then
