@@ -5,7 +5,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"io"
 	"maps"
 	"net/http"
 
@@ -139,7 +138,7 @@ func (p *keyPatch) apply(k *Key) {
 
 func (e *Emulator) adminPatchKey(w http.ResponseWriter, r *http.Request) {
 	var p keyPatch
-	if err := wire.Decode(io.LimitReader(r.Body, wire.MaxAdminBody), &p); err != nil {
+	if err := wire.DecodeAdminBody(r, &p); err != nil {
 		wire.AdminError(w, http.StatusBadRequest, err)
 		return
 	}
@@ -229,7 +228,7 @@ func (e *Emulator) adminGetShape(w http.ResponseWriter, _ *http.Request) {
 
 func (e *Emulator) adminSetShape(w http.ResponseWriter, r *http.Request) {
 	var body shapeBody
-	err := wire.Decode(io.LimitReader(r.Body, wire.MaxAdminBody), &body)
+	err := wire.DecodeAdminBody(r, &body)
 	var s Shape
 	if err == nil {
 		s, err = ParseShape(body.Shape)
@@ -249,7 +248,7 @@ type tokenBody struct {
 
 func (e *Emulator) adminAddToken(w http.ResponseWriter, r *http.Request) {
 	var body tokenBody
-	if err := wire.Decode(io.LimitReader(r.Body, wire.MaxAdminBody), &body); err != nil {
+	if err := wire.DecodeAdminBody(r, &body); err != nil {
 		wire.AdminError(w, http.StatusBadRequest, err)
 		return
 	}

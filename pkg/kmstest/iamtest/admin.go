@@ -4,7 +4,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"io"
 	"net/http"
 	"time"
 
@@ -29,7 +28,7 @@ import (
 //	GET    /admin/iam/lifetime                 {"seconds": N}
 //	PUT    /admin/iam/lifetime                 SetCredentialLifetime: {"seconds": N}, N > 0
 //	GET    /admin/iam/faults                   pending faults (Fault array)
-//	POST   /admin/iam/faults                   queue an Fault or an array of them; answers
+//	POST   /admin/iam/faults                   queue a Fault or an array of them; answers
 //	                                           the pending faults
 //	DELETE /admin/iam/faults                   ClearFaults
 //	GET    /admin/iam/stats                    the Stats
@@ -105,7 +104,7 @@ type lifetimeBody struct {
 
 // decodeAdmin decodes an admin body strictly, answering 400 on failure.
 func decodeAdmin(w http.ResponseWriter, r *http.Request, v any) bool {
-	if err := wire.Decode(io.LimitReader(r.Body, wire.MaxAdminBody), v); err != nil {
+	if err := wire.DecodeAdminBody(r, v); err != nil {
 		wire.AdminError(w, http.StatusBadRequest, err)
 		return false
 	}

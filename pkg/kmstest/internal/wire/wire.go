@@ -54,6 +54,11 @@ func Decode(r io.Reader, v any) error {
 	return nil
 }
 
+// DecodeAdminBody decodes an admin request's body, of at most MaxAdminBody bytes, as Decode does.
+func DecodeAdminBody(r *http.Request, v any) error {
+	return Decode(io.LimitReader(r.Body, MaxAdminBody), v)
+}
+
 // AdminJSON answers an admin request with v as indented JSON.
 func AdminJSON(w http.ResponseWriter, status int, v any) {
 	w.Header().Set("Content-Type", "application/json")
