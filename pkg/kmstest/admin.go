@@ -11,6 +11,9 @@ import (
 	"github.com/kms-key-sync/kms-key-sync/pkg/kmstest/internal/wire"
 )
 
+// adminPrefix is where the admin API lives, beside the KMS API (see Handler).
+const adminPrefix = "/admin/"
+
 // AdminHandler serves the admin API. It is unauthenticated and meant for local use only.
 // Bodies and answers are JSON; errors are {"error": "..."}.
 //

@@ -18,7 +18,6 @@ const (
 	// MaxBodyBytes is the longest request body accepted (KMS.0203 beyond).
 	MaxBodyBytes    = 1 << 20
 	contentTypeJSON = "application/json;charset=UTF-8"
-	adminPrefix     = "/admin/"
 )
 
 // Emulator is an in-memory KMS serving ListKmsByTags. It holds all state and is safe for
