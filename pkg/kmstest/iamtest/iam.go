@@ -15,18 +15,9 @@ import (
 	"github.com/kms-key-sync/kms-key-sync/pkg/kmstest/internal/wire"
 )
 
-const (
-	// DefaultCredentialLifetime is how long what IAM issues stays valid unless
-	// WithCredentialLifetime or SetCredentialLifetime says otherwise.
-	DefaultCredentialLifetime = time.Hour
-	// MaxMetadataTokenTTL is the longest X-Metadata-Token-Ttl-Seconds accepted, in seconds.
-	MaxMetadataTokenTTL = 21600
-	// MetadataAgencyError is the message of the metadata service when the node has no agency;
-	// the SDK recognises the answer by it.
-	MetadataAgencyError = "Please configure Cloud Service Agency first"
-	// TimeFormat is the format of expires_at and issued_at in IAM's answers (UTC).
-	TimeFormat = "2006-01-02T15:04:05.000000Z"
-)
+// DefaultCredentialLifetime is how long what IAM issues stays valid unless
+// WithCredentialLifetime or SetCredentialLifetime says otherwise.
+const DefaultCredentialLifetime = time.Hour
 
 // IAM emulates the parts of Huawei Cloud IAM, the ECS metadata service and the CCE pod identity
 // endpoint that issue temporary credentials; the credentials it issues for a project are accepted

@@ -47,6 +47,16 @@ const (
 	HeaderMetadataTokenTTL = "X-Metadata-Token-Ttl-Seconds"
 )
 
+const (
+	// MaxMetadataTokenTTL is the longest X-Metadata-Token-Ttl-Seconds accepted, in seconds.
+	MaxMetadataTokenTTL = 21600
+	// MetadataAgencyError is the message of the metadata service when the node has no agency;
+	// the SDK recognises the answer by it.
+	MetadataAgencyError = "Please configure Cloud Service Agency first"
+	// TimeFormat is the format of expires_at and issued_at in IAM's answers (UTC).
+	TimeFormat = "2006-01-02T15:04:05.000000Z"
+)
+
 // The routes of Fault.Route.
 const (
 	RouteIDToken        = "id-token"       // POST PathIDToken
