@@ -242,6 +242,23 @@ func decodeCredential(t *testing.T, body []byte, field string) TemporaryCredenti
 	return c
 }
 
+// wantCredential checks the 200 answer of route: a credential under field that lives for
+// lifetime by the fixture's clock and that the KMS of kmstest.DefaultProjectID accepts.
+func (f *iamFixture) wantCredential(t *testing.T, route string, status int, body []byte, field string, lifetime time.Duration) TemporaryCredential {
+	t.Helper()
+	if status != http.StatusOK {
+		t.Fatalf("%s: %d %s", route, status, body)
+	}
+	c := decodeCredential(t, body, field)
+	if expiry(t, c) != f.clock.Now().Add(lifetime) {
+		t.Errorf("%s: expires_at %s, want %s from now", route, c.ExpiresAt, lifetime)
+	}
+	if status, body := kmsWithAKSK(t, f.kms, c, f.clock.Now()); status != http.StatusOK {
+		t.Errorf("KMS with the credentials of %s: %d %s", route, status, body)
+	}
+	return c
+}
+
 // securityTokens exchanges an IAM token for AK/SK; duration 0 sends no duration_seconds.
 func (f *iamFixture) securityTokens(t *testing.T, token string, duration int) (int, []byte) {
 	t.Helper()

@@ -354,16 +354,7 @@ func TestIAMMetadata(t *testing.T) {
 
 	f.iam.SetNodeAgency(kmstest.DefaultProjectID)
 	status, body = getKey(token)
-	if status != http.StatusOK {
-		t.Fatalf("securitykey: %d %s", status, body)
-	}
-	c := decodeCredential(t, body, "credential")
-	if expiry(t, c) != f.clock.Now().Add(30*time.Minute) {
-		t.Errorf("expires_at %s", c.ExpiresAt)
-	}
-	if status, body := kmsWithAKSK(t, f.kms, c, f.clock.Now()); status != http.StatusOK {
-		t.Errorf("KMS with metadata credentials: %d %s", status, body)
-	}
+	c := f.wantCredential(t, "securitykey", status, body, "credential", 30*time.Minute)
 	if status, _ := kmsWithAKSK(t, f.other, c, f.clock.Now()); status != http.StatusForbidden {
 		t.Errorf("other project accepted the node's credentials: %d", status)
 	}
@@ -433,16 +424,7 @@ func TestIAMPodIdentity(t *testing.T) {
 
 	f.iam.SetPodIdentity(" "+podToken+"\n", kmstest.DefaultProjectID)
 	status, body = post(podToken + " \t")
-	if status != http.StatusOK {
-		t.Fatalf("pod identity: %d %s", status, body)
-	}
-	c := decodeCredential(t, body, "credentials")
-	if expiry(t, c) != f.clock.Now().Add(15*time.Minute) {
-		t.Errorf("expires_at %s", c.ExpiresAt)
-	}
-	if status, body := kmsWithAKSK(t, f.kms, c, f.clock.Now()); status != http.StatusOK {
-		t.Errorf("KMS with pod identity credentials: %d %s", status, body)
-	}
+	c := f.wantCredential(t, "pod identity", status, body, "credentials", 15*time.Minute)
 	f.clock.Step(15 * time.Minute)
 	if status, body := kmsWithAKSK(t, f.kms, c, f.clock.Now()); status != http.StatusForbidden || errorOf(t, body).Code != kmstest.CodeTokenExpired {
 		t.Errorf("expired pod identity credentials: %d %s", status, body)
