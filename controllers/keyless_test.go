@@ -20,6 +20,7 @@ import (
 	"github.com/kms-key-sync/kms-key-sync/internal/kms"
 	"github.com/kms-key-sync/kms-key-sync/internal/testkit"
 	"github.com/kms-key-sync/kms-key-sync/pkg/kmstest"
+	"github.com/kms-key-sync/kms-key-sync/pkg/kmstest/iamtest"
 )
 
 // credentialLifetime is short enough for a spec to outlive several credentials.
@@ -27,7 +28,7 @@ const credentialLifetime = 4 * time.Second
 
 // startIAM starts an IAM emulator that trusts the cluster's service account issuer, and whose
 // credentials the KMS emulators accept; it returns the emulator and its URL.
-func startIAM(trusted ...*kmstest.Server) (*kmstest.IAM, string) {
+func startIAM(trusted ...*kmstest.Server) (*iamtest.IAM, string) {
 	GinkgoHelper()
 	iam, srv, err := testkit.StartIAM(ctx(), env.Config, trusted...)
 	Expect(err).NotTo(HaveOccurred())
@@ -68,7 +69,7 @@ func clusterKeyless(f *testkit.Fixture, auth kmsv1alpha1.ClusterKmsProviderAuth)
 
 // federated returns a fixture without Secrets that holds keys, its service account, and an IAM
 // emulator whose rule lets the service account list the fixture's project, with its URL.
-func federated(serviceAccount string, keys ...kms.Key) (*testkit.Fixture, *kmstest.IAM, string) {
+func federated(serviceAccount string, keys ...kms.Key) (*testkit.Fixture, *iamtest.IAM, string) {
 	GinkgoHelper()
 	f := newFixture(kmstest.WithKeys(keys...))
 	f.DeleteSecrets()

@@ -16,7 +16,7 @@ import (
 	"github.com/kms-key-sync/kms-key-sync/internal/kms"
 	"github.com/kms-key-sync/kms-key-sync/internal/operator"
 	"github.com/kms-key-sync/kms-key-sync/internal/testkit"
-	"github.com/kms-key-sync/kms-key-sync/pkg/kmstest"
+	"github.com/kms-key-sync/kms-key-sync/pkg/kmstest/iamtest"
 )
 
 // The suite runs the real operator (operator.New, as main does) in this process, authenticated as
@@ -35,7 +35,7 @@ var (
 
 	// agencyIAM serves the operator's node agency (its --metadata-endpoint) and, over plain
 	// http, its pod identity.
-	agencyIAM *kmstest.IAM
+	agencyIAM *iamtest.IAM
 	// podIdentityTokenFile is the operator's HC_CONTAINER_AUTHORIZATION_TOKEN_FILE.
 	podIdentityTokenFile string
 )
@@ -85,7 +85,7 @@ var _ = BeforeSuite(func() {
 	metricsURL = "http://" + metricsAddr + "/metrics"
 	Expect(k8sClient.Create(ctx(), testkit.Namespace(clusterResourceNamespace))).To(Succeed())
 
-	agencyIAM = kmstest.NewIAM()
+	agencyIAM = iamtest.New()
 	// The metadata service is plain http, as on ECS. So is the pod identity endpoint here,
 	// which the operator must refuse: it runs without --allow-insecure-endpoints.
 	metadata := httptest.NewServer(agencyIAM.Handler())
@@ -101,7 +101,7 @@ var _ = BeforeSuite(func() {
 		CoalesceWindow:           coalesceWindow,
 		AllowedIAMHosts:          testkit.EmulatorIAMHosts,
 		MetadataEndpoint:         metadata.URL,
-		PodIdentityURI:           metadata.URL + kmstest.IAMPathPodIdentity,
+		PodIdentityURI:           metadata.URL + iamtest.PathPodIdentity,
 		PodIdentityTokenFile:     podIdentityTokenFile,
 		KMS: kms.Config{
 			Transport:      http.RoundTripper(transport),

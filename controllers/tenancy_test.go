@@ -24,6 +24,7 @@ import (
 	"github.com/kms-key-sync/kms-key-sync/internal/render"
 	"github.com/kms-key-sync/kms-key-sync/internal/testkit"
 	"github.com/kms-key-sync/kms-key-sync/pkg/kmstest"
+	"github.com/kms-key-sync/kms-key-sync/pkg/kmstest/iamtest"
 )
 
 // tenant is a team that holds only the editor roles of selectors and KmsProviders in its
@@ -31,7 +32,7 @@ import (
 type tenant struct {
 	f      *testkit.Fixture
 	user   client.Client
-	iam    *kmstest.IAM
+	iam    *iamtest.IAM
 	iamURL string
 }
 
@@ -98,7 +99,7 @@ func makeValidationDue(p client.Object, status func(Gomega) *kmsv1alpha1.KmsProv
 
 // iamRequests counts every request that IAM answered on its id-token route: each carried a
 // service account token.
-func iamRequests(iam *kmstest.IAM) func() int64 {
+func iamRequests(iam *iamtest.IAM) func() int64 {
 	return func() int64 { st := iam.Stats(); return st.IDTokenExchanges + st.IDTokenRefusals }
 }
 
@@ -329,7 +330,7 @@ var _ = Describe("A hostile tenant", func() {
 		Entry("6: an endpoint that echoes the token JSON-escaped", attack{
 			run: func(t *tenant) (*kmsv1alpha1.KmsKeySelector, func() int64) {
 				t.f.ServiceAccount("reader", testkit.TokenAudience)
-				t.iam.InjectFault(kmstest.IAMFault{Route: kmstest.IAMRouteIDToken, Status: http.StatusBadRequest, Echo: true})
+				t.iam.InjectFault(iamtest.Fault{Route: iamtest.RouteIDToken, Status: http.StatusBadRequest, Echo: true})
 				return t.selector("echo", testkit.WithWorkloadIdentity("reader", t.iamURL)), func() int64 { return 0 }
 			},
 			reason: kmsv1alpha1.ReasonIdentityExchangeFailed,

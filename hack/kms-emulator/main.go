@@ -1,6 +1,6 @@
 // Command kms-emulator serves the Huawei Cloud KMS ListKmsByTags emulator of package
-// pkg/kmstest over HTTP(S), for demos and local development. All behaviour lives in
-// that package; this is only flags, listeners and signals.
+// pkg/kmstest, and the IAM emulator of pkg/kmstest/iamtest, over HTTP(S), for demos and local
+// development. All behaviour lives in those packages; this is only flags, listeners and signals.
 package main
 
 import (
@@ -20,6 +20,7 @@ import (
 	"time"
 
 	"github.com/kms-key-sync/kms-key-sync/pkg/kmstest"
+	"github.com/kms-key-sync/kms-key-sync/pkg/kmstest/iamtest"
 )
 
 const usageHeader = `kms-emulator serves Huawei Cloud KMS ListKmsByTags
@@ -50,7 +51,8 @@ its own port with --admin-listen ADDR, or not at all with --admin-listen off. Ro
   GET|PUT|DELETE /admin/iam/rules          GET|PUT /admin/iam/node-agency
   PUT /admin/iam/pod-identity              GET|PUT /admin/iam/lifetime
   GET|POST|DELETE /admin/iam/faults        GET /admin/iam/stats   POST /admin/iam/reset-stats
-See the package documentation of pkg/kmstest for bodies, fault kinds and IAM error codes.
+See the package documentation of pkg/kmstest for bodies and fault kinds, and of
+pkg/kmstest/iamtest for the IAM routes and error codes.
 
 Flags:
 `
@@ -114,7 +116,7 @@ func parseFlags(args []string, stderr io.Writer) (config, error) {
 	fs.StringVar(&c.tlsKey, "tls-key", "", "TLS key file")
 	fs.BoolVar(&c.quiet, "quiet", false, "do not log requests")
 	fs.BoolVar(&c.iam, "iam", true, "serve the IAM, ECS metadata and pod identity routes on the --listen port")
-	fs.DurationVar(&c.credentialLifetime, "credential-lifetime", kmstest.DefaultCredentialLifetime, "lifetime of the temporary credentials the IAM routes issue")
+	fs.DurationVar(&c.credentialLifetime, "credential-lifetime", iamtest.DefaultCredentialLifetime, "lifetime of the temporary credentials the IAM routes issue")
 	fs.StringVar(&c.podIdentityToken, "pod-identity-token", "", "pod identity Authorization token, associated with --project-id (env KMS_EMULATOR_POD_IDENTITY_TOKEN)")
 	fs.BoolVar(&c.nodeAgency, "node-agency", false, "give the node an agency for --project-id: the metadata service issues credentials")
 	if err := fs.Parse(args); err != nil {
@@ -151,15 +153,15 @@ func (c config) check() error {
 
 // newIAM returns the IAM the binary serves, trusted by emu, or nil with --iam=false. A nil
 // logger logs nothing.
-func (c config) newIAM(emu *kmstest.Emulator, logger *slog.Logger) *kmstest.IAM {
+func (c config) newIAM(emu *kmstest.Emulator, logger *slog.Logger) *iamtest.IAM {
 	if !c.iam {
 		return nil
 	}
-	opts := []kmstest.IAMOption{kmstest.WithCredentialLifetime(c.credentialLifetime)}
+	opts := []iamtest.Option{iamtest.WithCredentialLifetime(c.credentialLifetime)}
 	if logger != nil {
-		opts = append(opts, kmstest.WithIAMLogger(logger))
+		opts = append(opts, iamtest.WithLogger(logger))
 	}
-	iam := kmstest.NewIAM(opts...)
+	iam := iamtest.New(opts...)
 	iam.Trust(emu)
 	if c.nodeAgency {
 		iam.SetNodeAgency(emu.ProjectID())
@@ -216,13 +218,13 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 
 // iamPaths are the paths of the IAM routes.
 var iamPaths = []string{
-	kmstest.IAMPathIDToken, kmstest.IAMPathSecurityTokens, kmstest.IAMPathMetadataToken,
-	kmstest.IAMPathSecurityKey, kmstest.IAMPathPodIdentity,
+	iamtest.PathIDToken, iamtest.PathSecurityTokens, iamtest.PathMetadataToken,
+	iamtest.PathSecurityKey, iamtest.PathPodIdentity,
 }
 
 // handlers returns the handlers of the API listener and of the admin listener (nil when the
 // admin API is off or shares the API listener). A nil iam serves no IAM routes.
-func handlers(c config, emu *kmstest.Emulator, iam *kmstest.IAM) (api, admin http.Handler) {
+func handlers(c config, emu *kmstest.Emulator, iam *iamtest.IAM) (api, admin http.Handler) {
 	kms, kmsAdmin := http.Handler(emu), emu.AdminHandler()
 	if c.adminListen == "" {
 		kms = emu.Handler()
@@ -235,7 +237,7 @@ func handlers(c config, emu *kmstest.Emulator, iam *kmstest.IAM) (api, admin htt
 	}
 	iamAdmin := iam.AdminHandler()
 	adminBoth := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		if strings.HasPrefix(r.URL.Path, kmstest.IAMAdminPrefix) {
+		if strings.HasPrefix(r.URL.Path, iamtest.AdminPrefix) {
 			iamAdmin.ServeHTTP(w, r)
 			return
 		}
@@ -245,7 +247,7 @@ func handlers(c config, emu *kmstest.Emulator, iam *kmstest.IAM) (api, admin htt
 		switch {
 		case slices.Contains(iamPaths, r.URL.Path):
 			iam.ServeHTTP(w, r)
-		case c.adminListen == "" && strings.HasPrefix(r.URL.Path, kmstest.IAMAdminPrefix):
+		case c.adminListen == "" && strings.HasPrefix(r.URL.Path, iamtest.AdminPrefix):
 			iamAdmin.ServeHTTP(w, r)
 		default:
 			kms.ServeHTTP(w, r)
@@ -258,7 +260,7 @@ func handlers(c config, emu *kmstest.Emulator, iam *kmstest.IAM) (api, admin htt
 }
 
 // serve runs the API (and admin) listeners until ctx ends, then shuts them down.
-func serve(ctx context.Context, c config, emu *kmstest.Emulator, iam *kmstest.IAM, stdout io.Writer) error {
+func serve(ctx context.Context, c config, emu *kmstest.Emulator, iam *iamtest.IAM, stdout io.Writer) error {
 	apiHandler, adminHandler := handlers(c, emu, iam)
 	var servers []*http.Server
 	if adminHandler != nil {
@@ -315,7 +317,7 @@ func printURL(w io.Writer, api, tls bool, addr string, emu *kmstest.Emulator, ia
 	fmt.Fprintf(w, "kms-emulator serving %s (project %s, %d keys, shape %s)\n", base, emu.ProjectID(), emu.KeyCount(), emu.Shape())
 	fmt.Fprintf(w, "  ListKmsByTags: POST %s%s\n", base, emu.ActionPath())
 	if iam {
-		fmt.Fprintf(w, "  IAM, ECS metadata and pod identity: %s (POST %s)\n", base, kmstest.IAMPathIDToken)
+		fmt.Fprintf(w, "  IAM, ECS metadata and pod identity: %s (POST %s)\n", base, iamtest.PathIDToken)
 	}
 	if adminListen == "" {
 		fmt.Fprintf(w, "  admin API (unauthenticated, local use only): %s/admin/\n", base)

@@ -17,6 +17,7 @@ import (
 	"github.com/huaweicloud/huaweicloud-sdk-go-v3/core/request"
 
 	"github.com/kms-key-sync/kms-key-sync/pkg/kmstest"
+	"github.com/kms-key-sync/kms-key-sync/pkg/kmstest/iamtest"
 )
 
 func TestParseFlags(t *testing.T) {
@@ -163,20 +164,20 @@ func TestIAMThroughHandler(t *testing.T) {
 		t.Fatal("an admin listener without --admin-listen")
 	}
 
-	status, _, token := serveLocal(t, api, http.MethodPut, kmstest.IAMPathMetadataToken, "", map[string]string{kmstest.HeaderMetadataTokenTTL: "21600"})
+	status, _, token := serveLocal(t, api, http.MethodPut, iamtest.PathMetadataToken, "", map[string]string{iamtest.HeaderMetadataTokenTTL: "21600"})
 	if status != http.StatusOK {
 		t.Fatalf("metadata token: %d %s", status, token)
 	}
-	status, _, body := serveLocal(t, api, http.MethodGet, kmstest.IAMPathSecurityKey, "", map[string]string{kmstest.HeaderMetadataToken: string(token)})
+	status, _, body := serveLocal(t, api, http.MethodGet, iamtest.PathSecurityKey, "", map[string]string{iamtest.HeaderMetadataToken: string(token)})
 	if status != http.StatusOK {
 		t.Fatalf("securitykey: %d %s", status, body)
 	}
-	var got map[string]kmstest.TemporaryCredential
+	var got map[string]iamtest.TemporaryCredential
 	if err := json.Unmarshal(body, &got); err != nil {
 		t.Fatal(err)
 	}
 	cred := got["credential"]
-	exp, err := time.Parse(kmstest.IAMTimeFormat, cred.ExpiresAt)
+	exp, err := time.Parse(iamtest.TimeFormat, cred.ExpiresAt)
 	if err != nil || time.Until(exp) > 10*time.Minute+time.Second || time.Until(exp) < 9*time.Minute {
 		t.Errorf("expires_at %q (%v), want in 10m", cred.ExpiresAt, err)
 	}
@@ -204,12 +205,12 @@ func TestIAMThroughHandler(t *testing.T) {
 	}
 
 	// Pod identity, and the IAM admin API on the same port.
-	status, _, body = serveLocal(t, api, http.MethodPost, kmstest.IAMPathPodIdentity, "{}", map[string]string{"Authorization": "pod-tok"})
+	status, _, body = serveLocal(t, api, http.MethodPost, iamtest.PathPodIdentity, "{}", map[string]string{"Authorization": "pod-tok"})
 	if status != http.StatusOK {
 		t.Errorf("pod identity: %d %s", status, body)
 	}
-	status, _, body = serveLocal(t, api, http.MethodGet, kmstest.IAMAdminPrefix+"stats", "", nil)
-	var st kmstest.IAMStats
+	status, _, body = serveLocal(t, api, http.MethodGet, iamtest.AdminPrefix+"stats", "", nil)
+	var st iamtest.Stats
 	if status != http.StatusOK || json.Unmarshal(body, &st) != nil ||
 		st.MetadataTokens != 1 || st.MetadataCredentials != 1 || st.PodIdentityCredentials != 1 {
 		t.Errorf("IAM stats: %d %s", status, body)
@@ -226,7 +227,7 @@ func TestHandlersAdminListenAndNoIAM(t *testing.T) {
 	if admin == nil {
 		t.Fatal("no admin handler")
 	}
-	for _, path := range []string{"/admin/stats", kmstest.IAMAdminPrefix + "stats"} {
+	for _, path := range []string{"/admin/stats", iamtest.AdminPrefix + "stats"} {
 		if status, _, body := serveLocal(t, admin, http.MethodGet, path, "", nil); status != http.StatusOK {
 			t.Errorf("admin listener %s: %d %s", path, status, body)
 		}
@@ -234,7 +235,7 @@ func TestHandlersAdminListenAndNoIAM(t *testing.T) {
 			t.Errorf("API listener serves %s: %d", path, status)
 		}
 	}
-	if status, _, _ := serveLocal(t, api, http.MethodPut, kmstest.IAMPathMetadataToken, "", map[string]string{kmstest.HeaderMetadataTokenTTL: "60"}); status != http.StatusOK {
+	if status, _, _ := serveLocal(t, api, http.MethodPut, iamtest.PathMetadataToken, "", map[string]string{iamtest.HeaderMetadataTokenTTL: "60"}); status != http.StatusOK {
 		t.Errorf("IAM route with --admin-listen: %d", status)
 	}
 
@@ -243,7 +244,7 @@ func TestHandlersAdminListenAndNoIAM(t *testing.T) {
 	if admin != nil {
 		t.Error("admin handler without --admin-listen")
 	}
-	status, _, body := serveLocal(t, api, http.MethodPut, kmstest.IAMPathMetadataToken, "", nil)
+	status, _, body := serveLocal(t, api, http.MethodPut, iamtest.PathMetadataToken, "", nil)
 	if status != http.StatusNotFound || !strings.Contains(string(body), kmstest.CodeInvalidURL) {
 		t.Errorf("--iam=false still serves IAM: %d %s", status, body)
 	}

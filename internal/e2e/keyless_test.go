@@ -13,6 +13,7 @@ import (
 	kmsv1alpha1 "github.com/kms-key-sync/kms-key-sync/api/v1alpha1"
 	"github.com/kms-key-sync/kms-key-sync/internal/testkit"
 	"github.com/kms-key-sync/kms-key-sync/pkg/kmstest"
+	"github.com/kms-key-sync/kms-key-sync/pkg/kmstest/iamtest"
 )
 
 var _ = Describe("Workload identity over time", func() {
@@ -31,7 +32,7 @@ var _ = Describe("Workload identity over time", func() {
 		keys := kmstest.GenerateKeys(5, map[string]string{"env": "prod"})
 		f := newFixture(kmstest.WithKeys(keys...), kmstest.WithClock(clock.Now))
 		f.DeleteSecrets()
-		iam, srv, err := testkit.StartIAMWith(bg(), env.Config, []kmstest.IAMOption{kmstest.WithIAMClock(clock.Now)}, f.KMS)
+		iam, srv, err := testkit.StartIAMWith(bg(), env.Config, []iamtest.Option{iamtest.WithClock(clock.Now)}, f.KMS)
 		Expect(err).NotTo(HaveOccurred())
 		DeferCleanup(srv.Close)
 		iam.SetCredentialLifetime(lifetime)

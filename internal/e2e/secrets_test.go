@@ -29,6 +29,7 @@ import (
 	"github.com/kms-key-sync/kms-key-sync/internal/kms"
 	"github.com/kms-key-sync/kms-key-sync/internal/testkit"
 	"github.com/kms-key-sync/kms-key-sync/pkg/kmstest"
+	"github.com/kms-key-sync/kms-key-sync/pkg/kmstest/iamtest"
 )
 
 // Canary credentials: distinctive strings that cannot appear anywhere by chance.
@@ -158,7 +159,7 @@ var _ = Describe("Secrets", func() {
 		podToken := filepath.Join(GinkgoT().TempDir(), "token")
 		Expect(os.WriteFile(podToken, []byte(canaryPodToken), 0o600)).To(Succeed())
 		o.MetadataEndpoint = metadata.URL
-		o.PodIdentityURI, o.PodIdentityTokenFile = iamTLS.URL+kmstest.IAMPathPodIdentity, podToken
+		o.PodIdentityURI, o.PodIdentityTokenFile = iamTLS.URL+iamtest.PathPodIdentity, podToken
 		op := runOperator(o)
 
 		using := func(secret string, endpoint string) func(*kmsv1alpha1.KmsKeySelector) {

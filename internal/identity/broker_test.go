@@ -9,6 +9,8 @@ import (
 	"testing"
 	"time"
 
+	clocktesting "k8s.io/utils/clock/testing"
+
 	"github.com/kms-key-sync/kms-key-sync/internal/kms"
 )
 
@@ -43,24 +45,7 @@ func (s countingSource) fetch(ctx context.Context, _ *Broker) (Temporary, error)
 	}, nil
 }
 
-type fakeClock struct {
-	mu sync.Mutex
-	t  time.Time
-}
-
-func (c *fakeClock) Now() time.Time {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return c.t
-}
-
-func (c *fakeClock) Advance(d time.Duration) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	c.t = c.t.Add(d)
-}
-
-func newSource(clock *fakeClock, lifetime time.Duration) countingSource {
+func newSource(clock *clocktesting.FakeClock, lifetime time.Duration) countingSource {
 	return countingSource{key: "k", lifetime: lifetime, now: clock.Now, fetches: &atomic.Int64{}}
 }
 
@@ -78,7 +63,7 @@ func TestRefreshMarginIsAQuarterOfTheLifetimeAndAtMostFortyMinutes(t *testing.T)
 }
 
 func TestCredentialsAreCachedUntilTheirRefreshIsDue(t *testing.T) {
-	clock := &fakeClock{t: time.Unix(1_800_000_000, 0)}
+	clock := clocktesting.NewFakeClock(time.Unix(1_800_000_000, 0))
 	b := &Broker{Now: clock.Now}
 	src := newSource(clock, 2*time.Minute)
 	ctx := context.Background()
@@ -90,7 +75,7 @@ func TestCredentialsAreCachedUntilTheirRefreshIsDue(t *testing.T) {
 	// Every 10 s for 6 minutes, as a selector refreshing every 10 s would ask.
 	seen := map[string]bool{first.AccessKey: true}
 	for range 36 {
-		clock.Advance(10 * time.Second)
+		clock.Step(10 * time.Second)
 		c, err := b.Credentials(ctx, src)
 		if err != nil {
 			t.Fatal(err)
@@ -108,7 +93,7 @@ func TestCredentialsAreCachedUntilTheirRefreshIsDue(t *testing.T) {
 }
 
 func TestOneIdentityIsFetchedOnceForManyConcurrentCallers(t *testing.T) {
-	clock := &fakeClock{t: time.Unix(1_800_000_000, 0)}
+	clock := clocktesting.NewFakeClock(time.Unix(1_800_000_000, 0))
 	b := &Broker{Now: clock.Now}
 	src := newSource(clock, time.Hour)
 	src.gate = make(chan struct{})
@@ -146,7 +131,7 @@ func TestOneIdentityIsFetchedOnceForManyConcurrentCallers(t *testing.T) {
 }
 
 func TestFailuresAreNotCachedAndACallerMayGiveUpOnARefresh(t *testing.T) {
-	clock := &fakeClock{t: time.Unix(1_800_000_000, 0)}
+	clock := clocktesting.NewFakeClock(time.Unix(1_800_000_000, 0))
 	b := &Broker{Now: clock.Now}
 	src := newSource(clock, time.Hour)
 	src.fail = &atomic.Bool{}
@@ -171,7 +156,7 @@ func TestFailuresAreNotCachedAndACallerMayGiveUpOnARefresh(t *testing.T) {
 	}
 
 	// A caller that gives up returns at once; the refresh it started still serves the others.
-	clock.Advance(time.Hour)
+	clock.Step(time.Hour)
 	src.gate = make(chan struct{})
 	ctx, cancel := context.WithCancel(context.Background())
 	cancel()
@@ -189,7 +174,7 @@ func TestFailuresAreNotCachedAndACallerMayGiveUpOnARefresh(t *testing.T) {
 }
 
 func TestCredentialsThatArriveExpiredAreRefused(t *testing.T) {
-	clock := &fakeClock{t: time.Unix(1_800_000_000, 0)}
+	clock := clocktesting.NewFakeClock(time.Unix(1_800_000_000, 0))
 	b := &Broker{Now: clock.Now}
 	src := newSource(clock, -time.Second)
 	_, err := b.Credentials(context.Background(), src)
@@ -213,13 +198,13 @@ func TestErrorBodiesOfBothShapesAreRead(t *testing.T) {
 }
 
 func TestExpiredIdentitiesAreForgotten(t *testing.T) {
-	clock := &fakeClock{t: time.Unix(1_800_000_000, 0)}
+	clock := clocktesting.NewFakeClock(time.Unix(1_800_000_000, 0))
 	b := &Broker{Now: clock.Now}
 	old := newSource(clock, time.Minute)
 	if _, err := b.Credentials(context.Background(), old); err != nil {
 		t.Fatal(err)
 	}
-	clock.Advance(2 * time.Minute)
+	clock.Step(2 * time.Minute)
 	other := newSource(clock, time.Minute)
 	other.key = "other"
 	if _, err := b.Credentials(context.Background(), other); err != nil {
@@ -233,7 +218,7 @@ func TestExpiredIdentitiesAreForgotten(t *testing.T) {
 }
 
 func TestAFailedRefreshKeepsCredentialsThatStillWork(t *testing.T) {
-	clock := &fakeClock{t: time.Unix(1_800_000_000, 0)}
+	clock := clocktesting.NewFakeClock(time.Unix(1_800_000_000, 0))
 	var failures int
 	b := &Broker{Now: clock.Now, OnRefresh: func(_ string, err error) {
 		if err != nil {
@@ -250,19 +235,19 @@ func TestAFailedRefreshKeepsCredentialsThatStillWork(t *testing.T) {
 	}
 
 	src.fail.Store(true)
-	clock.Advance(46 * time.Minute)
+	clock.Step(46 * time.Minute)
 	c, err := b.Credentials(context.Background(), src)
 	if err != nil || c.AccessKey != first.AccessKey {
 		t.Fatalf("after a failed refresh within the margin: %v, %v; want the credentials in hand", c.AccessKey, err)
 	}
-	clock.Advance(10 * time.Second)
+	clock.Step(10 * time.Second)
 	if _, err := b.Credentials(context.Background(), src); err != nil {
 		t.Fatal(err)
 	}
 	if got := src.fetches.Load(); got != 2 {
 		t.Errorf("fetches = %d, want 2: no new attempt within 30 s of a failed one", got)
 	}
-	clock.Advance(30 * time.Second)
+	clock.Step(30 * time.Second)
 	if _, err := b.Credentials(context.Background(), src); err != nil {
 		t.Fatal(err)
 	}
@@ -270,7 +255,7 @@ func TestAFailedRefreshKeepsCredentialsThatStillWork(t *testing.T) {
 		t.Errorf("fetches = %d, failures reported = %d; want 3 and 2", got, failures)
 	}
 
-	clock.Advance(7 * time.Minute) // 53.7 minutes: too close to the expiry to keep using them
+	clock.Step(7 * time.Minute) // 53.7 minutes: too close to the expiry to keep using them
 	if _, err := b.Credentials(context.Background(), src); err == nil {
 		t.Error("credentials 6 minutes from expiry were used after a failed refresh")
 	}

@@ -18,6 +18,7 @@ import (
 
 	"github.com/kms-key-sync/kms-key-sync/internal/kms"
 	"github.com/kms-key-sync/kms-key-sync/pkg/kmstest"
+	"github.com/kms-key-sync/kms-key-sync/pkg/kmstest/iamtest"
 )
 
 const (
@@ -76,7 +77,7 @@ func (s *signer) ServiceAccountToken(_ context.Context, namespace, name string, 
 
 // world is an IAM emulator trusting the signer, a KMS emulator trusting the IAM, and a broker.
 type world struct {
-	iam    *kmstest.IAM
+	iam    *iamtest.IAM
 	kms    *kmstest.Server
 	signer *signer
 	broker *Broker
@@ -85,8 +86,8 @@ type world struct {
 
 func newWorld(t *testing.T) *world {
 	s := newSigner(t)
-	iam := kmstest.NewIAM()
-	if err := iam.PutIdentityProvider(kmstest.IdentityProvider{ID: testIdP, Issuer: testIssuer, ClientIDs: []string{testAudience}, SigningKey: s.jwks()}); err != nil {
+	iam := iamtest.New()
+	if err := iam.PutIdentityProvider(iamtest.IdentityProvider{ID: testIdP, Issuer: testIssuer, ClientIDs: []string{testAudience}, SigningKey: s.jwks()}); err != nil {
 		t.Fatal(err)
 	}
 	k := kmstest.NewServer(kmstest.WithKeys(kmstest.GenerateKeys(2, map[string]string{"env": "prod"})...))
@@ -96,7 +97,7 @@ func newWorld(t *testing.T) *world {
 	t.Cleanup(srv.Close)
 	return &world{iam: iam, kms: k, signer: s, url: srv.URL, broker: &Broker{
 		HTTP: srv.Client(), Metadata: srv.Client(), MetadataEndpoint: srv.URL,
-		PodIdentityURI: srv.URL + kmstest.IAMPathPodIdentity, Tokens: s, Now: time.Now,
+		PodIdentityURI: srv.URL + iamtest.PathPodIdentity, Tokens: s, Now: time.Now,
 	}}
 }
 
@@ -174,11 +175,11 @@ func TestRefusedExchangesNameWhatToCheckAndNoSecret(t *testing.T) {
 			[]string{"answered 404", `identityProviderId "nope"`}},
 		{"IAM unavailable", func(w *world, id *WorkloadIdentity) {
 			w.iam.Allow(testIdP, "system:serviceaccount:team:reader", w.kms.ProjectID())
-			w.iam.InjectFault(kmstest.IAMFault{Route: kmstest.IAMRouteIDToken, Status: 503})
+			w.iam.InjectFault(iamtest.Fault{Route: iamtest.RouteIDToken, Status: 503})
 		}, []string{"answered 503", "IAM is unavailable"}},
 		{"securitytokens unavailable", func(w *world, id *WorkloadIdentity) {
 			w.iam.Allow(testIdP, "system:serviceaccount:team:reader", w.kms.ProjectID())
-			w.iam.InjectFault(kmstest.IAMFault{Route: kmstest.IAMRouteSecurityTokens, Status: 500})
+			w.iam.InjectFault(iamtest.Fault{Route: iamtest.RouteSecurityTokens, Status: 500})
 		}, []string{"IAM securitytokens answered 500"}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
@@ -216,7 +217,7 @@ func TestNodeAgencyTakesTheMetadataServicesKeysAndNamesANodeWithoutAgency(t *tes
 		t.Errorf("err = %v, want a 401 saying the node has no IAM agency", err)
 	}
 
-	w2.iam.InjectFault(kmstest.IAMFault{Route: kmstest.IAMRouteMetadata, Status: 503})
+	w2.iam.InjectFault(iamtest.Fault{Route: iamtest.RouteMetadata, Status: 503})
 	if _, err := w2.broker.Credentials(context.Background(), NodeAgency{}); err == nil || !strings.Contains(err.Error(), "metadata token answered 503") {
 		t.Errorf("err = %v, want the metadata token's 503", err)
 	}

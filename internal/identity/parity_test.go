@@ -13,8 +13,10 @@ import (
 	"testing"
 	"time"
 
+	clocktesting "k8s.io/utils/clock/testing"
+
 	"github.com/kms-key-sync/kms-key-sync/internal/kms"
-	"github.com/kms-key-sync/kms-key-sync/pkg/kmstest"
+	"github.com/kms-key-sync/kms-key-sync/pkg/kmstest/iamtest"
 )
 
 func TestWorkloadIdentityExchangesUnscopedAsTheSDKDoes(t *testing.T) {
@@ -40,7 +42,7 @@ func TestNodeAgencyContinuesWithoutASessionTokenOn404Or405(t *testing.T) {
 			w.iam.SetNodeAgency(w.kms.ProjectID())
 			w.iam.SetMetadataTokenless(true)
 			if status == http.StatusNotFound {
-				w.iam.InjectFault(kmstest.IAMFault{Route: kmstest.IAMRouteMetadataToken, Status: status})
+				w.iam.InjectFault(iamtest.Fault{Route: iamtest.RouteMetadataToken, Status: status})
 			}
 			creds, err := w.broker.Credentials(context.Background(), NodeAgency{})
 			if err != nil {
@@ -56,7 +58,7 @@ func TestNodeAgencyContinuesWithoutASessionTokenOn404Or405(t *testing.T) {
 func TestNodeAgencyRetriesOnceWithANewSessionTokenAfterA401(t *testing.T) {
 	w := newWorld(t)
 	w.iam.SetNodeAgency(w.kms.ProjectID())
-	w.iam.InjectFault(kmstest.IAMFault{Route: kmstest.IAMRouteSecurityKey, Status: http.StatusUnauthorized, Count: 1})
+	w.iam.InjectFault(iamtest.Fault{Route: iamtest.RouteSecurityKey, Status: http.StatusUnauthorized, Count: 1})
 	if _, err := w.broker.Credentials(context.Background(), NodeAgency{}); err != nil {
 		t.Fatalf("after one 401 of securitykey: %v", err)
 	}
@@ -143,7 +145,7 @@ func (s bigSource) fetch(context.Context, *Broker) (Temporary, error) {
 }
 
 func TestTheCacheStaysBoundedUnderIdentityChurn(t *testing.T) {
-	clock := &fakeClock{t: time.Unix(1_800_000_000, 0)}
+	clock := clocktesting.NewFakeClock(time.Unix(1_800_000_000, 0))
 	b := &Broker{Now: clock.Now}
 	heap := func() uint64 {
 		runtime.GC()
@@ -166,7 +168,7 @@ func TestTheCacheStaysBoundedUnderIdentityChurn(t *testing.T) {
 		if _, err := b.Credentials(context.Background(), src); err != nil {
 			t.Fatal(err)
 		}
-		clock.Advance(time.Second)
+		clock.Step(time.Second)
 		if (i+1)%2500 == 0 {
 			if n := entries(); n > maxEntries {
 				t.Fatalf("entries after %d identities = %d, want at most %d", i+1, n, maxEntries)
@@ -178,7 +180,7 @@ func TestTheCacheStaysBoundedUnderIdentityChurn(t *testing.T) {
 }
 
 func TestOversizedOrEverlastingCredentialsAreBounded(t *testing.T) {
-	clock := &fakeClock{t: time.Unix(1_800_000_000, 0)}
+	clock := clocktesting.NewFakeClock(time.Unix(1_800_000_000, 0))
 	b := &Broker{Now: clock.Now}
 	if _, err := b.Credentials(context.Background(), bigSource{key: "huge", token: strings.Repeat("x", 1<<20)}); err == nil || !strings.Contains(err.Error(), "security token is longer than") {
 		t.Errorf("a 1 MiB security token: err = %v, want it refused", err)
@@ -188,7 +190,7 @@ func TestOversizedOrEverlastingCredentialsAreBounded(t *testing.T) {
 	if _, err := b.Credentials(context.Background(), src); err != nil {
 		t.Fatal(err)
 	}
-	clock.Advance(MaxCredentialLifetime)
+	clock.Step(MaxCredentialLifetime)
 	if _, err := b.Credentials(context.Background(), src); err != nil {
 		t.Fatal(err)
 	}
@@ -198,13 +200,13 @@ func TestOversizedOrEverlastingCredentialsAreBounded(t *testing.T) {
 }
 
 func TestIdleIdentitiesAreDropped(t *testing.T) {
-	clock := &fakeClock{t: time.Unix(1_800_000_000, 0)}
+	clock := clocktesting.NewFakeClock(time.Unix(1_800_000_000, 0))
 	b := &Broker{Now: clock.Now}
 	old := newSource(clock, 24*time.Hour)
 	if _, err := b.Credentials(context.Background(), old); err != nil {
 		t.Fatal(err)
 	}
-	clock.Advance(idleLifetime + time.Second)
+	clock.Step(idleLifetime + time.Second)
 	other := newSource(clock, 24*time.Hour)
 	other.key = "other"
 	if _, err := b.Credentials(context.Background(), other); err != nil {

@@ -16,6 +16,7 @@ import (
 
 	kmsv1alpha1 "github.com/kms-key-sync/kms-key-sync/api/v1alpha1"
 	"github.com/kms-key-sync/kms-key-sync/pkg/kmstest"
+	"github.com/kms-key-sync/kms-key-sync/pkg/kmstest/iamtest"
 )
 
 // ClusterIssuer reads the cluster's service account issuer and the JWKS its tokens are signed
@@ -54,18 +55,18 @@ const (
 // provider IdentityProviderID trusts the cluster's service account issuer and signing keys, and
 // the KMS emulators accept the credentials it issues for their projects. Close the server when
 // done.
-func StartIAM(ctx context.Context, cfg *rest.Config, trusted ...*kmstest.Server) (*kmstest.IAM, *httptest.Server, error) {
+func StartIAM(ctx context.Context, cfg *rest.Config, trusted ...*kmstest.Server) (*iamtest.IAM, *httptest.Server, error) {
 	return StartIAMWith(ctx, cfg, nil, trusted...)
 }
 
 // StartIAMWith is StartIAM with options for the emulated IAM, such as its clock.
-func StartIAMWith(ctx context.Context, cfg *rest.Config, opts []kmstest.IAMOption, trusted ...*kmstest.Server) (*kmstest.IAM, *httptest.Server, error) {
+func StartIAMWith(ctx context.Context, cfg *rest.Config, opts []iamtest.Option, trusted ...*kmstest.Server) (*iamtest.IAM, *httptest.Server, error) {
 	issuer, jwks, err := ClusterIssuer(ctx, cfg)
 	if err != nil {
 		return nil, nil, err
 	}
-	iam := kmstest.NewIAM(opts...)
-	if err := iam.PutIdentityProvider(kmstest.IdentityProvider{
+	iam := iamtest.New(opts...)
+	if err := iam.PutIdentityProvider(iamtest.IdentityProvider{
 		ID: IdentityProviderID, Issuer: issuer, ClientIDs: []string{TokenAudience}, SigningKey: jwks,
 	}); err != nil {
 		return nil, nil, fmt.Errorf("registering the cluster as identity provider: %w", err)

@@ -5,12 +5,14 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"io"
 	"maps"
 	"net/http"
+
+	"github.com/kms-key-sync/kms-key-sync/pkg/kmstest/internal/wire"
 )
 
-const maxAdminBody = 64 << 20
+// adminPrefix is where the admin API lives, beside the KMS API (see Handler).
+const adminPrefix = "/admin/"
 
 // AdminHandler serves the admin API. It is unauthenticated and meant for local use only.
 // Bodies and answers are JSON; errors are {"error": "..."}.
@@ -51,31 +53,9 @@ func (e *Emulator) AdminHandler() http.Handler {
 	mux.HandleFunc("PUT /admin/shape", e.adminSetShape)
 	mux.HandleFunc("POST /admin/tokens", e.adminAddToken)
 	mux.HandleFunc("/admin/", func(w http.ResponseWriter, r *http.Request) {
-		adminError(w, http.StatusNotFound, fmt.Errorf("no admin route %s %s", r.Method, r.URL.Path))
+		wire.AdminError(w, http.StatusNotFound, fmt.Errorf("no admin route %s %s", r.Method, r.URL.Path))
 	})
 	return mux
-}
-
-func adminJSON(w http.ResponseWriter, status int, v any) {
-	w.Header().Set("Content-Type", "application/json")
-	w.WriteHeader(status)
-	enc := json.NewEncoder(w)
-	enc.SetIndent("", "  ")
-	_ = enc.Encode(v)
-}
-
-func adminError(w http.ResponseWriter, status int, err error) {
-	adminJSON(w, status, map[string]string{"error": err.Error()})
-}
-
-// readAdminBody reads a body that may be one JSON value or an array of them.
-func readAdminBody(r *http.Request) ([]byte, bool, error) {
-	b, err := io.ReadAll(io.LimitReader(r.Body, maxAdminBody))
-	if err != nil {
-		return nil, false, fmt.Errorf("read body: %w", err)
-	}
-	b = bytes.TrimSpace(b)
-	return b, len(b) > 0 && b[0] == '[', nil
 }
 
 func (e *Emulator) adminListKeys(w http.ResponseWriter, _ *http.Request) {
@@ -85,7 +65,7 @@ func (e *Emulator) adminListKeys(w http.ResponseWriter, _ *http.Request) {
 
 // readKeysBody reads one KeyRecord or an array of them as keys with defaults filled.
 func readKeysBody(r *http.Request, arrayOnly bool) ([]Key, error) {
-	b, isArray, err := readAdminBody(r)
+	b, isArray, err := wire.ReadAdminBody(r)
 	if err != nil {
 		return nil, err
 	}
@@ -104,10 +84,10 @@ func (e *Emulator) adminPutKeys(w http.ResponseWriter, r *http.Request) {
 		err = e.PutKeys(keys...)
 	}
 	if err != nil {
-		adminError(w, http.StatusBadRequest, err)
+		wire.AdminError(w, http.StatusBadRequest, err)
 		return
 	}
-	adminJSON(w, http.StatusOK, map[string]int{"stored": len(keys), "total": e.KeyCount()})
+	wire.AdminJSON(w, http.StatusOK, map[string]int{"stored": len(keys), "total": e.KeyCount()})
 }
 
 func (e *Emulator) adminReplaceKeys(w http.ResponseWriter, r *http.Request) {
@@ -116,10 +96,10 @@ func (e *Emulator) adminReplaceKeys(w http.ResponseWriter, r *http.Request) {
 		err = e.ReplaceKeys(keys...)
 	}
 	if err != nil {
-		adminError(w, http.StatusBadRequest, err)
+		wire.AdminError(w, http.StatusBadRequest, err)
 		return
 	}
-	adminJSON(w, http.StatusOK, map[string]int{"stored": len(keys), "total": e.KeyCount()})
+	wire.AdminJSON(w, http.StatusOK, map[string]int{"stored": len(keys), "total": e.KeyCount()})
 }
 
 func (e *Emulator) adminDeleteAllKeys(w http.ResponseWriter, _ *http.Request) {
@@ -130,10 +110,10 @@ func (e *Emulator) adminDeleteAllKeys(w http.ResponseWriter, _ *http.Request) {
 func (e *Emulator) adminGetKey(w http.ResponseWriter, r *http.Request) {
 	k, ok := e.Key(r.PathValue("id"))
 	if !ok {
-		adminError(w, http.StatusNotFound, fmt.Errorf("key %q: %w", r.PathValue("id"), ErrKeyNotFound))
+		wire.AdminError(w, http.StatusNotFound, fmt.Errorf("key %q: %w", r.PathValue("id"), ErrKeyNotFound))
 		return
 	}
-	adminJSON(w, http.StatusOK, RecordOf(k))
+	wire.AdminJSON(w, http.StatusOK, RecordOf(k))
 }
 
 // keyPatch is the body of PATCH /admin/keys/{id}; absent fields stay unchanged.
@@ -161,55 +141,55 @@ func (p *keyPatch) apply(k *Key) {
 
 func (e *Emulator) adminPatchKey(w http.ResponseWriter, r *http.Request) {
 	var p keyPatch
-	if err := decodeJSON(io.LimitReader(r.Body, maxAdminBody), &p); err != nil {
-		adminError(w, http.StatusBadRequest, err)
+	if err := wire.DecodeAdminBody(r, &p); err != nil {
+		wire.AdminError(w, http.StatusBadRequest, err)
 		return
 	}
 	k, err := e.UpdateKey(r.PathValue("id"), p.apply)
 	if errors.Is(err, ErrKeyNotFound) {
-		adminError(w, http.StatusNotFound, err)
+		wire.AdminError(w, http.StatusNotFound, err)
 		return
 	}
 	if err != nil {
-		adminError(w, http.StatusBadRequest, err)
+		wire.AdminError(w, http.StatusBadRequest, err)
 		return
 	}
-	adminJSON(w, http.StatusOK, RecordOf(k))
+	wire.AdminJSON(w, http.StatusOK, RecordOf(k))
 }
 
 func (e *Emulator) adminDeleteKey(w http.ResponseWriter, r *http.Request) {
 	if !e.DeleteKey(r.PathValue("id")) {
-		adminError(w, http.StatusNotFound, fmt.Errorf("key %q: %w", r.PathValue("id"), ErrKeyNotFound))
+		wire.AdminError(w, http.StatusNotFound, fmt.Errorf("key %q: %w", r.PathValue("id"), ErrKeyNotFound))
 		return
 	}
 	w.WriteHeader(http.StatusNoContent)
 }
 
 func (e *Emulator) adminListFaults(w http.ResponseWriter, _ *http.Request) {
-	adminJSON(w, http.StatusOK, e.Faults())
+	wire.AdminJSON(w, http.StatusOK, e.Faults())
 }
 
 func (e *Emulator) adminInjectFaults(w http.ResponseWriter, r *http.Request) {
 	faults, err := readFaults(r)
 	if err != nil {
-		adminError(w, http.StatusBadRequest, err)
+		wire.AdminError(w, http.StatusBadRequest, err)
 		return
 	}
 	normalized := make([]Fault, len(faults))
 	for i, f := range faults {
 		if normalized[i], err = f.normalize(); err != nil {
-			adminError(w, http.StatusBadRequest, err)
+			wire.AdminError(w, http.StatusBadRequest, err)
 			return
 		}
 	}
 	for _, f := range normalized {
 		e.faults.push(f)
 	}
-	adminJSON(w, http.StatusOK, e.Faults())
+	wire.AdminJSON(w, http.StatusOK, e.Faults())
 }
 
 func readFaults(r *http.Request) ([]Fault, error) {
-	b, isArray, err := readAdminBody(r)
+	b, isArray, err := wire.ReadAdminBody(r)
 	if err != nil {
 		return nil, err
 	}
@@ -229,7 +209,7 @@ func (e *Emulator) adminClearFaults(w http.ResponseWriter, _ *http.Request) {
 }
 
 func (e *Emulator) adminStats(w http.ResponseWriter, _ *http.Request) {
-	adminJSON(w, http.StatusOK, e.Stats())
+	wire.AdminJSON(w, http.StatusOK, e.Stats())
 }
 
 func (e *Emulator) adminResetStats(w http.ResponseWriter, _ *http.Request) {
@@ -238,7 +218,7 @@ func (e *Emulator) adminResetStats(w http.ResponseWriter, _ *http.Request) {
 }
 
 func (e *Emulator) adminRequests(w http.ResponseWriter, _ *http.Request) {
-	adminJSON(w, http.StatusOK, e.Requests())
+	wire.AdminJSON(w, http.StatusOK, e.Requests())
 }
 
 type shapeBody struct {
@@ -246,22 +226,22 @@ type shapeBody struct {
 }
 
 func (e *Emulator) adminGetShape(w http.ResponseWriter, _ *http.Request) {
-	adminJSON(w, http.StatusOK, shapeBody{Shape: e.Shape().String()})
+	wire.AdminJSON(w, http.StatusOK, shapeBody{Shape: e.Shape().String()})
 }
 
 func (e *Emulator) adminSetShape(w http.ResponseWriter, r *http.Request) {
 	var body shapeBody
-	err := decodeJSON(io.LimitReader(r.Body, maxAdminBody), &body)
+	err := wire.DecodeAdminBody(r, &body)
 	var s Shape
 	if err == nil {
 		s, err = ParseShape(body.Shape)
 	}
 	if err != nil {
-		adminError(w, http.StatusBadRequest, err)
+		wire.AdminError(w, http.StatusBadRequest, err)
 		return
 	}
 	e.SetShape(s)
-	adminJSON(w, http.StatusOK, shapeBody{Shape: e.Shape().String()})
+	wire.AdminJSON(w, http.StatusOK, shapeBody{Shape: e.Shape().String()})
 }
 
 type tokenBody struct {
@@ -271,12 +251,12 @@ type tokenBody struct {
 
 func (e *Emulator) adminAddToken(w http.ResponseWriter, r *http.Request) {
 	var body tokenBody
-	if err := decodeJSON(io.LimitReader(r.Body, maxAdminBody), &body); err != nil {
-		adminError(w, http.StatusBadRequest, err)
+	if err := wire.DecodeAdminBody(r, &body); err != nil {
+		wire.AdminError(w, http.StatusBadRequest, err)
 		return
 	}
 	if body.Token == "" {
-		adminError(w, http.StatusBadRequest, errors.New("token must not be empty"))
+		wire.AdminError(w, http.StatusBadRequest, errors.New("token must not be empty"))
 		return
 	}
 	if body.Expired {

@@ -8,6 +8,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	clocktesting "k8s.io/utils/clock/testing"
 )
 
 const countBody = `{"action":"count"}`
@@ -178,4 +180,50 @@ func flipHex(c byte) string {
 		return "1"
 	}
 	return "0"
+}
+
+func TestTemporaryCredentials(t *testing.T) {
+	clock := clocktesting.NewFakeClock(time.Date(2026, 5, 6, 7, 8, 9, 0, time.UTC))
+	now := clock.Now()
+	srv := newSampleServer(t, WithClock(clock.Now))
+	srv.AddTemporaryToken("tmp-token", now.Add(time.Minute))
+	srv.AddTemporaryAKSK("AKTMP", "SKTMPSECRET", "STSTMPSECRET", now.Add(2*time.Minute))
+	tests := []struct {
+		at                time.Duration
+		tokenOK, akskOK   bool
+		tokenCode, akCode string
+	}{
+		{0, true, true, "", ""},
+		{59 * time.Second, true, true, "", ""},
+		{time.Minute, false, true, CodeTokenExpired, ""},
+		{2 * time.Minute, false, false, CodeTokenExpired, CodeTokenExpired},
+		{48 * time.Hour, false, false, CodeTokenExpired, CodeTokenExpired},
+	}
+	for _, tt := range tests {
+		at := now.Add(tt.at)
+		clock.SetTime(at)
+		status, _, body := do(t, srv.Client(), withToken(tokenRequest(t, srv, countBody), "tmp-token"))
+		checkAnswer(t, status, body, tt.tokenCode)
+		signed := signedRequest(t, srv, countBody, signOpts{ak: "AKTMP", sk: "SKTMPSECRET", securityToken: "STSTMPSECRET", date: at})
+		status, _, body = do(t, srv.Client(), signed)
+		checkAnswer(t, status, body, tt.akCode)
+		for _, secret := range []string{"tmp-token", "SKTMPSECRET", "STSTMPSECRET"} {
+			if strings.Contains(string(body), secret) {
+				t.Errorf("the answer holds the secret %q: %s", secret, body)
+			}
+		}
+		if tt.akCode != "" && !strings.Contains(errorOf(t, body).Message, "temporary credentials") {
+			t.Errorf("message %q", errorOf(t, body).Message)
+		}
+	}
+	// Credentials long expired are forgotten once new ones are added.
+	srv.AddTemporaryToken("fresh", clock.Now().Add(time.Hour))
+	status, _, body := do(t, srv.Client(), withToken(tokenRequest(t, srv, countBody), "tmp-token"))
+	checkAnswer(t, status, body, CodeTokenInvalid)
+}
+
+// withToken makes req send token instead of testToken.
+func withToken(req *http.Request, token string) *http.Request {
+	req.Header.Set(HeaderAuthToken, token)
+	return req
 }

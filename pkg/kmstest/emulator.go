@@ -8,6 +8,8 @@ import (
 	"strings"
 	"sync/atomic"
 	"time"
+
+	"github.com/kms-key-sync/kms-key-sync/pkg/kmstest/internal/wire"
 )
 
 const (
@@ -16,7 +18,6 @@ const (
 	// MaxBodyBytes is the longest request body accepted (KMS.0203 beyond).
 	MaxBodyBytes    = 1 << 20
 	contentTypeJSON = "application/json;charset=UTF-8"
-	adminPrefix     = "/admin/"
 )
 
 // Emulator is an in-memory KMS serving ListKmsByTags. It holds all state and is safe for
@@ -96,21 +97,8 @@ func New(opts ...Option) *Emulator {
 	for _, opt := range opts {
 		opt(e)
 	}
-	e.handler = byPrefix(adminPrefix, e.AdminHandler(), http.HandlerFunc(e.ServeHTTP))
+	e.handler = wire.ByPrefix(adminPrefix, e.AdminHandler(), http.HandlerFunc(e.ServeHTTP))
 	return e
-}
-
-// byPrefix sends the requests whose path starts with prefix to matched, and the others to other.
-// Paths are taken as sent, uncleaned, since the API's answers to odd paths are part of what is
-// emulated.
-func byPrefix(prefix string, matched, other http.Handler) http.Handler {
-	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		if strings.HasPrefix(r.URL.Path, prefix) {
-			matched.ServeHTTP(w, r)
-			return
-		}
-		other.ServeHTTP(w, r)
-	})
 }
 
 // ProjectID returns the project the emulator serves.
@@ -153,7 +141,7 @@ type reply struct {
 }
 
 func errorReply(err *apiError) reply {
-	body := marshal(ErrorBody{Error: ErrorDetail{Code: err.code, Message: err.msg}})
+	body := wire.Marshal(ErrorBody{Error: ErrorDetail{Code: err.code, Message: err.msg}})
 	return reply{status: err.status, contentType: contentTypeJSON, body: body, code: err.code}
 }
 

@@ -2,12 +2,13 @@ package kmstest
 
 import (
 	"bytes"
-	"encoding/json"
 	"fmt"
 	"sort"
 	"strconv"
 	"strings"
 	"time"
+
+	"github.com/kms-key-sync/kms-key-sync/pkg/kmstest/internal/wire"
 )
 
 // Shape selects how resources are encoded; see the package comment.
@@ -107,7 +108,7 @@ func renderResource(k *Key, s Shape) []byte {
 	} else {
 		res.ResourceDetail = schemaOf(k)
 	}
-	return marshal(res)
+	return wire.Marshal(res)
 }
 
 func schemaOf(k *Key) schemaDetail {
@@ -188,18 +189,6 @@ func epochMillis(t time.Time) any {
 		return ""
 	}
 	return t.UnixMilli()
-}
-
-// marshal encodes v without HTML escaping and without the trailing newline.
-func marshal(v any) []byte {
-	var buf bytes.Buffer
-	enc := json.NewEncoder(&buf)
-	enc.SetEscapeHTML(false)
-	if err := enc.Encode(v); err != nil {
-		// Only plain structs, maps, slices and strings are encoded here.
-		return []byte(`{}`)
-	}
-	return bytes.TrimSuffix(buf.Bytes(), []byte("\n"))
 }
 
 // renderPage encodes a filter answer.

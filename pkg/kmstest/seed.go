@@ -3,7 +3,6 @@ package kmstest
 import (
 	"bytes"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"hash/fnv"
 	"io"
@@ -15,6 +14,7 @@ import (
 	"time"
 
 	"github.com/kms-key-sync/kms-key-sync/internal/kms"
+	"github.com/kms-key-sync/kms-key-sync/pkg/kmstest/internal/wire"
 )
 
 // The values FillDefaults gives to empty fields.
@@ -201,7 +201,7 @@ func setIfEmpty(field *string, value string) {
 // a distinct id.
 func ReadKeys(r io.Reader) ([]Key, error) {
 	var records []KeyRecord
-	if err := decodeJSON(r, &records); err != nil {
+	if err := wire.Decode(r, &records); err != nil {
 		return nil, fmt.Errorf("read keys: %w", err)
 	}
 	keys := make([]Key, 0, len(records))
@@ -295,17 +295,4 @@ func tagsHash(tags map[string]string) uint32 {
 		_, _ = fmt.Fprintf(f, "%q=%q;", k, tags[k])
 	}
 	return f.Sum32()
-}
-
-// decodeJSON decodes exactly one JSON value from r into v, rejecting unknown fields.
-func decodeJSON(r io.Reader, v any) error {
-	dec := json.NewDecoder(r)
-	dec.DisallowUnknownFields()
-	if err := dec.Decode(v); err != nil {
-		return fmt.Errorf("decode: %w", err)
-	}
-	if dec.More() {
-		return errors.New("decode: trailing data after the JSON value")
-	}
-	return nil
 }

@@ -1,4 +1,4 @@
-package kmstest_test
+package iamtest_test
 
 import (
 	"encoding/json"
@@ -13,6 +13,7 @@ import (
 	"github.com/huaweicloud/huaweicloud-sdk-go-v3/core/request"
 
 	"github.com/kms-key-sync/kms-key-sync/pkg/kmstest"
+	"github.com/kms-key-sync/kms-key-sync/pkg/kmstest/iamtest"
 )
 
 // An IAM issues temporary credentials that the Emulators it trusts accept. Here the node's
@@ -21,19 +22,19 @@ import (
 func ExampleIAM() {
 	kms := kmstest.NewServer(kmstest.WithKeys(kmstest.FillDefaults(kmstest.Key{ID: "0a000000-0000-4000-8000-000000000001"})))
 	defer kms.Close()
-	iam := kmstest.NewIAM(kmstest.WithCredentialLifetime(15 * time.Minute))
+	iam := iamtest.New(iamtest.WithCredentialLifetime(15 * time.Minute))
 	iam.Trust(kms.Emulator)
 	iam.SetNodeAgency(kms.ProjectID())
-	meta := kmstest.NewIAMServer(iam)
+	meta := iamtest.NewServer(iam)
 	defer meta.Close()
 
 	// PUT the session token, then GET the agency's credentials with it.
-	req, _ := http.NewRequest(http.MethodPut, meta.URL+kmstest.IAMPathMetadataToken, nil)
-	req.Header.Set(kmstest.HeaderMetadataTokenTTL, "21600")
+	req, _ := http.NewRequest(http.MethodPut, meta.URL+iamtest.PathMetadataToken, nil)
+	req.Header.Set(iamtest.HeaderMetadataTokenTTL, "21600")
 	token := call(req)
-	req, _ = http.NewRequest(http.MethodGet, meta.URL+kmstest.IAMPathSecurityKey, nil)
-	req.Header.Set(kmstest.HeaderMetadataToken, token)
-	var got map[string]kmstest.TemporaryCredential
+	req, _ = http.NewRequest(http.MethodGet, meta.URL+iamtest.PathSecurityKey, nil)
+	req.Header.Set(iamtest.HeaderMetadataToken, token)
+	var got map[string]iamtest.TemporaryCredential
 	if err := json.Unmarshal([]byte(call(req)), &got); err != nil {
 		log.Fatal(err)
 	}

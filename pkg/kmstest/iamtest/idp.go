@@ -1,4 +1,4 @@
-package kmstest
+package iamtest
 
 import (
 	"bytes"
@@ -18,6 +18,67 @@ import (
 	"strings"
 	"time"
 )
+
+// IdentityProvider is an OIDC identity provider IAM trusts. In JSON (the admin API),
+// signing_key is a string holding the JWKS document, as IAM's OIDC configuration takes it; a
+// JWKS object, or the base64 a []byte would marshal to, is accepted too.
+type IdentityProvider struct {
+	ID         string   `json:"id"`
+	Issuer     string   `json:"issuer"`      // must equal the JWT's iss
+	ClientIDs  []string `json:"client_ids"`  // the JWT's aud must contain one of them
+	SigningKey []byte   `json:"signing_key"` // a JWKS document (JSON), as IAM's OIDC config takes it: RSA (RS256) and EC P-256 (ES256) keys
+}
+
+type identityProviderJSON struct {
+	ID         string          `json:"id"`
+	Issuer     string          `json:"issuer"`
+	ClientIDs  []string        `json:"client_ids"`
+	SigningKey json.RawMessage `json:"signing_key"`
+}
+
+// MarshalJSON writes signing_key as a JSON string holding the JWKS document.
+func (p IdentityProvider) MarshalJSON() ([]byte, error) {
+	key, err := json.Marshal(string(p.SigningKey))
+	if err != nil {
+		return nil, fmt.Errorf("marshal signing_key: %w", err)
+	}
+	return json.Marshal(identityProviderJSON{ID: p.ID, Issuer: p.Issuer, ClientIDs: p.ClientIDs, SigningKey: key})
+}
+
+// UnmarshalJSON reads signing_key as a string holding the JWKS document, a JWKS object, or the
+// base64 of the document. Unknown fields are refused.
+func (p *IdentityProvider) UnmarshalJSON(b []byte) error {
+	var v identityProviderJSON
+	dec := json.NewDecoder(bytes.NewReader(b))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(&v); err != nil {
+		return fmt.Errorf("identity provider: %w", err)
+	}
+	*p = IdentityProvider{ID: v.ID, Issuer: v.Issuer, ClientIDs: v.ClientIDs}
+	raw := bytes.TrimSpace(v.SigningKey)
+	switch {
+	case len(raw) == 0 || string(raw) == "null":
+	case raw[0] == '"':
+		var s string
+		if err := json.Unmarshal(raw, &s); err != nil {
+			return fmt.Errorf("identity provider: signing_key: %w", err)
+		}
+		p.SigningKey = []byte(s)
+		if t := strings.TrimSpace(s); t != "" && t[0] != '{' {
+			if doc, err := base64.StdEncoding.DecodeString(t); err == nil {
+				p.SigningKey = doc
+			}
+		}
+	default:
+		p.SigningKey = slices.Clone(raw)
+	}
+	return nil
+}
+
+type idpEntry struct {
+	IdentityProvider
+	keys []verifyKey
+}
 
 // The JWS algorithms an identity provider's id_token may be signed with.
 const (
@@ -189,29 +250,29 @@ func jwtError(status int, code, format string, args ...any) *iamError {
 // validity period. It returns the subject. Errors never hold the token, only claim values.
 func verifyIDToken(token string, idp *idpEntry, now time.Time) (string, *iamError) {
 	if len(token) > maxJWTBytes {
-		return "", jwtError(http.StatusUnauthorized, IAMCodeMalformedJWT, "the id_token is longer than %d bytes", maxJWTBytes)
+		return "", jwtError(http.StatusUnauthorized, CodeMalformedJWT, "the id_token is longer than %d bytes", maxJWTBytes)
 	}
 	parts := strings.Split(token, ".")
 	if len(parts) != 3 {
-		return "", jwtError(http.StatusUnauthorized, IAMCodeMalformedJWT, "the id_token is not a compact JWS: it has %d parts, want 3", len(parts))
+		return "", jwtError(http.StatusUnauthorized, CodeMalformedJWT, "the id_token is not a compact JWS: it has %d parts, want 3", len(parts))
 	}
 	var header struct {
 		Alg string `json:"alg"`
 		Kid string `json:"kid"`
 	}
 	if err := decodeSegment(parts[0], &header); err != nil {
-		return "", jwtError(http.StatusUnauthorized, IAMCodeMalformedJWT, "the id_token's header %v", err)
+		return "", jwtError(http.StatusUnauthorized, CodeMalformedJWT, "the id_token's header %v", err)
 	}
 	var claims jwtClaims
 	if err := decodeSegment(parts[1], &claims); err != nil {
-		return "", jwtError(http.StatusUnauthorized, IAMCodeMalformedJWT, "the id_token's payload %v", err)
+		return "", jwtError(http.StatusUnauthorized, CodeMalformedJWT, "the id_token's payload %v", err)
 	}
 	sig, err := base64.RawURLEncoding.DecodeString(parts[2])
 	if err != nil {
-		return "", jwtError(http.StatusUnauthorized, IAMCodeMalformedJWT, "the id_token's signature is not base64url without padding")
+		return "", jwtError(http.StatusUnauthorized, CodeMalformedJWT, "the id_token's signature is not base64url without padding")
 	}
 	if header.Alg != AlgRS256 && header.Alg != AlgES256 {
-		return "", jwtError(http.StatusUnauthorized, IAMCodeUnsupportedAlg, "the id_token's alg %q is not supported, want %s or %s", header.Alg, AlgRS256, AlgES256)
+		return "", jwtError(http.StatusUnauthorized, CodeUnsupportedAlg, "the id_token's alg %q is not supported, want %s or %s", header.Alg, AlgRS256, AlgES256)
 	}
 	if aerr := checkJWTSignature(parts[0]+"."+parts[1], sig, header.Alg, header.Kid, idp); aerr != nil {
 		return "", aerr
@@ -248,9 +309,9 @@ func checkJWTSignature(signingInput string, sig []byte, alg, kid string, idp *id
 	}
 	if len(candidates) == 0 {
 		if kid != "" {
-			return jwtError(http.StatusUnauthorized, IAMCodeBadSignature, "identity provider %s has no %s key with kid %q", idp.ID, alg, kid)
+			return jwtError(http.StatusUnauthorized, CodeBadSignature, "identity provider %s has no %s key with kid %q", idp.ID, alg, kid)
 		}
-		return jwtError(http.StatusUnauthorized, IAMCodeBadSignature, "identity provider %s has no %s key", idp.ID, alg)
+		return jwtError(http.StatusUnauthorized, CodeBadSignature, "identity provider %s has no %s key", idp.ID, alg)
 	}
 	digest := sha256.Sum256([]byte(signingInput))
 	for _, k := range candidates {
@@ -258,7 +319,7 @@ func checkJWTSignature(signingInput string, sig []byte, alg, kid string, idp *id
 			return nil
 		}
 	}
-	return jwtError(http.StatusUnauthorized, IAMCodeBadSignature, "the id_token's %s signature does not verify with the keys of identity provider %s", alg, idp.ID)
+	return jwtError(http.StatusUnauthorized, CodeBadSignature, "the id_token's %s signature does not verify with the keys of identity provider %s", alg, idp.ID)
 }
 
 func verifySignature(k verifyKey, digest, sig []byte) bool {
@@ -279,24 +340,24 @@ func verifySignature(k verifyKey, digest, sig []byte) bool {
 
 func checkClaims(c *jwtClaims, idp *idpEntry, now time.Time) (string, *iamError) {
 	if c.Iss != idp.Issuer {
-		return "", jwtError(http.StatusUnauthorized, IAMCodeWrongIssuer, "the id_token's iss %q is not the issuer of identity provider %s", c.Iss, idp.ID)
+		return "", jwtError(http.StatusUnauthorized, CodeWrongIssuer, "the id_token's iss %q is not the issuer of identity provider %s", c.Iss, idp.ID)
 	}
 	aud, err := audiences(c.Aud)
 	if err != nil {
-		return "", jwtError(http.StatusUnauthorized, IAMCodeMalformedJWT, "the id_token's aud %v", err)
+		return "", jwtError(http.StatusUnauthorized, CodeMalformedJWT, "the id_token's aud %v", err)
 	}
 	if !slices.ContainsFunc(aud, func(a string) bool { return slices.Contains(idp.ClientIDs, a) }) {
-		return "", jwtError(http.StatusUnauthorized, IAMCodeWrongAudience, "the id_token's aud %q does not contain a client ID of identity provider %s", aud, idp.ID)
+		return "", jwtError(http.StatusUnauthorized, CodeWrongAudience, "the id_token's aud %q does not contain a client ID of identity provider %s", aud, idp.ID)
 	}
 	if c.Exp == nil {
-		return "", jwtError(http.StatusUnauthorized, IAMCodeMalformedJWT, "the id_token has no exp claim")
+		return "", jwtError(http.StatusUnauthorized, CodeMalformedJWT, "the id_token has no exp claim")
 	}
 	exp, err := numericDate(*c.Exp)
 	if err != nil {
-		return "", jwtError(http.StatusUnauthorized, IAMCodeMalformedJWT, "the id_token's exp %v", err)
+		return "", jwtError(http.StatusUnauthorized, CodeMalformedJWT, "the id_token's exp %v", err)
 	}
 	if !now.Before(exp) {
-		return "", jwtError(http.StatusUnauthorized, IAMCodeJWTExpired, "the id_token expired at %s", exp.UTC().Format(time.RFC3339))
+		return "", jwtError(http.StatusUnauthorized, CodeJWTExpired, "the id_token expired at %s", exp.UTC().Format(time.RFC3339))
 	}
 	for _, claim := range []struct {
 		name string
@@ -307,14 +368,14 @@ func checkClaims(c *jwtClaims, idp *idpEntry, now time.Time) (string, *iamError)
 		}
 		t, err := numericDate(*claim.v)
 		if err != nil {
-			return "", jwtError(http.StatusUnauthorized, IAMCodeMalformedJWT, "the id_token's %s %v", claim.name, err)
+			return "", jwtError(http.StatusUnauthorized, CodeMalformedJWT, "the id_token's %s %v", claim.name, err)
 		}
 		if t.After(now.Add(jwtLeeway)) {
-			return "", jwtError(http.StatusUnauthorized, IAMCodeJWTNotYetValid, "the id_token's %s %s is in the future", claim.name, t.UTC().Format(time.RFC3339))
+			return "", jwtError(http.StatusUnauthorized, CodeJWTNotYetValid, "the id_token's %s %s is in the future", claim.name, t.UTC().Format(time.RFC3339))
 		}
 	}
 	if c.Sub == "" {
-		return "", jwtError(http.StatusUnauthorized, IAMCodeMalformedJWT, "the id_token has no sub claim")
+		return "", jwtError(http.StatusUnauthorized, CodeMalformedJWT, "the id_token has no sub claim")
 	}
 	return c.Sub, nil
 }

@@ -1,4 +1,4 @@
-package kmstest
+package iamtest
 
 import (
 	"crypto"
@@ -18,29 +18,16 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/huaweicloud/huaweicloud-sdk-go-v3/core/auth/signer"
+	"github.com/huaweicloud/huaweicloud-sdk-go-v3/core/request"
+	clocktesting "k8s.io/utils/clock/testing"
+
+	"github.com/kms-key-sync/kms-key-sync/pkg/kmstest"
 )
 
-// fakeClock is a clock a test moves by hand.
-type fakeClock struct {
-	mu sync.Mutex
-	t  time.Time
-}
-
-func newFakeClock() *fakeClock {
-	return &fakeClock{t: time.Date(2026, 5, 6, 7, 8, 9, 0, time.UTC)}
-}
-
-func (c *fakeClock) now() time.Time {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return c.t
-}
-
-func (c *fakeClock) advance(d time.Duration) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	c.t = c.t.Add(d)
-}
+// testStart is when a test's fake clock starts.
+var testStart = time.Date(2026, 5, 6, 7, 8, 9, 0, time.UTC)
 
 // Test keys, generated once per test binary.
 var (
@@ -135,23 +122,23 @@ const (
 	otherProject = "9f8e7d6c5b4a49382716a5b4c3d2e1f0"
 )
 
-// iamFixture is an IAM trusted by two emulators (DefaultProjectID and otherProject) sharing a
-// fake clock, with one identity provider (RSA kid "rsa1", EC kid "ec1") and a rule letting
-// testSubject into DefaultProjectID.
+// iamFixture is an IAM trusted by two KMS emulators (kmstest.DefaultProjectID and otherProject)
+// sharing a fake clock, with one identity provider (RSA kid "rsa1", EC kid "ec1") and a rule
+// letting testSubject into kmstest.DefaultProjectID.
 type iamFixture struct {
-	clock *fakeClock
-	kms   *Server
-	other *Server
+	clock *clocktesting.FakeClock
+	kms   *kmstest.Server
+	other *kmstest.Server
 	iam   *IAM
 	srv   *httptest.Server
 }
 
-func newIAMFixture(t *testing.T, opts ...IAMOption) *iamFixture {
+func newIAMFixture(t *testing.T, opts ...Option) *iamFixture {
 	t.Helper()
-	f := &iamFixture{clock: newFakeClock()}
-	f.kms = newSampleServer(t, WithClock(f.clock.now))
-	f.other = newTestServer(t, WithClock(f.clock.now), WithProjectID(otherProject))
-	f.iam = NewIAM(append([]IAMOption{WithIAMClock(f.clock.now)}, opts...)...)
+	f := &iamFixture{clock: clocktesting.NewFakeClock(testStart)}
+	f.kms = newKMS(t, kmstest.WithClock(f.clock.Now))
+	f.other = newKMS(t, kmstest.WithClock(f.clock.Now), kmstest.WithProjectID(otherProject))
+	f.iam = New(append([]Option{WithClock(f.clock.Now)}, opts...)...)
 	f.iam.Trust(f.kms.Emulator, f.other.Emulator)
 	err := f.iam.PutIdentityProvider(IdentityProvider{
 		ID: testIdP, Issuer: testIssuer, ClientIDs: []string{"other-client", testClientID},
@@ -160,15 +147,15 @@ func newIAMFixture(t *testing.T, opts ...IAMOption) *iamFixture {
 	if err != nil {
 		t.Fatal(err)
 	}
-	f.iam.Allow(testIdP, testSubject, DefaultProjectID)
-	f.srv = NewIAMServer(f.iam)
+	f.iam.Allow(testIdP, testSubject, kmstest.DefaultProjectID)
+	f.srv = NewServer(f.iam)
 	t.Cleanup(f.srv.Close)
 	return f
 }
 
 // claims returns valid claims at the fixture's time.
 func (f *iamFixture) claims() map[string]any {
-	now := f.clock.now().Unix()
+	now := f.clock.Now().Unix()
 	return map[string]any{
 		"iss": testIssuer, "sub": testSubject, "aud": []string{testClientID},
 		"iat": now, "nbf": now, "exp": now + 600,
@@ -202,13 +189,22 @@ func (f *iamFixture) call(t *testing.T, method, path, body string, header map[st
 	for k, v := range header {
 		req.Header.Set(k, v)
 	}
-	return do(t, f.srv.Client(), req)
+	resp, err := f.srv.Client().Do(req)
+	if err != nil {
+		t.Fatalf("%s %s: %v", method, path, err)
+	}
+	defer resp.Body.Close()
+	b, err := io.ReadAll(resp.Body)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return resp.StatusCode, resp.Header, b
 }
 
 // exchange posts an id_token for project and returns the status, headers and body.
 func (f *iamFixture) exchange(t *testing.T, jwt, project string) (int, http.Header, []byte) {
 	t.Helper()
-	return f.call(t, http.MethodPost, IAMPathIDToken, idTokenBody(jwt, project), map[string]string{HeaderIdpID: testIdP})
+	return f.call(t, http.MethodPost, PathIDToken, idTokenBody(jwt, project), map[string]string{HeaderIdpID: testIdP})
 }
 
 // mustExchange exchanges a valid id_token for an IAM token of project.
@@ -224,7 +220,7 @@ func (f *iamFixture) mustExchange(t *testing.T, project string) string {
 // expiry parses the credential's expires_at.
 func expiry(t *testing.T, c TemporaryCredential) time.Time {
 	t.Helper()
-	exp, err := time.Parse(IAMTimeFormat, c.ExpiresAt)
+	exp, err := time.Parse(TimeFormat, c.ExpiresAt)
 	if err != nil {
 		t.Fatalf("expires_at %q: %v", c.ExpiresAt, err)
 	}
@@ -246,6 +242,23 @@ func decodeCredential(t *testing.T, body []byte, field string) TemporaryCredenti
 	return c
 }
 
+// wantCredential checks the 200 answer of route: a credential under field that lives for
+// lifetime by the fixture's clock and that the KMS of kmstest.DefaultProjectID accepts.
+func (f *iamFixture) wantCredential(t *testing.T, route string, status int, body []byte, field string, lifetime time.Duration) TemporaryCredential {
+	t.Helper()
+	if status != http.StatusOK {
+		t.Fatalf("%s: %d %s", route, status, body)
+	}
+	c := decodeCredential(t, body, field)
+	if expiry(t, c) != f.clock.Now().Add(lifetime) {
+		t.Errorf("%s: expires_at %s, want %s from now", route, c.ExpiresAt, lifetime)
+	}
+	if status, body := kmsWithAKSK(t, f.kms, c, f.clock.Now()); status != http.StatusOK {
+		t.Errorf("KMS with the credentials of %s: %d %s", route, status, body)
+	}
+	return c
+}
+
 // securityTokens exchanges an IAM token for AK/SK; duration 0 sends no duration_seconds.
 func (f *iamFixture) securityTokens(t *testing.T, token string, duration int) (int, []byte) {
 	t.Helper()
@@ -254,7 +267,7 @@ func (f *iamFixture) securityTokens(t *testing.T, token string, duration int) (i
 		d = fmt.Sprintf(`,"duration_seconds":%d`, duration)
 	}
 	body := fmt.Sprintf(`{"auth":{"identity":{"methods":["token"],"token":{"id":%q%s}}}}`, token, d)
-	status, _, b := f.call(t, http.MethodPost, IAMPathSecurityTokens, body, nil)
+	status, _, b := f.call(t, http.MethodPost, PathSecurityTokens, body, nil)
 	return status, b
 }
 
@@ -270,25 +283,89 @@ func (f *iamFixture) mustSecurityTokens(t *testing.T, token string, duration int
 // metadataToken gets a metadata session token.
 func (f *iamFixture) metadataToken(t *testing.T, ttl string) (int, []byte) {
 	t.Helper()
-	status, _, body := f.call(t, http.MethodPut, IAMPathMetadataToken, "", map[string]string{HeaderMetadataTokenTTL: ttl})
+	status, _, body := f.call(t, http.MethodPut, PathMetadataToken, "", map[string]string{HeaderMetadataTokenTTL: ttl})
 	return status, body
+}
+
+// samplePath is the seed file of hack/kms-emulator: eight keys.
+const samplePath = "../../../hack/kms-emulator/sample-keys.json"
+
+// newKMS starts a KMS emulator holding the sample keys and closes it when the test ends.
+func newKMS(t *testing.T, opts ...kmstest.Option) *kmstest.Server {
+	t.Helper()
+	srv := kmstest.NewServer(opts...)
+	t.Cleanup(srv.Close)
+	if err := srv.LoadKeysFile(samplePath); err != nil {
+		t.Fatalf("load sample keys: %v", err)
+	}
+	return srv
+}
+
+// kmsCount sends a count request to the KMS emulator, with header set by auth, and returns the
+// status and body.
+func kmsCount(t *testing.T, srv *kmstest.Server, auth func(*request.DefaultHttpRequest) map[string]string) (int, []byte) {
+	t.Helper()
+	sreq := request.NewHttpRequestBuilder().
+		WithEndpoint(srv.URL).
+		WithPath(srv.ActionPath()).
+		WithMethod(http.MethodPost).
+		AddHeaderParam("Content-Type", "application/json;charset=UTF-8").
+		WithBody("json", `{"action":"count"}`).
+		Build()
+	extra := auth(sreq)
+	req, err := http.NewRequest(http.MethodPost, srv.ActionURL(), strings.NewReader(`{"action":"count"}`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for k, v := range sreq.GetHeaderParams() {
+		req.Header.Set(k, v)
+	}
+	for k, v := range extra {
+		req.Header.Set(k, v)
+	}
+	resp, err := srv.Client().Do(req)
+	if err != nil {
+		t.Fatalf("KMS request: %v", err)
+	}
+	defer resp.Body.Close()
+	body, err := io.ReadAll(resp.Body)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return resp.StatusCode, body
 }
 
 // kmsWithToken counts keys with an X-Auth-Token and returns the status and body.
-func kmsWithToken(t *testing.T, srv *Server, token string) (int, []byte) {
+func kmsWithToken(t *testing.T, srv *kmstest.Server, token string) (int, []byte) {
 	t.Helper()
-	req := tokenRequest(t, srv, countBody)
-	req.Header.Set(HeaderAuthToken, token)
-	status, _, body := do(t, srv.Client(), req)
-	return status, body
+	return kmsCount(t, srv, func(*request.DefaultHttpRequest) map[string]string {
+		return map[string]string{kmstest.HeaderAuthToken: token}
+	})
 }
 
-// kmsWithAKSK counts keys signing with temporary credentials at the clock's time.
-func kmsWithAKSK(t *testing.T, srv *Server, c TemporaryCredential, now time.Time) (int, []byte) {
+// kmsWithAKSK counts keys signing with temporary credentials, dated now (the KMS emulator checks
+// X-Sdk-Date against its own clock).
+func kmsWithAKSK(t *testing.T, srv *kmstest.Server, c TemporaryCredential, now time.Time) (int, []byte) {
 	t.Helper()
-	req := signedRequest(t, srv, countBody, signOpts{ak: c.Access, sk: c.Secret, securityToken: c.SecurityToken, date: now})
-	status, _, body := do(t, srv.Client(), req)
-	return status, body
+	return kmsCount(t, srv, func(r *request.DefaultHttpRequest) map[string]string {
+		r.AddHeaderParam(kmstest.HeaderSdkDate, now.UTC().Format(signer.BasicDateFormat))
+		r.AddHeaderParam(kmstest.HeaderSecurityToken, c.SecurityToken)
+		headers, err := signer.Sign(r, c.Access, c.Secret)
+		if err != nil {
+			t.Fatalf("sign: %v", err)
+		}
+		return headers
+	})
+}
+
+// errorOf decodes a KMS error body.
+func errorOf(t *testing.T, body []byte) kmstest.ErrorDetail {
+	t.Helper()
+	var e kmstest.ErrorBody
+	if err := json.Unmarshal(body, &e); err != nil {
+		t.Fatalf("not a KMS error body: %s: %v", body, err)
+	}
+	return e.Error
 }
 
 // iamErrorOf decodes an IAM error body.

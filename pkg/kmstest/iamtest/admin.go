@@ -1,15 +1,16 @@
-package kmstest
+package iamtest
 
 import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"io"
 	"net/http"
 	"time"
+
+	"github.com/kms-key-sync/kms-key-sync/pkg/kmstest/internal/wire"
 )
 
-// AdminHandler serves IAM's admin API under IAMAdminPrefix. Like the Emulator's, it is
+// AdminHandler serves IAM's admin API under AdminPrefix. Like the Emulator's, it is
 // unauthenticated and meant for local use only. Bodies and answers are JSON; errors are
 // {"error": "..."}; setters answer 204.
 //
@@ -18,7 +19,7 @@ import (
 //	                                           signing_key a string holding the JWKS document
 //	                                           (or a JWKS object)
 //	DELETE /admin/iam/identity-providers/{id}  delete one (204, or 404)
-//	GET    /admin/iam/rules                    the conversion rules (IAMRule array)
+//	GET    /admin/iam/rules                    the conversion rules (Rule array)
 //	PUT    /admin/iam/rules                    Allow: {"idp": "...", "subject": "...", "projects": [...]}
 //	DELETE /admin/iam/rules                    Revoke: {"idp": "...", "subject": "..."}
 //	GET    /admin/iam/node-agency              {"projects": [...]}
@@ -26,36 +27,36 @@ import (
 //	PUT    /admin/iam/pod-identity             SetPodIdentity: {"token": "...", "projects": [...]}
 //	GET    /admin/iam/lifetime                 {"seconds": N}
 //	PUT    /admin/iam/lifetime                 SetCredentialLifetime: {"seconds": N}, N > 0
-//	GET    /admin/iam/faults                   pending faults (IAMFault array)
-//	POST   /admin/iam/faults                   queue an IAMFault or an array of them; answers
+//	GET    /admin/iam/faults                   pending faults (Fault array)
+//	POST   /admin/iam/faults                   queue a Fault or an array of them; answers
 //	                                           the pending faults
 //	DELETE /admin/iam/faults                   ClearFaults
-//	GET    /admin/iam/stats                    the IAMStats
+//	GET    /admin/iam/stats                    the Stats
 //	POST   /admin/iam/reset-stats              ResetStats
 func (i *IAM) AdminHandler() http.Handler {
 	mux := http.NewServeMux()
-	const p = IAMAdminPrefix
+	const p = AdminPrefix
 	mux.HandleFunc("GET "+p+"identity-providers", func(w http.ResponseWriter, _ *http.Request) {
-		adminJSON(w, http.StatusOK, i.IdentityProviders())
+		wire.AdminJSON(w, http.StatusOK, i.IdentityProviders())
 	})
 	mux.HandleFunc("PUT "+p+"identity-providers", i.adminPutIdP)
 	mux.HandleFunc("DELETE "+p+"identity-providers/{id}", i.adminDeleteIdP)
 	mux.HandleFunc("GET "+p+"rules", func(w http.ResponseWriter, _ *http.Request) {
-		adminJSON(w, http.StatusOK, i.Rules())
+		wire.AdminJSON(w, http.StatusOK, i.Rules())
 	})
 	mux.HandleFunc("PUT "+p+"rules", i.adminAllow)
 	mux.HandleFunc("DELETE "+p+"rules", i.adminRevoke)
 	mux.HandleFunc("GET "+p+"node-agency", func(w http.ResponseWriter, _ *http.Request) {
-		adminJSON(w, http.StatusOK, projectsBody{Projects: nonNil(i.NodeAgency())})
+		wire.AdminJSON(w, http.StatusOK, projectsBody{Projects: nonNil(i.NodeAgency())})
 	})
 	mux.HandleFunc("PUT "+p+"node-agency", i.adminSetNodeAgency)
 	mux.HandleFunc("PUT "+p+"pod-identity", i.adminSetPodIdentity)
 	mux.HandleFunc("GET "+p+"lifetime", func(w http.ResponseWriter, _ *http.Request) {
-		adminJSON(w, http.StatusOK, lifetimeBody{Seconds: int64(i.CredentialLifetime() / time.Second)})
+		wire.AdminJSON(w, http.StatusOK, lifetimeBody{Seconds: int64(i.CredentialLifetime() / time.Second)})
 	})
 	mux.HandleFunc("PUT "+p+"lifetime", i.adminSetLifetime)
 	mux.HandleFunc("GET "+p+"faults", func(w http.ResponseWriter, _ *http.Request) {
-		adminJSON(w, http.StatusOK, nonNil(i.Faults()))
+		wire.AdminJSON(w, http.StatusOK, nonNil(i.Faults()))
 	})
 	mux.HandleFunc("POST "+p+"faults", i.adminInjectFaults)
 	mux.HandleFunc("DELETE "+p+"faults", func(w http.ResponseWriter, _ *http.Request) {
@@ -63,14 +64,14 @@ func (i *IAM) AdminHandler() http.Handler {
 		w.WriteHeader(http.StatusNoContent)
 	})
 	mux.HandleFunc("GET "+p+"stats", func(w http.ResponseWriter, _ *http.Request) {
-		adminJSON(w, http.StatusOK, i.Stats())
+		wire.AdminJSON(w, http.StatusOK, i.Stats())
 	})
 	mux.HandleFunc("POST "+p+"reset-stats", func(w http.ResponseWriter, _ *http.Request) {
 		i.ResetStats()
 		w.WriteHeader(http.StatusNoContent)
 	})
 	mux.HandleFunc(p, func(w http.ResponseWriter, r *http.Request) {
-		adminError(w, http.StatusNotFound, fmt.Errorf("no admin route %s %s", r.Method, r.URL.Path))
+		wire.AdminError(w, http.StatusNotFound, fmt.Errorf("no admin route %s %s", r.Method, r.URL.Path))
 	})
 	return mux
 }
@@ -103,8 +104,8 @@ type lifetimeBody struct {
 
 // decodeAdmin decodes an admin body strictly, answering 400 on failure.
 func decodeAdmin(w http.ResponseWriter, r *http.Request, v any) bool {
-	if err := decodeJSON(io.LimitReader(r.Body, maxAdminBody), v); err != nil {
-		adminError(w, http.StatusBadRequest, err)
+	if err := wire.DecodeAdminBody(r, v); err != nil {
+		wire.AdminError(w, http.StatusBadRequest, err)
 		return false
 	}
 	return true
@@ -116,7 +117,7 @@ func (i *IAM) adminPutIdP(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	if err := i.PutIdentityProvider(p); err != nil {
-		adminError(w, http.StatusBadRequest, err)
+		wire.AdminError(w, http.StatusBadRequest, err)
 		return
 	}
 	w.WriteHeader(http.StatusNoContent)
@@ -129,7 +130,7 @@ func (i *IAM) adminDeleteIdP(w http.ResponseWriter, r *http.Request) {
 	delete(i.idps, id)
 	i.mu.Unlock()
 	if !ok {
-		adminError(w, http.StatusNotFound, fmt.Errorf("identity provider %q does not exist", id))
+		wire.AdminError(w, http.StatusNotFound, fmt.Errorf("identity provider %q does not exist", id))
 		return
 	}
 	w.WriteHeader(http.StatusNoContent)
@@ -149,7 +150,7 @@ func decodeRule(w http.ResponseWriter, r *http.Request) (ruleBody, bool) {
 		return b, false
 	}
 	if err := b.check(); err != nil {
-		adminError(w, http.StatusBadRequest, err)
+		wire.AdminError(w, http.StatusBadRequest, err)
 		return b, false
 	}
 	return b, true
@@ -193,7 +194,7 @@ func (i *IAM) adminSetLifetime(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	if b.Seconds <= 0 {
-		adminError(w, http.StatusBadRequest, errors.New("seconds must be positive"))
+		wire.AdminError(w, http.StatusBadRequest, errors.New("seconds must be positive"))
 		return
 	}
 	i.SetCredentialLifetime(time.Duration(b.Seconds) * time.Second)
@@ -201,37 +202,37 @@ func (i *IAM) adminSetLifetime(w http.ResponseWriter, r *http.Request) {
 }
 
 func (i *IAM) adminInjectFaults(w http.ResponseWriter, r *http.Request) {
-	b, isArray, err := readAdminBody(r)
+	b, isArray, err := wire.ReadAdminBody(r)
 	if err != nil {
-		adminError(w, http.StatusBadRequest, err)
+		wire.AdminError(w, http.StatusBadRequest, err)
 		return
 	}
 	if !isArray {
 		b = append(append([]byte{'['}, b...), ']')
 	}
-	var faults []IAMFault
+	var faults []Fault
 	if err := json.Unmarshal(b, &faults); err != nil {
-		adminError(w, http.StatusBadRequest, fmt.Errorf("decode faults: %w", err))
+		wire.AdminError(w, http.StatusBadRequest, fmt.Errorf("decode faults: %w", err))
 		return
 	}
 	for _, f := range faults {
 		if err := f.check(); err != nil {
-			adminError(w, http.StatusBadRequest, err)
+			wire.AdminError(w, http.StatusBadRequest, err)
 			return
 		}
 	}
 	for _, f := range faults {
 		i.InjectFault(f)
 	}
-	adminJSON(w, http.StatusOK, nonNil(i.Faults()))
+	wire.AdminJSON(w, http.StatusOK, nonNil(i.Faults()))
 }
 
 // check validates a fault from the admin API, where a status of 0 means 500.
-func (f IAMFault) check() error {
+func (f Fault) check() error {
 	switch {
 	case !validIAMRoute(f.Route):
 		return fmt.Errorf("fault route %q is not one of %s, %s, %s, %s", f.Route,
-			IAMRouteIDToken, IAMRouteSecurityTokens, IAMRouteMetadata, IAMRoutePodIdentity)
+			RouteIDToken, RouteSecurityTokens, RouteMetadata, RoutePodIdentity)
 	case f.Status != 0 && (f.Status < 400 || f.Status > 599):
 		return fmt.Errorf("fault status %d is not from 400 to 599", f.Status)
 	case f.Count < 0:

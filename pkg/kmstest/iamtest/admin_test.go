@@ -1,4 +1,4 @@
-package kmstest
+package iamtest
 
 import (
 	"encoding/json"
@@ -7,6 +7,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/kms-key-sync/kms-key-sync/pkg/kmstest"
 )
 
 func TestPutIdentityProviderValidation(t *testing.T) {
@@ -59,7 +61,7 @@ func TestPutIdentityProviderValidation(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			err := NewIAM().PutIdentityProvider(tt.p)
+			err := New().PutIdentityProvider(tt.p)
 			switch {
 			case tt.msg == "" && err != nil:
 				t.Fatalf("refused: %v", err)
@@ -116,7 +118,7 @@ func TestIAMAdminAPI(t *testing.T) {
 	f.iam.DeleteIdentityProvider(testIdP)
 	admin := func(method, path, body string) (int, []byte) {
 		t.Helper()
-		status, _, b := f.call(t, method, IAMAdminPrefix+path, body, nil)
+		status, _, b := f.call(t, method, AdminPrefix+path, body, nil)
 		return status, b
 	}
 	want := func(status int, body []byte, wantStatus int) {
@@ -144,36 +146,36 @@ func TestIAMAdminAPI(t *testing.T) {
 	}
 
 	// Rules.
-	status, body = admin(http.MethodPut, "rules", `{"idp":"`+testIdP+`","subject":"`+testSubject+`","projects":["`+DefaultProjectID+`"]}`)
+	status, body = admin(http.MethodPut, "rules", `{"idp":"`+testIdP+`","subject":"`+testSubject+`","projects":["`+kmstest.DefaultProjectID+`"]}`)
 	want(status, body, http.StatusNoContent)
 	status, body = admin(http.MethodPut, "rules", `{"idp":"","subject":"s"}`)
 	want(status, body, http.StatusBadRequest)
 	status, body = admin(http.MethodGet, "rules", "")
 	want(status, body, http.StatusOK)
-	var rules []IAMRule
+	var rules []Rule
 	if err := json.Unmarshal(body, &rules); err != nil || len(rules) != 1 || rules[0].Subject != testSubject {
 		t.Fatalf("rules %s", body)
 	}
-	token := f.mustExchange(t, DefaultProjectID)
+	token := f.mustExchange(t, kmstest.DefaultProjectID)
 	if status, body := kmsWithToken(t, f.kms, token); status != http.StatusOK {
 		t.Errorf("KMS: %d %s", status, body)
 	}
 	status, body = admin(http.MethodDelete, "rules", `{"idp":"`+testIdP+`","subject":"`+testSubject+`"}`)
 	want(status, body, http.StatusNoContent)
-	status, _, body = f.exchange(t, f.jwt(f.claims()), DefaultProjectID)
-	wantIAMError(t, status, body, http.StatusForbidden, IAMCodeNoRule)
+	status, _, body = f.exchange(t, f.jwt(f.claims()), kmstest.DefaultProjectID)
+	wantIAMError(t, status, body, http.StatusForbidden, CodeNoRule)
 
 	// Node agency and pod identity.
-	status, body = admin(http.MethodPut, "node-agency", `{"projects":["`+DefaultProjectID+`"]}`)
+	status, body = admin(http.MethodPut, "node-agency", `{"projects":["`+kmstest.DefaultProjectID+`"]}`)
 	want(status, body, http.StatusNoContent)
 	status, body = admin(http.MethodGet, "node-agency", "")
 	want(status, body, http.StatusOK)
-	if !strings.Contains(string(body), DefaultProjectID) {
+	if !strings.Contains(string(body), kmstest.DefaultProjectID) {
 		t.Errorf("node agency %s", body)
 	}
-	status, body = admin(http.MethodPut, "pod-identity", `{"token":"pod-tok","projects":["`+DefaultProjectID+`"]}`)
+	status, body = admin(http.MethodPut, "pod-identity", `{"token":"pod-tok","projects":["`+kmstest.DefaultProjectID+`"]}`)
 	want(status, body, http.StatusNoContent)
-	status, _, body = f.call(t, http.MethodPost, IAMPathPodIdentity, "{}", map[string]string{"Authorization": "pod-tok"})
+	status, _, body = f.call(t, http.MethodPost, PathPodIdentity, "{}", map[string]string{"Authorization": "pod-tok"})
 	want(status, body, http.StatusOK)
 
 	// Lifetime.
@@ -192,7 +194,7 @@ func TestIAMAdminAPI(t *testing.T) {
 	want(status, body, http.StatusOK)
 	status, body = admin(http.MethodPost, "faults", `[{"route":"metadata","status":500},{"route":"pod-identity"}]`)
 	want(status, body, http.StatusOK)
-	var faults []IAMFault
+	var faults []Fault
 	if err := json.Unmarshal(body, &faults); err != nil || len(faults) != 3 || faults[2].Status != 500 {
 		t.Fatalf("faults %s", body)
 	}
@@ -200,7 +202,7 @@ func TestIAMAdminAPI(t *testing.T) {
 		status, body = admin(http.MethodPost, "faults", bad)
 		want(status, body, http.StatusBadRequest)
 	}
-	status, _, body = f.exchange(t, f.jwt(f.claims()), DefaultProjectID)
+	status, _, body = f.exchange(t, f.jwt(f.claims()), kmstest.DefaultProjectID)
 	wantIAMError(t, status, body, http.StatusServiceUnavailable, "IAM.0503")
 	status, body = admin(http.MethodDelete, "faults", "")
 	want(status, body, http.StatusNoContent)
@@ -213,13 +215,13 @@ func TestIAMAdminAPI(t *testing.T) {
 	// Stats.
 	status, body = admin(http.MethodGet, "stats", "")
 	want(status, body, http.StatusOK)
-	var st IAMStats
+	var st Stats
 	if err := json.Unmarshal(body, &st); err != nil || st != f.iam.Stats() || st.IDTokenExchanges != 1 || st.PodIdentityCredentials != 1 {
 		t.Errorf("stats %s", body)
 	}
 	status, body = admin(http.MethodPost, "reset-stats", "")
 	want(status, body, http.StatusNoContent)
-	if f.iam.Stats() != (IAMStats{}) {
+	if f.iam.Stats() != (Stats{}) {
 		t.Error("stats not reset")
 	}
 

@@ -1,4 +1,4 @@
-package kmstest
+package iamtest
 
 import (
 	"net/http"
@@ -12,11 +12,13 @@ import (
 	"github.com/huaweicloud/huaweicloud-sdk-go-v3/core/config"
 	"github.com/huaweicloud/huaweicloud-sdk-go-v3/core/impl"
 	"github.com/huaweicloud/huaweicloud-sdk-go-v3/core/request"
+
+	"github.com/kms-key-sync/kms-key-sync/pkg/kmstest"
 )
 
 // sdkCount counts the emulator's keys through the vendor SDK's HTTP client, authenticated by
 // cred (which fetches its temporary credentials from IAM first).
-func sdkCount(t *testing.T, client *impl.DefaultHttpClient, kms *Server, cred auth.ICredential) (int, string) {
+func sdkCount(t *testing.T, client *impl.DefaultHttpClient, kms *kmstest.Server, cred auth.ICredential) (int, string) {
 	t.Helper()
 	req := request.NewHttpRequestBuilder().
 		WithEndpoint(kms.URL).
@@ -24,7 +26,7 @@ func sdkCount(t *testing.T, client *impl.DefaultHttpClient, kms *Server, cred au
 		WithMethod(http.MethodPost).
 		WithSigningAlgorithm(client.GetHttpConfig().SigningAlgorithm).
 		AddHeaderParam("Content-Type", "application/json;charset=UTF-8").
-		WithBody("body", map[string]string{"action": ActionCount}).
+		WithBody("body", map[string]string{"action": kmstest.ActionCount}).
 		Build()
 	req, err := cred.ProcessAuthRequest(client, req)
 	if err != nil {
@@ -53,8 +55,8 @@ func writeFile(t *testing.T, content string) string {
 // TestSDKFederalAccessor runs the SDK's OIDC flow (an unscoped id-token exchange, then
 // securitytokens) against IAM and signs a KMS request with what it got.
 func TestSDKFederalAccessor(t *testing.T) {
-	kms := newSampleServer(t)
-	iam := NewIAM()
+	kms := newKMS(t)
+	iam := New()
 	iam.Trust(kms.Emulator)
 	if err := iam.PutIdentityProvider(IdentityProvider{
 		ID: testIdP, Issuer: testIssuer, ClientIDs: []string{testClientID},
@@ -62,8 +64,8 @@ func TestSDKFederalAccessor(t *testing.T) {
 	}); err != nil {
 		t.Fatal(err)
 	}
-	iam.Allow(testIdP, testSubject, DefaultProjectID)
-	iamSrv := NewIAMTLSServer(iam)
+	iam.Allow(testIdP, testSubject, kmstest.DefaultProjectID)
+	iamSrv := NewTLSServer(iam)
 	t.Cleanup(iamSrv.Close)
 
 	now := time.Now().Unix()
@@ -73,7 +75,7 @@ func TestSDKFederalAccessor(t *testing.T) {
 	cred, err := auth.NewBasicCredentialsBuilder().
 		WithIdpId(testIdP).
 		WithIdTokenFile(writeFile(t, jwt)).
-		WithProjectId(DefaultProjectID).
+		WithProjectId(kmstest.DefaultProjectID).
 		WithIamEndpointOverride(iamSrv.URL).
 		SafeBuild()
 	if err != nil {
@@ -90,13 +92,13 @@ func TestSDKFederalAccessor(t *testing.T) {
 
 // TestSDKPodIdentityProvider runs the SDK's pod identity provider against IAM.
 func TestSDKPodIdentityProvider(t *testing.T) {
-	kms := newSampleServer(t)
-	iam := NewIAM()
+	kms := newKMS(t)
+	iam := New()
 	iam.Trust(kms.Emulator)
-	iam.SetPodIdentity("pod-token", DefaultProjectID)
-	iamSrv := NewIAMServer(iam)
+	iam.SetPodIdentity("pod-token", kmstest.DefaultProjectID)
+	iamSrv := NewServer(iam)
 	t.Cleanup(iamSrv.Close)
-	t.Setenv("HC_CONTAINER_CREDENTIALS_FULL_URI", iamSrv.URL+IAMPathPodIdentity)
+	t.Setenv("HC_CONTAINER_CREDENTIALS_FULL_URI", iamSrv.URL+PathPodIdentity)
 	t.Setenv("HC_CONTAINER_AUTHORIZATION_TOKEN_FILE", writeFile(t, "pod-token"))
 
 	cred, err := provider.BasicCredentialPodIdentityProvider().GetCredentials()
@@ -107,7 +109,7 @@ func TestSDKPodIdentityProvider(t *testing.T) {
 	if !ok {
 		t.Fatalf("credentials %T", cred)
 	}
-	basic.ProjectId = DefaultProjectID
+	basic.ProjectId = kmstest.DefaultProjectID
 	client := impl.NewDefaultHttpClient(config.DefaultHttpConfig())
 	if status, body := sdkCount(t, client, kms, basic); status != http.StatusOK || body != `{"total_count":8}` {
 		t.Errorf("KMS: %d %s", status, body)

@@ -1,4 +1,4 @@
-package kmstest
+package iamtest
 
 import (
 	"bytes"
@@ -10,6 +10,8 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/kms-key-sync/kms-key-sync/pkg/kmstest"
 )
 
 func TestIAMIDTokenExchange(t *testing.T) {
@@ -37,15 +39,15 @@ func TestIAMIDTokenExchange(t *testing.T) {
 		}},
 		{"iat and nbf within the leeway", func(f *iamFixture) string {
 			c := f.claims()
-			c["iat"], c["nbf"] = f.clock.now().Unix()+59, f.clock.now().Unix()+59
+			c["iat"], c["nbf"] = f.clock.Now().Unix()+59, f.clock.Now().Unix()+59
 			return f.jwt(c)
 		}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			f := newIAMFixture(t)
-			now := f.clock.now()
-			status, h, body := f.exchange(t, tt.jwt(f), DefaultProjectID)
+			now := f.clock.Now()
+			status, h, body := f.exchange(t, tt.jwt(f), kmstest.DefaultProjectID)
 			if status != http.StatusCreated {
 				t.Fatalf("status %d %s", status, body)
 			}
@@ -58,9 +60,9 @@ func TestIAMIDTokenExchange(t *testing.T) {
 				t.Fatal(err)
 			}
 			tok := info.Token
-			if tok.ExpiresAt != now.Add(time.Hour).Format(IAMTimeFormat) || tok.IssuedAt != now.Format(IAMTimeFormat) ||
-				strings.Join(tok.Methods, ",") != "mapped" || tok.Project == nil || tok.Project.ID != DefaultProjectID ||
-				tok.Project.Name != DefaultProjectID || tok.User.Name != testSubject ||
+			if tok.ExpiresAt != now.Add(time.Hour).Format(TimeFormat) || tok.IssuedAt != now.Format(TimeFormat) ||
+				strings.Join(tok.Methods, ",") != "mapped" || tok.Project == nil || tok.Project.ID != kmstest.DefaultProjectID ||
+				tok.Project.Name != kmstest.DefaultProjectID || tok.User.Name != testSubject ||
 				tok.User.Federation.IdentityProvider.ID != testIdP || tok.User.Federation.Protocol.ID != "oidc" {
 				t.Errorf("token body %s", body)
 			}
@@ -70,7 +72,7 @@ func TestIAMIDTokenExchange(t *testing.T) {
 			if status, body := kmsWithToken(t, f.kms, token); status != http.StatusOK {
 				t.Errorf("KMS with the IAM token: %d %s", status, body)
 			}
-			if status, body := kmsWithToken(t, f.other, token); status != http.StatusForbidden || errorOf(t, body).Code != CodeTokenInvalid {
+			if status, body := kmsWithToken(t, f.other, token); status != http.StatusForbidden || errorOf(t, body).Code != kmstest.CodeTokenInvalid {
 				t.Errorf("other project's KMS with the IAM token: %d %s", status, body)
 			}
 
@@ -99,7 +101,7 @@ func TestIAMIDTokenRefusals(t *testing.T) {
 		change(c)
 		return f.jwt(c)
 	}
-	now := f.clock.now().Unix()
+	now := f.clock.Now().Unix()
 	good := f.jwt(f.claims())
 	parts := strings.Split(good, ".")
 
@@ -113,41 +115,41 @@ func TestIAMIDTokenRefusals(t *testing.T) {
 		code    string
 		msg     string // a substring of the message
 	}{
-		{name: "tampered payload", jwt: parts[0] + "." + b64([]byte(`{"iss":"x"}`)) + "." + parts[2], status: 401, code: IAMCodeBadSignature, msg: "does not verify"},
-		{name: "tampered signature", jwt: parts[0] + "." + parts[1] + "." + b64([]byte("garbage-signature")), status: 401, code: IAMCodeBadSignature},
-		{name: "signed by another key", jwt: makeJWT(map[string]any{"alg": AlgRS256, "kid": "rsa1"}, f.claims(), signRS256(otherRSA())), status: 401, code: IAMCodeBadSignature},
-		{name: "unknown kid", jwt: makeJWT(map[string]any{"alg": AlgRS256, "kid": "rsa9"}, f.claims(), signRS256(testRSAKey())), status: 401, code: IAMCodeBadSignature, msg: `kid "rsa9"`},
-		{name: "ES256 header on an RSA kid", jwt: makeJWT(map[string]any{"alg": AlgES256, "kid": "rsa1"}, f.claims(), signES256(testECKey())), status: 401, code: IAMCodeBadSignature},
-		{name: "alg none", jwt: makeJWT(map[string]any{"alg": "none"}, f.claims(), nil), status: 401, code: IAMCodeUnsupportedAlg, msg: `"none"`},
-		{name: "alg HS256", jwt: makeJWT(map[string]any{"alg": "HS256"}, f.claims(), func([]byte) []byte { return []byte("mac") }), status: 401, code: IAMCodeUnsupportedAlg},
-		{name: "not a JWS", jwt: "not-a-jwt", status: 401, code: IAMCodeMalformedJWT, msg: "1 parts"},
-		{name: "header not base64", jwt: "!!." + parts[1] + "." + parts[2], status: 401, code: IAMCodeMalformedJWT},
-		{name: "payload not JSON", jwt: parts[0] + "." + b64([]byte("nope")) + "." + parts[2], status: 401, code: IAMCodeMalformedJWT},
-		{name: "no exp", jwt: with(func(c map[string]any) { delete(c, "exp") }), status: 401, code: IAMCodeMalformedJWT, msg: "exp"},
-		{name: "no sub", jwt: with(func(c map[string]any) { delete(c, "sub") }), status: 401, code: IAMCodeMalformedJWT, msg: "sub"},
-		{name: "expired", jwt: with(func(c map[string]any) { c["exp"] = now - 1 }), status: 401, code: IAMCodeJWTExpired, msg: "expired"},
-		{name: "exp now", jwt: with(func(c map[string]any) { c["exp"] = now }), status: 401, code: IAMCodeJWTExpired},
-		{name: "nbf in the future", jwt: with(func(c map[string]any) { c["nbf"] = now + 61 }), status: 401, code: IAMCodeJWTNotYetValid, msg: "nbf"},
-		{name: "iat in the future", jwt: with(func(c map[string]any) { c["iat"] = now + 3600 }), status: 401, code: IAMCodeJWTNotYetValid, msg: "iat"},
-		{name: "wrong issuer", jwt: with(func(c map[string]any) { c["iss"] = "https://evil.example" }), status: 401, code: IAMCodeWrongIssuer, msg: `"https://evil.example"`},
-		{name: "wrong audience", jwt: with(func(c map[string]any) { c["aud"] = "x" }), status: 401, code: IAMCodeWrongAudience,
+		{name: "tampered payload", jwt: parts[0] + "." + b64([]byte(`{"iss":"x"}`)) + "." + parts[2], status: 401, code: CodeBadSignature, msg: "does not verify"},
+		{name: "tampered signature", jwt: parts[0] + "." + parts[1] + "." + b64([]byte("garbage-signature")), status: 401, code: CodeBadSignature},
+		{name: "signed by another key", jwt: makeJWT(map[string]any{"alg": AlgRS256, "kid": "rsa1"}, f.claims(), signRS256(otherRSA())), status: 401, code: CodeBadSignature},
+		{name: "unknown kid", jwt: makeJWT(map[string]any{"alg": AlgRS256, "kid": "rsa9"}, f.claims(), signRS256(testRSAKey())), status: 401, code: CodeBadSignature, msg: `kid "rsa9"`},
+		{name: "ES256 header on an RSA kid", jwt: makeJWT(map[string]any{"alg": AlgES256, "kid": "rsa1"}, f.claims(), signES256(testECKey())), status: 401, code: CodeBadSignature},
+		{name: "alg none", jwt: makeJWT(map[string]any{"alg": "none"}, f.claims(), nil), status: 401, code: CodeUnsupportedAlg, msg: `"none"`},
+		{name: "alg HS256", jwt: makeJWT(map[string]any{"alg": "HS256"}, f.claims(), func([]byte) []byte { return []byte("mac") }), status: 401, code: CodeUnsupportedAlg},
+		{name: "not a JWS", jwt: "not-a-jwt", status: 401, code: CodeMalformedJWT, msg: "1 parts"},
+		{name: "header not base64", jwt: "!!." + parts[1] + "." + parts[2], status: 401, code: CodeMalformedJWT},
+		{name: "payload not JSON", jwt: parts[0] + "." + b64([]byte("nope")) + "." + parts[2], status: 401, code: CodeMalformedJWT},
+		{name: "no exp", jwt: with(func(c map[string]any) { delete(c, "exp") }), status: 401, code: CodeMalformedJWT, msg: "exp"},
+		{name: "no sub", jwt: with(func(c map[string]any) { delete(c, "sub") }), status: 401, code: CodeMalformedJWT, msg: "sub"},
+		{name: "expired", jwt: with(func(c map[string]any) { c["exp"] = now - 1 }), status: 401, code: CodeJWTExpired, msg: "expired"},
+		{name: "exp now", jwt: with(func(c map[string]any) { c["exp"] = now }), status: 401, code: CodeJWTExpired},
+		{name: "nbf in the future", jwt: with(func(c map[string]any) { c["nbf"] = now + 61 }), status: 401, code: CodeJWTNotYetValid, msg: "nbf"},
+		{name: "iat in the future", jwt: with(func(c map[string]any) { c["iat"] = now + 3600 }), status: 401, code: CodeJWTNotYetValid, msg: "iat"},
+		{name: "wrong issuer", jwt: with(func(c map[string]any) { c["iss"] = "https://evil.example" }), status: 401, code: CodeWrongIssuer, msg: `"https://evil.example"`},
+		{name: "wrong audience", jwt: with(func(c map[string]any) { c["aud"] = "x" }), status: 401, code: CodeWrongAudience,
 			msg: `aud ["x"] does not contain a client ID of identity provider idp-cce`},
-		{name: "no audience", jwt: with(func(c map[string]any) { delete(c, "aud") }), status: 401, code: IAMCodeMalformedJWT},
-		{name: "unknown identity provider", jwt: good, idp: "idp-none", status: 404, code: IAMCodeUnknownIdP, msg: `"idp-none"`},
-		{name: "no X-Idp-Id", jwt: good, idp: "-", status: 400, code: IAMCodeBadRequest, msg: HeaderIdpID},
-		{name: "body not JSON", body: "{", status: 400, code: IAMCodeBadRequest},
-		{name: "no id_token", body: `{"auth":{"scope":{"project":{"id":"p"}}}}`, status: 400, code: IAMCodeBadRequest, msg: "auth.id_token.id"},
-		{name: "domain scope", body: `{"auth":{"id_token":{"id":"x.y.z"},"scope":{"domain":{"id":"d"}}}}`, status: 400, code: IAMCodeBadRequest},
-		{name: "no rule for the subject", jwt: with(func(c map[string]any) { c["sub"] = "system:serviceaccount:x:y" }), status: 403, code: IAMCodeNoRule,
+		{name: "no audience", jwt: with(func(c map[string]any) { delete(c, "aud") }), status: 401, code: CodeMalformedJWT},
+		{name: "unknown identity provider", jwt: good, idp: "idp-none", status: 404, code: CodeUnknownIdP, msg: `"idp-none"`},
+		{name: "no X-Idp-Id", jwt: good, idp: "-", status: 400, code: CodeBadRequest, msg: HeaderIdpID},
+		{name: "body not JSON", body: "{", status: 400, code: CodeBadRequest},
+		{name: "no id_token", body: `{"auth":{"scope":{"project":{"id":"p"}}}}`, status: 400, code: CodeBadRequest, msg: "auth.id_token.id"},
+		{name: "domain scope", body: `{"auth":{"id_token":{"id":"x.y.z"},"scope":{"domain":{"id":"d"}}}}`, status: 400, code: CodeBadRequest},
+		{name: "no rule for the subject", jwt: with(func(c map[string]any) { c["sub"] = "system:serviceaccount:x:y" }), status: 403, code: CodeNoRule,
 			msg: `"system:serviceaccount:x:y"`},
-		{name: "project not allowed", jwt: good, project: otherProject, status: 403, code: IAMCodeProjectNotAllowed, msg: otherProject},
-		{name: "rule without projects", jwt: with(func(c map[string]any) { c["sub"] = "system:serviceaccount:other:sa" }), status: 403, code: IAMCodeProjectNotAllowed},
+		{name: "project not allowed", jwt: good, project: otherProject, status: 403, code: CodeProjectNotAllowed, msg: otherProject},
+		{name: "rule without projects", jwt: with(func(c map[string]any) { c["sub"] = "system:serviceaccount:other:sa" }), status: 403, code: CodeProjectNotAllowed},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			project := tt.project
 			if project == "" {
-				project = DefaultProjectID
+				project = kmstest.DefaultProjectID
 			}
 			body := tt.body
 			if body == "" {
@@ -161,7 +163,7 @@ func TestIAMIDTokenRefusals(t *testing.T) {
 			default:
 				header[HeaderIdpID] = tt.idp
 			}
-			status, h, b := f.call(t, http.MethodPost, IAMPathIDToken, body, header)
+			status, h, b := f.call(t, http.MethodPost, PathIDToken, body, header)
 			e := wantIAMError(t, status, b, tt.status, tt.code)
 			if !strings.Contains(e.Message, tt.msg) {
 				t.Errorf("message %q does not contain %q", e.Message, tt.msg)
@@ -180,18 +182,18 @@ func TestIAMIDTokenRefusals(t *testing.T) {
 
 func TestIAMRevokeAndRules(t *testing.T) {
 	f := newIAMFixture(t)
-	token := f.mustExchange(t, DefaultProjectID)
+	token := f.mustExchange(t, kmstest.DefaultProjectID)
 	f.iam.Revoke(testIdP, testSubject)
-	status, _, body := f.exchange(t, f.jwt(f.claims()), DefaultProjectID)
-	wantIAMError(t, status, body, http.StatusForbidden, IAMCodeNoRule)
+	status, _, body := f.exchange(t, f.jwt(f.claims()), kmstest.DefaultProjectID)
+	wantIAMError(t, status, body, http.StatusForbidden, CodeNoRule)
 	if status, body := kmsWithToken(t, f.kms, token); status != http.StatusOK {
 		t.Errorf("a token issued before Revoke: %d %s", status, body)
 	}
 
 	// Allow replaces the rule: now only otherProject.
 	f.iam.Allow(testIdP, testSubject, otherProject)
-	status, _, body = f.exchange(t, f.jwt(f.claims()), DefaultProjectID)
-	wantIAMError(t, status, body, http.StatusForbidden, IAMCodeProjectNotAllowed)
+	status, _, body = f.exchange(t, f.jwt(f.claims()), kmstest.DefaultProjectID)
+	wantIAMError(t, status, body, http.StatusForbidden, CodeProjectNotAllowed)
 	other := f.mustExchange(t, otherProject)
 	if status, body := kmsWithToken(t, f.other, other); status != http.StatusOK {
 		t.Errorf("other project's KMS: %d %s", status, body)
@@ -202,12 +204,12 @@ func TestIAMRevokeAndRules(t *testing.T) {
 
 	f.iam.DeleteIdentityProvider(testIdP)
 	status, _, body = f.exchange(t, f.jwt(f.claims()), otherProject)
-	wantIAMError(t, status, body, http.StatusNotFound, IAMCodeUnknownIdP)
+	wantIAMError(t, status, body, http.StatusNotFound, CodeUnknownIdP)
 }
 
 func TestIAMUnscopedToken(t *testing.T) {
 	f := newIAMFixture(t)
-	f.iam.Allow(testIdP, testSubject, DefaultProjectID, otherProject)
+	f.iam.Allow(testIdP, testSubject, kmstest.DefaultProjectID, otherProject)
 	status, h, body := f.exchange(t, f.jwt(f.claims()), "")
 	if status != http.StatusCreated {
 		t.Fatalf("unscoped exchange: %d %s", status, body)
@@ -220,8 +222,8 @@ func TestIAMUnscopedToken(t *testing.T) {
 		t.Errorf("KMS accepted an unscoped token: %d", status)
 	}
 	c := f.mustSecurityTokens(t, token, 0)
-	for _, srv := range []*Server{f.kms, f.other} {
-		if status, body := kmsWithAKSK(t, srv, c, f.clock.now()); status != http.StatusOK {
+	for _, srv := range []*kmstest.Server{f.kms, f.other} {
+		if status, body := kmsWithAKSK(t, srv, c, f.clock.Now()); status != http.StatusOK {
 			t.Errorf("KMS %s with the AK/SK of an unscoped token: %d %s", srv.ProjectID(), status, body)
 		}
 	}
@@ -229,8 +231,8 @@ func TestIAMUnscopedToken(t *testing.T) {
 
 func TestIAMSecurityTokens(t *testing.T) {
 	f := newIAMFixture(t, WithCredentialLifetime(10*time.Minute))
-	start := f.clock.now()
-	token := f.mustExchange(t, DefaultProjectID)
+	start := f.clock.Now()
+	token := f.mustExchange(t, kmstest.DefaultProjectID)
 
 	short := f.mustSecurityTokens(t, token, 300) // duration_seconds wins
 	if expiry(t, short) != start.Add(5*time.Minute) {
@@ -252,14 +254,14 @@ func TestIAMSecurityTokens(t *testing.T) {
 	}
 
 	// In the X-Auth-Token header, when the body has no id.
-	status, _, body := f.call(t, http.MethodPost, IAMPathSecurityTokens,
-		`{"auth":{"identity":{"methods":["token"],"token":{"duration_seconds":900}}}}`, map[string]string{HeaderAuthToken: token})
+	status, _, body := f.call(t, http.MethodPost, PathSecurityTokens,
+		`{"auth":{"identity":{"methods":["token"],"token":{"duration_seconds":900}}}}`, map[string]string{kmstest.HeaderAuthToken: token})
 	if status != http.StatusCreated {
 		t.Errorf("token in the header: %d %s", status, body)
 	}
 
-	f.clock.advance(5 * time.Minute)
-	if status, body := kmsWithAKSK(t, f.kms, short, f.clock.now()); status != http.StatusForbidden || errorOf(t, body).Code != CodeTokenExpired {
+	f.clock.Step(5 * time.Minute)
+	if status, body := kmsWithAKSK(t, f.kms, short, f.clock.Now()); status != http.StatusForbidden || errorOf(t, body).Code != kmstest.CodeTokenExpired {
 		t.Errorf("expired AK/SK: %d %s", status, body)
 	} else {
 		assertNoSecrets(t, body, short.Secret, short.SecurityToken)
@@ -267,45 +269,45 @@ func TestIAMSecurityTokens(t *testing.T) {
 			t.Errorf("message %q", errorOf(t, body).Message)
 		}
 	}
-	if status, body := kmsWithAKSK(t, f.kms, long, f.clock.now()); status != http.StatusOK {
+	if status, body := kmsWithAKSK(t, f.kms, long, f.clock.Now()); status != http.StatusOK {
 		t.Errorf("AK/SK still valid: %d %s", status, body)
 	}
 	// Capped by the token's remaining life.
-	f.clock.advance(3 * time.Minute)
+	f.clock.Step(3 * time.Minute)
 	capped := f.mustSecurityTokens(t, token, 0)
 	if expiry(t, capped) != start.Add(10*time.Minute) {
 		t.Errorf("expires_at %s, want the token's expiry", capped.ExpiresAt)
 	}
 
-	f.clock.advance(2 * time.Minute)
-	if status, body := kmsWithToken(t, f.kms, token); status != http.StatusForbidden || errorOf(t, body).Code != CodeTokenExpired {
+	f.clock.Step(2 * time.Minute)
+	if status, body := kmsWithToken(t, f.kms, token); status != http.StatusForbidden || errorOf(t, body).Code != kmstest.CodeTokenExpired {
 		t.Errorf("expired token: %d %s", status, body)
 	}
-	if status, body := kmsWithAKSK(t, f.kms, long, f.clock.now()); status != http.StatusForbidden || errorOf(t, body).Code != CodeTokenExpired {
+	if status, body := kmsWithAKSK(t, f.kms, long, f.clock.Now()); status != http.StatusForbidden || errorOf(t, body).Code != kmstest.CodeTokenExpired {
 		t.Errorf("expired AK/SK: %d %s", status, body)
 	}
 	status, body = f.securityTokens(t, token, 0)
-	wantIAMError(t, status, body, http.StatusUnauthorized, IAMCodeTokenExpired)
+	wantIAMError(t, status, body, http.StatusUnauthorized, CodeTokenExpired)
 	assertNoSecrets(t, body, token)
 
 	status, body = f.securityTokens(t, "MIIunknown", 0)
-	wantIAMError(t, status, body, http.StatusUnauthorized, IAMCodeInvalidToken)
+	wantIAMError(t, status, body, http.StatusUnauthorized, CodeInvalidToken)
 	assertNoSecrets(t, body, "MIIunknown")
 
 	for _, bad := range []string{`{`, `{"auth":{}}`, `{"auth":{"identity":{"methods":["password"]}}}`, `{"auth":{"identity":{"methods":["token"]}}}`} {
-		status, _, body := f.call(t, http.MethodPost, IAMPathSecurityTokens, bad, nil)
-		wantIAMError(t, status, body, http.StatusBadRequest, IAMCodeBadRequest)
+		status, _, body := f.call(t, http.MethodPost, PathSecurityTokens, bad, nil)
+		wantIAMError(t, status, body, http.StatusBadRequest, CodeBadRequest)
 	}
-	status, h, body := f.call(t, http.MethodGet, IAMPathSecurityTokens, "", nil)
-	wantIAMError(t, status, body, http.StatusMethodNotAllowed, IAMCodeMethodNotAllowed)
+	status, h, body := f.call(t, http.MethodGet, PathSecurityTokens, "", nil)
+	wantIAMError(t, status, body, http.StatusMethodNotAllowed, CodeMethodNotAllowed)
 	if h.Get("Allow") != http.MethodPost {
 		t.Errorf("Allow %q", h.Get("Allow"))
 	}
 
 	// A new lifetime applies to what is issued next.
 	f.iam.SetCredentialLifetime(2 * time.Minute)
-	fresh := f.mustExchange(t, DefaultProjectID)
-	if c := f.mustSecurityTokens(t, fresh, 0); expiry(t, c) != f.clock.now().Add(2*time.Minute) {
+	fresh := f.mustExchange(t, kmstest.DefaultProjectID)
+	if c := f.mustSecurityTokens(t, fresh, 0); expiry(t, c) != f.clock.Now().Add(2*time.Minute) {
 		t.Errorf("expires_at %s, want +2m", c.ExpiresAt)
 	}
 }
@@ -317,7 +319,7 @@ func TestIAMMetadata(t *testing.T) {
 		if token != "" {
 			h[HeaderMetadataToken] = token
 		}
-		status, _, body := f.call(t, http.MethodGet, IAMPathSecurityKey, "", h)
+		status, _, body := f.call(t, http.MethodGet, PathSecurityKey, "", h)
 		return status, body
 	}
 	wantUnauthorized := func(status int, body []byte, agency bool) {
@@ -350,19 +352,10 @@ func TestIAMMetadata(t *testing.T) {
 		t.Errorf("no-agency body %s", body)
 	}
 
-	f.iam.SetNodeAgency(DefaultProjectID)
+	f.iam.SetNodeAgency(kmstest.DefaultProjectID)
 	status, body = getKey(token)
-	if status != http.StatusOK {
-		t.Fatalf("securitykey: %d %s", status, body)
-	}
-	c := decodeCredential(t, body, "credential")
-	if expiry(t, c) != f.clock.now().Add(30*time.Minute) {
-		t.Errorf("expires_at %s", c.ExpiresAt)
-	}
-	if status, body := kmsWithAKSK(t, f.kms, c, f.clock.now()); status != http.StatusOK {
-		t.Errorf("KMS with metadata credentials: %d %s", status, body)
-	}
-	if status, _ := kmsWithAKSK(t, f.other, c, f.clock.now()); status != http.StatusForbidden {
+	c := f.wantCredential(t, "securitykey", status, body, "credential", 30*time.Minute)
+	if status, _ := kmsWithAKSK(t, f.other, c, f.clock.Now()); status != http.StatusForbidden {
 		t.Errorf("other project accepted the node's credentials: %d", status)
 	}
 
@@ -372,13 +365,13 @@ func TestIAMMetadata(t *testing.T) {
 	wantUnauthorized(status, body, false)
 	assertNoSecrets(t, body, "unknown-token", c.Secret)
 
-	f.clock.advance(time.Minute)
+	f.clock.Step(time.Minute)
 	status, body = getKey(token)
 	wantUnauthorized(status, body, false)
 	assertNoSecrets(t, body, token)
 
-	f.clock.advance(29 * time.Minute)
-	if status, body := kmsWithAKSK(t, f.kms, c, f.clock.now()); status != http.StatusForbidden || errorOf(t, body).Code != CodeTokenExpired {
+	f.clock.Step(29 * time.Minute)
+	if status, body := kmsWithAKSK(t, f.kms, c, f.clock.Now()); status != http.StatusForbidden || errorOf(t, body).Code != kmstest.CodeTokenExpired {
 		t.Errorf("expired metadata credentials: %d %s", status, body)
 	}
 
@@ -389,13 +382,13 @@ func TestIAMMetadata(t *testing.T) {
 		t.Fatalf("securitykey: %d %s", status, body)
 	}
 	c = decodeCredential(t, body, "credential")
-	if status, _ := kmsWithAKSK(t, f.kms, c, f.clock.now()); status != http.StatusForbidden {
+	if status, _ := kmsWithAKSK(t, f.kms, c, f.clock.Now()); status != http.StatusForbidden {
 		t.Errorf("KMS accepted credentials of another project's agency: %d", status)
 	}
-	if status, body := kmsWithAKSK(t, f.other, c, f.clock.now()); status != http.StatusOK {
+	if status, body := kmsWithAKSK(t, f.other, c, f.clock.Now()); status != http.StatusOK {
 		t.Errorf("other project's KMS: %d %s", status, body)
 	}
-	status, _, _ = f.call(t, http.MethodPost, IAMPathSecurityKey, "", nil)
+	status, _, _ = f.call(t, http.MethodPost, PathSecurityKey, "", nil)
 	if status != http.StatusMethodNotAllowed {
 		t.Errorf("POST securitykey: %d", status)
 	}
@@ -412,40 +405,31 @@ func TestIAMPodIdentity(t *testing.T) {
 		if auth != "" {
 			h["Authorization"] = auth
 		}
-		status, _, body := f.call(t, http.MethodPost, IAMPathPodIdentity, "{}", h)
+		status, _, body := f.call(t, http.MethodPost, PathPodIdentity, "{}", h)
 		return status, body
 	}
 
 	// No association configured: no token is right.
 	status, body := post(podToken)
-	wantIAMError(t, status, body, http.StatusUnauthorized, IAMCodePodIdentityUnauthorized)
+	wantIAMError(t, status, body, http.StatusUnauthorized, CodePodIdentityUnauthorized)
 
 	f.iam.SetPodIdentity(podToken)
 	status, body = post(podToken)
-	wantIAMError(t, status, body, http.StatusForbidden, IAMCodeNoPodIdentity)
+	wantIAMError(t, status, body, http.StatusForbidden, CodeNoPodIdentity)
 	status, body = post("wrong-token")
-	wantIAMError(t, status, body, http.StatusUnauthorized, IAMCodePodIdentityUnauthorized)
+	wantIAMError(t, status, body, http.StatusUnauthorized, CodePodIdentityUnauthorized)
 	assertNoSecrets(t, body, podToken, "wrong-token")
 	status, body = post("")
-	wantIAMError(t, status, body, http.StatusUnauthorized, IAMCodePodIdentityUnauthorized)
+	wantIAMError(t, status, body, http.StatusUnauthorized, CodePodIdentityUnauthorized)
 
-	f.iam.SetPodIdentity(" "+podToken+"\n", DefaultProjectID)
+	f.iam.SetPodIdentity(" "+podToken+"\n", kmstest.DefaultProjectID)
 	status, body = post(podToken + " \t")
-	if status != http.StatusOK {
-		t.Fatalf("pod identity: %d %s", status, body)
-	}
-	c := decodeCredential(t, body, "credentials")
-	if expiry(t, c) != f.clock.now().Add(15*time.Minute) {
-		t.Errorf("expires_at %s", c.ExpiresAt)
-	}
-	if status, body := kmsWithAKSK(t, f.kms, c, f.clock.now()); status != http.StatusOK {
-		t.Errorf("KMS with pod identity credentials: %d %s", status, body)
-	}
-	f.clock.advance(15 * time.Minute)
-	if status, body := kmsWithAKSK(t, f.kms, c, f.clock.now()); status != http.StatusForbidden || errorOf(t, body).Code != CodeTokenExpired {
+	c := f.wantCredential(t, "pod identity", status, body, "credentials", 15*time.Minute)
+	f.clock.Step(15 * time.Minute)
+	if status, body := kmsWithAKSK(t, f.kms, c, f.clock.Now()); status != http.StatusForbidden || errorOf(t, body).Code != kmstest.CodeTokenExpired {
 		t.Errorf("expired pod identity credentials: %d %s", status, body)
 	}
-	status, _, _ = f.call(t, http.MethodGet, IAMPathPodIdentity, "", nil)
+	status, _, _ = f.call(t, http.MethodGet, PathPodIdentity, "", nil)
 	if status != http.StatusMethodNotAllowed {
 		t.Errorf("GET: %d", status)
 	}
@@ -456,24 +440,24 @@ func TestIAMPodIdentity(t *testing.T) {
 
 func TestIAMFaults(t *testing.T) {
 	f := newIAMFixture(t)
-	f.iam.SetNodeAgency(DefaultProjectID)
-	f.iam.SetPodIdentity("pod", DefaultProjectID)
-	f.iam.InjectFault(IAMFault{Route: IAMRouteIDToken, Status: 503, Count: 2})
-	f.iam.InjectFault(IAMFault{Route: IAMRouteMetadata, Status: 500, Count: 2})
-	f.iam.InjectFault(IAMFault{Route: IAMRoutePodIdentity, Status: 502})
-	f.iam.InjectFault(IAMFault{Route: "nope", Status: 500})               // ignored
-	f.iam.InjectFault(IAMFault{Route: IAMRouteSecurityTokens, Count: -1}) // ignored
+	f.iam.SetNodeAgency(kmstest.DefaultProjectID)
+	f.iam.SetPodIdentity("pod", kmstest.DefaultProjectID)
+	f.iam.InjectFault(Fault{Route: RouteIDToken, Status: 503, Count: 2})
+	f.iam.InjectFault(Fault{Route: RouteMetadata, Status: 500, Count: 2})
+	f.iam.InjectFault(Fault{Route: RoutePodIdentity, Status: 502})
+	f.iam.InjectFault(Fault{Route: "nope", Status: 500})            // ignored
+	f.iam.InjectFault(Fault{Route: RouteSecurityTokens, Count: -1}) // ignored
 	if got := f.iam.Faults(); len(got) != 3 {
 		t.Fatalf("faults %+v", got)
 	}
 
 	jwt := f.jwt(f.claims())
 	for range 2 {
-		status, _, body := f.exchange(t, jwt, DefaultProjectID)
+		status, _, body := f.exchange(t, jwt, kmstest.DefaultProjectID)
 		wantIAMError(t, status, body, http.StatusServiceUnavailable, "IAM.0503")
 		assertNoSecrets(t, body, jwt)
 	}
-	token := f.mustExchange(t, DefaultProjectID)
+	token := f.mustExchange(t, kmstest.DefaultProjectID)
 	f.mustSecurityTokens(t, token, 0)
 
 	// Both metadata routes share the fault.
@@ -481,7 +465,7 @@ func TestIAMFaults(t *testing.T) {
 	if status != http.StatusInternalServerError || !strings.Contains(string(body), `"code":500`) {
 		t.Errorf("metadata fault: %d %s", status, body)
 	}
-	status, _, body = f.call(t, http.MethodGet, IAMPathSecurityKey, "", nil)
+	status, _, body = f.call(t, http.MethodGet, PathSecurityKey, "", nil)
 	if status != http.StatusInternalServerError {
 		t.Errorf("securitykey fault: %d %s", status, body)
 	}
@@ -491,19 +475,19 @@ func TestIAMFaults(t *testing.T) {
 
 	// Count 0 acts until cleared.
 	for range 3 {
-		status, _, body := f.call(t, http.MethodPost, IAMPathPodIdentity, "{}", map[string]string{"Authorization": "pod"})
+		status, _, body := f.call(t, http.MethodPost, PathPodIdentity, "{}", map[string]string{"Authorization": "pod"})
 		wantIAMError(t, status, body, http.StatusBadGateway, "IAM.0502")
 	}
-	if got := f.iam.Faults(); len(got) != 1 || got[0].Route != IAMRoutePodIdentity {
+	if got := f.iam.Faults(); len(got) != 1 || got[0].Route != RoutePodIdentity {
 		t.Errorf("pending %+v", got)
 	}
 	f.iam.ClearFaults()
-	status, _, body = f.call(t, http.MethodPost, IAMPathPodIdentity, "{}", map[string]string{"Authorization": "pod"})
+	status, _, body = f.call(t, http.MethodPost, PathPodIdentity, "{}", map[string]string{"Authorization": "pod"})
 	if status != http.StatusOK {
 		t.Errorf("pod identity after ClearFaults: %d %s", status, body)
 	}
 
-	want := IAMStats{
+	want := Stats{
 		IDTokenExchanges: 1, IDTokenRefusals: 2, SecurityTokens: 1, MetadataTokens: 1,
 		PodIdentityCredentials: 1, Refusals: 2 + 2 + 3, FaultsApplied: 7,
 	}
@@ -511,7 +495,7 @@ func TestIAMFaults(t *testing.T) {
 		t.Errorf("stats %+v, want %+v", got, want)
 	}
 	f.iam.ResetStats()
-	if got := f.iam.Stats(); got != (IAMStats{}) {
+	if got := f.iam.Stats(); got != (Stats{}) {
 		t.Errorf("after ResetStats %+v", got)
 	}
 }
@@ -520,11 +504,11 @@ func TestIAMFaults(t *testing.T) {
 // id_token and everything IAM issued.
 func TestIAMErrorsHoldNoSecrets(t *testing.T) {
 	var logs bytes.Buffer
-	f := newIAMFixture(t, WithIAMLogger(slog.New(slog.NewTextHandler(&logs, nil))))
-	f.iam.SetNodeAgency(DefaultProjectID)
-	f.iam.SetPodIdentity("pod-secret-token", DefaultProjectID)
+	f := newIAMFixture(t, WithLogger(slog.New(slog.NewTextHandler(&logs, nil))))
+	f.iam.SetNodeAgency(kmstest.DefaultProjectID)
+	f.iam.SetPodIdentity("pod-secret-token", kmstest.DefaultProjectID)
 	jwt := f.jwt(f.claims())
-	status, h, body := f.exchange(t, jwt, DefaultProjectID)
+	status, h, body := f.exchange(t, jwt, kmstest.DefaultProjectID)
 	if status != http.StatusCreated {
 		t.Fatalf("exchange: %d %s", status, body)
 	}
@@ -534,15 +518,15 @@ func TestIAMErrorsHoldNoSecrets(t *testing.T) {
 	secrets := []string{jwt, token, c.Access, c.Secret, c.SecurityToken, string(meta), "pod-secret-token"}
 	secrets = append(secrets, strings.Split(jwt, ".")...)
 
-	f.clock.advance(2 * time.Hour)
+	f.clock.Step(2 * time.Hour)
 	var bodies [][]byte
 	collect := func(_ int, _ http.Header, b []byte) { bodies = append(bodies, b) }
-	collect(f.exchange(t, jwt, DefaultProjectID))
+	collect(f.exchange(t, jwt, kmstest.DefaultProjectID))
 	collect(f.exchange(t, jwt, otherProject))
-	collect(f.call(t, http.MethodPost, IAMPathSecurityTokens, `{"auth":{"identity":{"methods":["token"],"token":{"id":"`+token+`"}}}}`, nil))
-	collect(f.call(t, http.MethodGet, IAMPathSecurityKey, "", map[string]string{HeaderMetadataToken: string(meta)}))
-	collect(f.call(t, http.MethodPost, IAMPathPodIdentity, "{}", map[string]string{"Authorization": "pod-secret-token-x"}))
-	collect(f.call(t, http.MethodPost, IAMPathIDToken, `{"auth":{"id_token":{"id":"`+jwt+`"}`, map[string]string{HeaderIdpID: testIdP}))
+	collect(f.call(t, http.MethodPost, PathSecurityTokens, `{"auth":{"identity":{"methods":["token"],"token":{"id":"`+token+`"}}}}`, nil))
+	collect(f.call(t, http.MethodGet, PathSecurityKey, "", map[string]string{HeaderMetadataToken: string(meta)}))
+	collect(f.call(t, http.MethodPost, PathPodIdentity, "{}", map[string]string{"Authorization": "pod-secret-token-x"}))
+	collect(f.call(t, http.MethodPost, PathIDToken, `{"auth":{"id_token":{"id":"`+jwt+`"}`, map[string]string{HeaderIdpID: testIdP}))
 	for _, b := range bodies {
 		assertNoSecrets(t, b, secrets...)
 	}
@@ -550,8 +534,8 @@ func TestIAMErrorsHoldNoSecrets(t *testing.T) {
 		t.Errorf("%d log lines:\n%s", n, logs.String())
 	}
 	assertNoSecrets(t, logs.Bytes(), secrets...)
-	for _, srv := range []*Server{f.kms, f.other} {
-		status, body := kmsWithAKSK(t, srv, c, f.clock.now())
+	for _, srv := range []*kmstest.Server{f.kms, f.other} {
+		status, body := kmsWithAKSK(t, srv, c, f.clock.Now())
 		if status == http.StatusOK {
 			t.Errorf("%s accepted expired credentials", srv.ProjectID())
 		}
@@ -567,53 +551,15 @@ func TestIAMErrorsHoldNoSecrets(t *testing.T) {
 func TestIAMUnknownPath(t *testing.T) {
 	f := newIAMFixture(t)
 	status, _, body := f.call(t, http.MethodGet, "/v3/auth/tokens", "", nil)
-	wantIAMError(t, status, body, http.StatusNotFound, IAMCodeUnknownPath)
-	if st := f.iam.Stats(); st != (IAMStats{}) {
+	wantIAMError(t, status, body, http.StatusNotFound, CodeUnknownPath)
+	if st := f.iam.Stats(); st != (Stats{}) {
 		t.Errorf("an unknown path was counted: %+v", st)
 	}
 }
 
-func TestTemporaryCredentials(t *testing.T) {
-	clock := newFakeClock()
-	now := clock.now()
-	srv := newSampleServer(t, WithClock(clock.now))
-	srv.AddTemporaryToken("tmp-token", now.Add(time.Minute))
-	srv.AddTemporaryAKSK("AKTMP", "SKTMPSECRET", "STSTMPSECRET", now.Add(2*time.Minute))
-	aksk := TemporaryCredential{Access: "AKTMP", Secret: "SKTMPSECRET", SecurityToken: "STSTMPSECRET"}
-	tests := []struct {
-		at                time.Duration
-		tokenOK, akskOK   bool
-		tokenCode, akCode string
-	}{
-		{0, true, true, "", ""},
-		{59 * time.Second, true, true, "", ""},
-		{time.Minute, false, true, CodeTokenExpired, ""},
-		{2 * time.Minute, false, false, CodeTokenExpired, CodeTokenExpired},
-		{48 * time.Hour, false, false, CodeTokenExpired, CodeTokenExpired},
-	}
-	for _, tt := range tests {
-		at := now.Add(tt.at)
-		clock.mu.Lock()
-		clock.t = at
-		clock.mu.Unlock()
-		status, body := kmsWithToken(t, srv, "tmp-token")
-		checkAnswer(t, status, body, tt.tokenCode)
-		status, body = kmsWithAKSK(t, srv, aksk, at)
-		checkAnswer(t, status, body, tt.akCode)
-		assertNoSecrets(t, body, "tmp-token", "SKTMPSECRET", "STSTMPSECRET")
-		if tt.akCode != "" && !strings.Contains(errorOf(t, body).Message, "temporary credentials") {
-			t.Errorf("message %q", errorOf(t, body).Message)
-		}
-	}
-	// Credentials long expired are forgotten once new ones are added.
-	srv.AddTemporaryToken("fresh", clock.now().Add(time.Hour))
-	status, body := kmsWithToken(t, srv, "tmp-token")
-	checkAnswer(t, status, body, CodeTokenInvalid)
-}
-
 func TestIAMConcurrentUse(t *testing.T) {
 	f := newIAMFixture(t)
-	f.iam.SetNodeAgency(DefaultProjectID)
+	f.iam.SetNodeAgency(kmstest.DefaultProjectID)
 	jwt := f.jwt(f.claims())
 	const workers = 8
 	errs := make(chan string, workers*3)
@@ -621,7 +567,7 @@ func TestIAMConcurrentUse(t *testing.T) {
 	var wg sync.WaitGroup
 	for range workers {
 		wg.Go(func() {
-			status, h, body := f.exchange(t, jwt, DefaultProjectID)
+			status, h, body := f.exchange(t, jwt, kmstest.DefaultProjectID)
 			if status != http.StatusCreated {
 				errs <- string(body)
 				return
@@ -658,7 +604,7 @@ func TestIAMConcurrentUse(t *testing.T) {
 func TestIAMSecretsListsWhatItWasSentAndIssued(t *testing.T) {
 	f := newIAMFixture(t)
 	jwt := f.jwt(f.claims())
-	status, h, body := f.exchange(t, jwt, DefaultProjectID)
+	status, h, body := f.exchange(t, jwt, kmstest.DefaultProjectID)
 	if status != http.StatusCreated {
 		t.Fatalf("exchange: %d %s", status, body)
 	}
@@ -682,32 +628,32 @@ func TestIAMSecretsListsWhatItWasSentAndIssued(t *testing.T) {
 func TestIAMRefusesScopedTokensWhenAsked(t *testing.T) {
 	f := newIAMFixture(t)
 	f.iam.RefuseScopedTokens(true)
-	status, _, body := f.exchange(t, f.jwt(f.claims()), DefaultProjectID)
-	if e := wantIAMError(t, status, body, http.StatusBadRequest, IAMCodeBadRequest); !strings.Contains(e.Message, "unscoped") {
+	status, _, body := f.exchange(t, f.jwt(f.claims()), kmstest.DefaultProjectID)
+	if e := wantIAMError(t, status, body, http.StatusBadRequest, CodeBadRequest); !strings.Contains(e.Message, "unscoped") {
 		t.Errorf("scoped exchange refused with %q, want it to ask for an unscoped token", e.Message)
 	}
 	c := f.mustSecurityTokens(t, f.mustExchange(t, ""), 0)
-	if status, body := kmsWithAKSK(t, f.kms, c, f.clock.now()); status != http.StatusOK {
+	if status, body := kmsWithAKSK(t, f.kms, c, f.clock.Now()); status != http.StatusOK {
 		t.Errorf("KMS with the AK/SK of an unscoped token: %d %s", status, body)
 	}
 	f.iam.RefuseScopedTokens(false)
-	if status, _, body := f.exchange(t, f.jwt(f.claims()), DefaultProjectID); status != http.StatusCreated {
+	if status, _, body := f.exchange(t, f.jwt(f.claims()), kmstest.DefaultProjectID); status != http.StatusCreated {
 		t.Errorf("scoped exchange after RefuseScopedTokens(false): %d %s", status, body)
 	}
 }
 
 func TestIAMMetadataWithoutSessionTokens(t *testing.T) {
 	f := newIAMFixture(t)
-	f.iam.SetNodeAgency(DefaultProjectID)
+	f.iam.SetNodeAgency(kmstest.DefaultProjectID)
 	f.iam.SetMetadataTokenless(true)
 	if status, body := f.metadataToken(t, "60"); status != http.StatusMethodNotAllowed {
 		t.Fatalf("metadata token PUT on a tokenless host: %d %s, want 405", status, body)
 	}
-	status, _, body := f.call(t, http.MethodGet, IAMPathSecurityKey, "", nil)
+	status, _, body := f.call(t, http.MethodGet, PathSecurityKey, "", nil)
 	if status != http.StatusOK {
 		t.Fatalf("securitykey without a token on a tokenless host: %d %s", status, body)
 	}
-	if status, _, _ := f.call(t, http.MethodGet, IAMPathSecurityKey, "", map[string]string{HeaderMetadataToken: "forged"}); status != http.StatusUnauthorized {
+	if status, _, _ := f.call(t, http.MethodGet, PathSecurityKey, "", map[string]string{HeaderMetadataToken: "forged"}); status != http.StatusUnauthorized {
 		t.Errorf("securitykey with an unknown token on a tokenless host: %d, want 401", status)
 	}
 	f.iam.SetMetadataTokenless(false)
@@ -718,20 +664,20 @@ func TestIAMMetadataWithoutSessionTokens(t *testing.T) {
 
 func TestIAMFaultsOfOneMetadataRoute(t *testing.T) {
 	f := newIAMFixture(t)
-	f.iam.SetNodeAgency(DefaultProjectID)
-	f.iam.InjectFault(IAMFault{Route: IAMRouteSecurityKey, Status: http.StatusUnauthorized, Count: 1})
+	f.iam.SetNodeAgency(kmstest.DefaultProjectID)
+	f.iam.InjectFault(Fault{Route: RouteSecurityKey, Status: http.StatusUnauthorized, Count: 1})
 	status, token := f.metadataToken(t, "60")
 	if status != http.StatusOK {
 		t.Fatalf("metadata token with a securitykey fault queued: %d %s", status, token)
 	}
 	h := map[string]string{HeaderMetadataToken: string(token)}
-	if status, _, _ := f.call(t, http.MethodGet, IAMPathSecurityKey, "", h); status != http.StatusUnauthorized {
+	if status, _, _ := f.call(t, http.MethodGet, PathSecurityKey, "", h); status != http.StatusUnauthorized {
 		t.Errorf("securitykey under a 401 fault: %d", status)
 	}
-	if status, _, body := f.call(t, http.MethodGet, IAMPathSecurityKey, "", h); status != http.StatusOK {
+	if status, _, body := f.call(t, http.MethodGet, PathSecurityKey, "", h); status != http.StatusOK {
 		t.Errorf("securitykey after the fault: %d %s", status, body)
 	}
-	f.iam.InjectFault(IAMFault{Route: IAMRouteMetadataToken, Status: http.StatusNotFound, Count: 1})
+	f.iam.InjectFault(Fault{Route: RouteMetadataToken, Status: http.StatusNotFound, Count: 1})
 	if status, _ := f.metadataToken(t, "60"); status != http.StatusNotFound {
 		t.Errorf("metadata token under a 404 fault: %d", status)
 	}
@@ -739,7 +685,7 @@ func TestIAMFaultsOfOneMetadataRoute(t *testing.T) {
 
 func TestIAMEchoFaultRepeatsTheCredentialJSONEscaped(t *testing.T) {
 	f := newIAMFixture(t)
-	f.iam.InjectFault(IAMFault{Route: IAMRouteIDToken, Status: http.StatusBadRequest, Count: 1, Echo: true})
+	f.iam.InjectFault(Fault{Route: RouteIDToken, Status: http.StatusBadRequest, Count: 1, Echo: true})
 	jwt := f.jwt(f.claims())
 	status, _, body := f.exchange(t, jwt, "")
 	if status != http.StatusBadRequest || strings.Contains(string(body), jwt) {
@@ -754,7 +700,7 @@ func TestIAMEchoFaultRepeatsTheCredentialJSONEscaped(t *testing.T) {
 func TestIAMIssuesSecurityTokensOfTheLengthAsked(t *testing.T) {
 	f := newIAMFixture(t)
 	f.iam.SetSecurityTokenLength(1 << 20)
-	c := f.mustSecurityTokens(t, f.mustExchange(t, DefaultProjectID), 0)
+	c := f.mustSecurityTokens(t, f.mustExchange(t, kmstest.DefaultProjectID), 0)
 	if len(c.SecurityToken) != 1<<20 {
 		t.Errorf("security token of %d bytes, want 1 MiB", len(c.SecurityToken))
 	}
