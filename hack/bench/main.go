@@ -5,11 +5,15 @@
 // many KMS calls and API writes the first sync and one steady-state refresh cycle cost, and the
 // operator's peak RSS and heap. It then runs a naive baseline (what a hand-written CronJob does:
 // page size 10, no coalescing, a write on every refresh) against the same data and prints our
-// figures as ratios against it. The result is a markdown report on stdout; progress goes to
-// stderr.
+// figures as ratios against it. The keyless scenario (k) instead has its selectors act as a
+// service account through the IAM emulator, on 2-minute credentials, and watches them for
+// --soak-duration of wall clock: it counts id-token exchanges, IAM refusals, KMS 403s and the
+// samples in which a selector was not Synced. The result is a markdown report on stdout;
+// progress goes to stderr.
 //
 //	make bench                               # every scenario
 //	make bench BENCH_ARGS='--scenarios=b'    # one scenario
+//	make bench BENCH_ARGS='--scenarios=k'    # the keyless soak alone
 //
 // See docs/benchmarks.md for the scenarios, the targets and the last results.
 package main
@@ -47,7 +51,8 @@ type options struct {
 	profile      string        // the scenario to profile with pprof; "" for none
 	cpuProfile   time.Duration // length of the CPU profile, started when the selectors are applied
 	readyTimeout time.Duration
-	operatorEnv  []string // extra NAME=value environment of the operator, such as GOMEMLIMIT=120MiB
+	soakDuration time.Duration // how long keyless scenarios are watched once every selector is Synced
+	operatorEnv  []string      // extra NAME=value environment of the operator, such as GOMEMLIMIT=120MiB
 	verbose      bool
 }
 
@@ -59,7 +64,7 @@ func parseOptions(args []string, stderr io.Writer) (options, error) {
 	fs.StringVar(&o.root, "root", ".", "the repository root (holds config/crd/bases)")
 	fs.StringVar(&o.manager, "manager", filepath.Join("bin", "manager"), "the operator binary to run (make bench builds it)")
 	fs.StringVar(&o.outDir, "out", filepath.Join("bin", "bench-out"), "where operator logs and pprof profiles go")
-	fs.StringVar(&scenarios, "scenarios", "a,b,c,d", "comma-separated scenarios to run: "+scenarioNames())
+	fs.StringVar(&scenarios, "scenarios", "a,b,c,d,k", "comma-separated scenarios to run: "+scenarioNames())
 	fs.DurationVar(&o.refresh, "refresh-interval", 10*time.Second, "the selectors' spec.refreshInterval (10s is the minimum)")
 	fs.IntVar(&o.concurrency, "max-concurrent-reconciles", 8, "the operator's --max-concurrent-reconciles")
 	fs.Float64Var(&o.kmsQPS, "kms-qps", 1000, "the operator's --kms-qps (high, so that the limit is not the bottleneck)")
@@ -69,6 +74,7 @@ func parseOptions(args []string, stderr io.Writer) (options, error) {
 	fs.StringVar(&o.profile, "profile", "b", "the scenario during which to take pprof CPU and heap profiles of the operator; empty for none")
 	fs.DurationVar(&o.cpuProfile, "cpu-profile", 30*time.Second, "length of the CPU profile, started when the selectors are applied")
 	fs.DurationVar(&o.readyTimeout, "ready-timeout", 3*time.Minute, "how long to wait for every selector to become Ready")
+	fs.DurationVar(&o.soakDuration, "soak-duration", 6*time.Minute, "how long scenario k watches its selectors once all are Synced; its id-token exchange target scales with it")
 	fs.Func("operator-env", "an extra NAME=value environment variable of the operator, such as GOMEMLIMIT=120MiB; repeatable", func(v string) error {
 		if !strings.Contains(v, "=") {
 			return fmt.Errorf("want NAME=value, got %q", v)
@@ -95,6 +101,9 @@ func parseOptions(args []string, stderr io.Writer) (options, error) {
 	}
 	if len(o.scenarios) == 0 {
 		return o, errors.New("--scenarios names no scenario")
+	}
+	if o.soakDuration <= 0 {
+		return o, fmt.Errorf("--soak-duration must be positive, got %s", o.soakDuration)
 	}
 	if o.refresh < 10*time.Second {
 		return o, fmt.Errorf("--refresh-interval must be at least 10s, got %s", o.refresh)

@@ -22,15 +22,19 @@ const createWorkers = 16
 // caching them would show in the operator's memory.
 const clutterBytes = 4096
 
-// seed creates the namespaces, one credentials Secret in each, and the scenario's unrelated
-// ConfigMaps and Secrets.
+// seed creates the namespaces, in each one credentials Secret (or, for a keyless scenario, the
+// service account the selectors act as), and the scenario's unrelated ConfigMaps and Secrets.
 func seed(ctx context.Context, cl *cluster, sc scenario) error {
 	for _, ns := range sc.namespaceNames() {
 		if err := cl.client.Create(ctx, testkit.Namespace(ns)); err != nil {
 			return fmt.Errorf("creating namespace %s: %w", ns, err)
 		}
-		if err := cl.client.Create(ctx, testkit.TokenSecret(ns, testkit.CredentialsSecretName, benchToken)); err != nil {
-			return fmt.Errorf("creating secret %s/%s: %w", ns, testkit.CredentialsSecretName, err)
+		var auth client.Object = testkit.TokenSecret(ns, testkit.CredentialsSecretName, benchToken)
+		if sc.keyless {
+			auth = serviceAccount(ns)
+		}
+		if err := cl.client.Create(ctx, auth); err != nil {
+			return fmt.Errorf("creating %T %s/%s: %w", auth, ns, auth.GetName(), err)
 		}
 	}
 	if sc.clutter == 0 {
@@ -54,8 +58,9 @@ func seed(ctx context.Context, cl *cluster, sc scenario) error {
 	return nil
 }
 
-// createSelectors applies the scenario's selectors, pointed at the emulator.
-func createSelectors(ctx context.Context, cl *cluster, sc scenario, endpoint string, refresh time.Duration) error {
+// createSelectors applies the scenario's selectors, pointed at the emulator, each changed by
+// mutate.
+func createSelectors(ctx context.Context, cl *cluster, sc scenario, endpoint string, refresh time.Duration, mutate ...func(*kmsv1alpha1.KmsKeySelector)) error {
 	refs := sc.selectorRefs()
 	return parallel(ctx, len(refs), func(ctx context.Context, i int) error {
 		ref := refs[i]
@@ -63,7 +68,8 @@ func createSelectors(ctx context.Context, cl *cluster, sc scenario, endpoint str
 		for _, t := range ref.filter.Tags {
 			tags = append(tags, testkit.Tag(t.Key, t.Values...))
 		}
-		sel := testkit.Selector(ref.key.Namespace, ref.key.Name, endpoint, testkit.WithTags(tags...), testkit.WithRefreshInterval(refresh))
+		sel := testkit.Selector(ref.key.Namespace, ref.key.Name, endpoint,
+			append([]func(*kmsv1alpha1.KmsKeySelector){testkit.WithTags(tags...), testkit.WithRefreshInterval(refresh)}, mutate...)...)
 		if err := cl.client.Create(ctx, sel); err != nil {
 			return fmt.Errorf("creating selector %s: %w", ref.key, err)
 		}

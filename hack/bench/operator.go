@@ -34,8 +34,8 @@ type operatorProc struct {
 }
 
 // startOperator runs the operator as its own user of the cluster, trusting the KMS emulator, with
-// its metrics and pprof on free local ports, and its log in o.outDir.
-func startOperator(o options, sc scenario, cl *cluster) (*operatorProc, error) {
+// its metrics and pprof on free local ports, its log in o.outDir, and the scenario's extraArgs.
+func startOperator(o options, sc scenario, cl *cluster, extraArgs ...string) (*operatorProc, error) {
 	addrs, err := testkit.FreeLoopbackAddresses(2)
 	if err != nil {
 		return nil, err
@@ -52,6 +52,7 @@ func startOperator(o options, sc scenario, cl *cluster) (*operatorProc, error) {
 		"--kms-burst=" + strconv.Itoa(o.kmsBurst),
 		"--max-concurrent-reconciles=" + strconv.Itoa(o.concurrency),
 	}
+	args = append(args, extraArgs...)
 	logPath := filepath.Join(o.outDir, sc.name+"-operator.log")
 	logFile, err := os.Create(logPath)
 	if err != nil {

@@ -5,6 +5,7 @@ import (
 	"io"
 	"os"
 	"runtime"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -19,6 +20,7 @@ type result struct {
 	firstSyncCalls  int
 	firstSyncWrites writeCounts
 	cycle           cycle
+	soak            *soakResult // keyless scenarios only
 	memory          memory
 	coalesced       float64
 	naive           *naiveResult
@@ -39,27 +41,44 @@ func writeReport(w io.Writer, o options, machine string, results []*result) {
 	fmt.Fprintf(w, "Operator flags: --max-concurrent-reconciles=%d --kms-qps=%g --kms-burst=%d%s; selectors refresh every %s.\n\n",
 		o.concurrency, o.kmsQPS, o.kmsBurst, env, o.refresh)
 	writeResults(w, results)
+	writeSoaks(w, results)
 	writeBaseline(w, results)
 	writeTargets(w, results)
 	writeDetails(w, results)
 }
 
 func writeResults(w io.Writer, results []*result) {
+	measured := func(r *result) bool { return !r.scenario.keyless }
+	if !slices.ContainsFunc(results, measured) {
+		return
+	}
 	fmt.Fprintln(w, "### Results")
 	fmt.Fprintln(w)
-	fmt.Fprintln(w, "| Scenario | Apply → all Ready | KMS calls, first sync | KMS calls / cycle | ConfigMap writes / cycle | Status writes / cycle | Cycle took | Peak RSS | Peak heap in use |")
-	fmt.Fprintln(w, "|---|---:|---:|---:|---:|---:|---:|---:|---:|")
+	writeScenarioTable(w, results, measured,
+		[]string{"Apply → all Ready", "KMS calls, first sync", "KMS calls / cycle", "ConfigMap writes / cycle", "Status writes / cycle", "Cycle took", "Peak RSS", "Peak heap in use"},
+		func(r *result) []string {
+			c := r.cycle
+			return []string{seconds(r.readyAfter), num(r.firstSyncCalls), num(c.kmsCalls),
+				num(c.writes.get(resConfigMaps)), num(c.writes.get(resStatus)), seconds(c.duration),
+				mebibytes(r.memory.peakRSS), mebibytes(r.memory.peakHeapInuse)}
+		})
+}
+
+// writeScenarioTable prints a markdown table with a row for each result that keep selects: its
+// scenario, then its cells under columns (right-aligned), or the error of a failed run.
+func writeScenarioTable(w io.Writer, results []*result, keep func(*result) bool, columns []string, cells func(*result) []string) {
+	fmt.Fprintf(w, "| Scenario | %s |\n", strings.Join(columns, " | "))
+	fmt.Fprintf(w, "|---|%s\n", strings.Repeat("---:|", len(columns)))
 	for _, r := range results {
-		name := fmt.Sprintf("(%s) %s", r.scenario.name, r.scenario.title)
-		if !r.complete() {
-			fmt.Fprintf(w, "| %s | failed: %s |  |  |  |  |  |  |  |\n", name, oneLine(r.err))
+		if !keep(r) {
 			continue
 		}
-		c := r.cycle
-		fmt.Fprintf(w, "| %s | %s | %s | %s | %s | %s | %s | %s | %s |\n", name,
-			seconds(r.readyAfter), num(r.firstSyncCalls), num(c.kmsCalls),
-			num(c.writes.get(resConfigMaps)), num(c.writes.get(resStatus)), seconds(c.duration),
-			mebibytes(r.memory.peakRSS), mebibytes(r.memory.peakHeapInuse))
+		name := fmt.Sprintf("(%s) %s", r.scenario.name, r.scenario.title)
+		if !r.complete() {
+			fmt.Fprintf(w, "| %s | failed: %s |%s\n", name, oneLine(r.err), strings.Repeat("  |", len(columns)-1))
+			continue
+		}
+		fmt.Fprintf(w, "| %s | %s |\n", name, strings.Join(cells(r), " | "))
 	}
 	fmt.Fprintln(w)
 }
@@ -133,6 +152,9 @@ func targets(results []*result) []target {
 			add(r, "peak RSS within 10% of (b)'s", fmt.Sprintf("%s vs %s (%+.1f%%)", mebibytes(rss), mebibytes(b.memory.peakRSS), 100*(ratio-1)), ratio <= 1.10)
 		}
 	}
+	if r := byName["k"]; r != nil {
+		r.soak.targets(func(goal, measured string, met bool) { add(r, goal, measured, met) })
+	}
 	return out
 }
 
@@ -166,6 +188,11 @@ func writeDetails(w io.Writer, results []*result) {
 		c := r.cycle
 		fmt.Fprintf(w, "- (%s) creating the selectors took %s. First sync API writes: %s.\n",
 			r.scenario.name, seconds(r.applyDuration), r.firstSyncWrites)
+		if s := r.soak; s != nil {
+			fmt.Fprintf(w, "  Soak: %s samples, one every %s; at worst %s selectors not Synced in one sample. Peak RSS %s.\n",
+				num(s.samples), soakSampleInterval, num(s.worstSample), mebibytes(r.memory.peakRSS))
+			continue
+		}
 		fmt.Fprintf(w, "  Steady cycle: %s from the last selector's first refresh to its second (the interval is the cycle's ideal length); %s KMS calls in that window; API writes: %s; the operator's own ConfigMap write counter: %s.\n",
 			seconds(c.duration), num(int(c.kmsTotal)), c.writes, num(c.operatorConfigMapWrites))
 		m := r.memory

@@ -9,6 +9,7 @@ import (
 
 	"k8s.io/apimachinery/pkg/types"
 
+	kmsv1alpha1 "github.com/kms-key-sync/kms-key-sync/api/v1alpha1"
 	"github.com/kms-key-sync/kms-key-sync/internal/kms"
 )
 
@@ -23,6 +24,10 @@ type scenario struct {
 	clutter int
 	// baseline says whether the naive baseline runs for this scenario.
 	baseline bool
+	// keyless selectors act as a service account of their namespace through the IAM emulator
+	// (workload identity) instead of a credentials Secret, and are watched for --soak-duration
+	// instead of measured over one refresh cycle.
+	keyless bool
 }
 
 var scenarios = []scenario{
@@ -30,6 +35,7 @@ var scenarios = []scenario{
 	{name: "b", title: "1,000 selectors × 100 keys, each its own filter, 10 namespaces", selectors: 1000, namespaces: 10, filters: 1000, keysPerFilter: 100, baseline: true},
 	{name: "c", title: "1,000 selectors sharing 10 filters (100 keys each), 10 namespaces", selectors: 1000, namespaces: 10, filters: 10, keysPerFilter: 100, baseline: true},
 	{name: "d", title: "scenario b with 5,000 unrelated ConfigMaps and 5,000 Secrets", selectors: 1000, namespaces: 10, filters: 1000, keysPerFilter: 100, clutter: 5000},
+	{name: "k", title: "100 keyless selectors × 10 keys, each its own filter, one service account, 2-minute credentials", selectors: 100, namespaces: 1, filters: 100, keysPerFilter: 10, keyless: true},
 }
 
 func scenarioByName(name string) (scenario, bool) {
@@ -110,6 +116,13 @@ func runScenario(ctx context.Context, o options, sc scenario) (res *result, err 
 		return res, err
 	}
 	stack.push("KMS emulator", emu.close)
+	var iam *iamServer
+	if sc.keyless {
+		if iam, err = startIAM(ctx, cl, sc, emu); err != nil {
+			return res, err
+		}
+		stack.push("IAM emulator", iam.close)
+	}
 	if err := seed(ctx, cl, sc); err != nil {
 		return res, err
 	}
@@ -119,12 +132,16 @@ func runScenario(ctx context.Context, o options, sc scenario) (res *result, err 
 	}
 	stack.push("selector watch", tr.stop)
 
-	op, err := startOperator(o, sc, cl)
+	var extraArgs []string
+	if iam != nil {
+		extraArgs = iam.operatorArgs()
+	}
+	op, err := startOperator(o, sc, cl, extraArgs...)
 	if err != nil {
 		return res, err
 	}
 	stack.push("operator", op.stop)
-	if err := measureOperator(ctx, o, sc, cl, emu, tr, op, res); err != nil {
+	if err := measureOperator(ctx, o, sc, cl, emu, iam, tr, op, res); err != nil {
 		return res, err
 	}
 	if err := stack.runOne("operator"); err != nil {
@@ -142,8 +159,8 @@ func runScenario(ctx context.Context, o options, sc scenario) (res *result, err 
 }
 
 // measureOperator applies the selectors, waits for them to become Ready, measures one
-// steady-state cycle and reads the operator's memory.
-func measureOperator(ctx context.Context, o options, sc scenario, cl *cluster, emu *emulator, tr *tracker, op *operatorProc, res *result) error {
+// steady-state cycle (or, for a keyless scenario, soaks) and reads the operator's memory.
+func measureOperator(ctx context.Context, o options, sc scenario, cl *cluster, emu *emulator, iam *iamServer, tr *tracker, op *operatorProc, res *result) error {
 	if err := op.waitReady(ctx, stepTimeout); err != nil {
 		return err
 	}
@@ -161,14 +178,19 @@ func measureOperator(ctx context.Context, o options, sc scenario, cl *cluster, e
 	defer sampler.stop()
 	prof := newProfiler(o, sc, cl, op)
 
-	if err := measureFirstSync(ctx, o, sc, cl, emu, tr, prof, res); err != nil {
+	if err := measureFirstSync(ctx, o, sc, cl, emu, iam, tr, prof, res); err != nil {
 		return err
 	}
 	if err := prof.steady(ctx); err != nil {
 		return err
 	}
 	var err error
-	if res.cycle, err = measureCycle(ctx, o, cl, emu, tr, op); err != nil {
+	if sc.keyless {
+		res.soak, err = soak(ctx, o, emu, iam, tr)
+	} else {
+		res.cycle, err = measureCycle(ctx, o, cl, emu, tr, op)
+	}
+	if err != nil {
 		return err
 	}
 	if err := prof.finish(ctx); err != nil {
@@ -185,7 +207,7 @@ func measureOperator(ctx context.Context, o options, sc scenario, cl *cluster, e
 }
 
 // measureFirstSync applies the selectors and waits until every one is Ready.
-func measureFirstSync(ctx context.Context, o options, sc scenario, cl *cluster, emu *emulator, tr *tracker, prof *profiler, res *result) error {
+func measureFirstSync(ctx context.Context, o options, sc scenario, cl *cluster, emu *emulator, iam *iamServer, tr *tracker, prof *profiler, res *result) error {
 	emu.ResetStats()
 	before, err := cl.apiWrites(ctx)
 	if err != nil {
@@ -194,7 +216,11 @@ func measureFirstSync(ctx context.Context, o options, sc scenario, cl *cluster, 
 	progress("applying %d selectors", sc.selectors)
 	applied := time.Now()
 	prof.firstSync(ctx)
-	if err := createSelectors(ctx, cl, sc, emu.URL, o.refresh); err != nil {
+	var auth []func(*kmsv1alpha1.KmsKeySelector)
+	if iam != nil {
+		auth = append(auth, iam.selectorAuth())
+	}
+	if err := createSelectors(ctx, cl, sc, emu.URL, o.refresh, auth...); err != nil {
 		return err
 	}
 	res.applyDuration = time.Since(applied)

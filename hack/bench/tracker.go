@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"math"
 	"sync"
 	"time"
 
@@ -37,6 +38,8 @@ type selectorState struct {
 	filter     string
 	firstReady time.Time
 	lastSync   time.Time
+	// synced says whether the Ready condition's reason was Synced in the last update seen.
+	synced bool
 	// refreshes are the times lastSync was seen to move after the selector became Ready.
 	refreshes []time.Time
 }
@@ -112,6 +115,8 @@ func (t *tracker) observe(obj any) {
 	}
 	moved := !lastSync.Equal(s.lastSync)
 	s.lastSync = lastSync
+	ready := meta.FindStatusCondition(sel.Status.Conditions, kmsv1alpha1.ConditionReady)
+	s.synced = ready != nil && ready.Reason == kmsv1alpha1.ReasonSynced
 	switch {
 	case s.firstReady.IsZero():
 		if sel.Status.ObservedGeneration == sel.Generation &&
@@ -167,6 +172,50 @@ func (t *tracker) cutoffs(of func(*selectorState) time.Time) map[string]time.Tim
 		delete(out, f)
 	}
 	return out
+}
+
+// notSynced counts the selectors whose Ready condition is not Synced, the ones not seen yet
+// included.
+func (t *tracker) notSynced() int {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	n := t.want - len(t.selectors)
+	for _, s := range t.selectors {
+		if !s.synced {
+			n++
+		}
+	}
+	return n
+}
+
+// waitSynced waits until every selector's Ready condition is Synced.
+func (t *tracker) waitSynced(ctx context.Context, timeout time.Duration) error {
+	return poll(ctx, timeout, "every selector Synced", func() (bool, string) {
+		n := t.notSynced()
+		return n == 0, fmt.Sprintf("%d of %d not Synced", n, t.want)
+	})
+}
+
+// refreshesBetween counts the refreshes seen from from until to: all of them, and the fewest
+// of one selector.
+func (t *tracker) refreshesBetween(from, to time.Time) (total, fewest int) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	fewest = math.MaxInt
+	for _, s := range t.selectors {
+		n := 0
+		for _, at := range s.refreshes {
+			if !at.Before(from) && !at.After(to) {
+				n++
+			}
+		}
+		total += n
+		fewest = min(fewest, n)
+	}
+	if len(t.selectors) < t.want {
+		fewest = 0
+	}
+	return total, fewest
 }
 
 // waitFor waits until every selector has a time by of, and returns the latest.

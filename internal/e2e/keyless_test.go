@@ -20,6 +20,7 @@ var _ = Describe("Workload identity over time", func() {
 	// One clock for the operator (schedule, listings, credentials' expiry), IAM and KMS: the spec
 	// steps it by one refresh interval at a time, so six minutes of refreshes take seconds. The
 	// API server's tokens keep the wall clock; they last ten minutes, longer than the run.
+	// `make bench` scenario k runs the same soak on the wall clock, with the operator binary.
 	It("keeps selectors refreshing every 10s Synced for 6 minutes on 2-minute credentials, with one exchange per credential", func() {
 		const (
 			selectors = 10
