@@ -109,6 +109,7 @@ func (w *statusWriter) write(ctx context.Context, sel *kmsv1alpha1.KmsKeySelecto
 	if err := w.r.patchStatus(ctx, sel, w.before); err != nil {
 		return err
 	}
+	metrics.StatusWrites.Inc()
 	w.r.memory.statusWritten(sel, w.over)
 	w.before = sel.Status.DeepCopy()
 	return nil
@@ -120,6 +121,7 @@ func (r *KmsKeySelectorReconciler) reconcileNormal(ctx context.Context, sel *kms
 		sel.Status.NextSyncTime = nil
 		sel.Status.LastHandledForceSync = sel.Annotations[kmsv1alpha1.ForceSyncAnnotation]
 		metrics.SelectorReady.WithLabelValues(sel.Namespace, sel.Name).Set(0)
+		metrics.SetSelectorReason(sel.Namespace, sel.Name, kmsv1alpha1.ReasonSuspended)
 		return ctrl.Result{}, nil
 	}
 	now := r.Options.Now()

@@ -64,9 +64,13 @@ func plural(n int, one, many string) string {
 	return fmt.Sprintf("%d %s", n, many)
 }
 
-func recordSynced(sel *kmsv1alpha1.KmsKeySelector) {
+// recordSynced records in the metrics a successful sync of keys listed at listed.
+func recordSynced(sel *kmsv1alpha1.KmsKeySelector, listed time.Time) {
 	metrics.Syncs.WithLabelValues(kmsv1alpha1.ReasonSynced).Inc()
 	metrics.SelectorReady.WithLabelValues(sel.Namespace, sel.Name).Set(1)
+	metrics.SetSelectorReason(sel.Namespace, sel.Name, kmsv1alpha1.ReasonSynced)
+	metrics.SelectorLastSync.WithLabelValues(sel.Namespace, sel.Name).Set(float64(listed.Unix()))
+	metrics.SelectorRefreshInterval.WithLabelValues(sel.Namespace, sel.Name).Set(refreshInterval(sel).Seconds())
 	c := sel.Status.StateCounts
 	for state, n := range map[kms.State]int32{
 		kms.StatePendingActivation: c.PendingActivation, kms.StateEnabled: c.Enabled, kms.StateDisabled: c.Disabled,
@@ -79,6 +83,8 @@ func recordSynced(sel *kmsv1alpha1.KmsKeySelector) {
 func recordFailed(sel *kmsv1alpha1.KmsKeySelector, reason string) {
 	metrics.Syncs.WithLabelValues(reason).Inc()
 	metrics.SelectorReady.WithLabelValues(sel.Namespace, sel.Name).Set(0)
+	metrics.SetSelectorReason(sel.Namespace, sel.Name, reason)
+	metrics.SelectorRefreshInterval.WithLabelValues(sel.Namespace, sel.Name).Set(refreshInterval(sel).Seconds())
 }
 
 func countState(c *kmsv1alpha1.StateCounts, s kms.State) {

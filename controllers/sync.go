@@ -43,7 +43,7 @@ func (r *KmsKeySelectorReconciler) sync(ctx context.Context, sel *kmsv1alpha1.Km
 	r.recordChanges(sel, previouslyListed(sel, previous), listedKeys(keys))
 	setSynced(sel, keys, len(rendered.Data)+len(rendered.BinaryData), now, next)
 	sel.Status.ContentDigest = rendered.Digest()
-	recordSynced(sel)
+	recordSynced(sel, now)
 	return nil
 }
 

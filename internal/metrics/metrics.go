@@ -54,6 +54,40 @@ var (
 		Name: "kms_key_sync_coalesced_requests_total",
 		Help: "Listings answered by an identical listing in flight or just finished, instead of calling KMS.",
 	})
+	// SelectorReason is 1 for the reason of a selector's Ready condition; a selector has one
+	// series, for its current reason.
+	SelectorReason = prometheus.NewGaugeVec(prometheus.GaugeOpts{
+		Name: "kms_key_sync_selector_reason",
+		Help: "1 for the reason of the selector's Ready condition (Synced or a failure's reason).",
+	}, []string{"namespace", "selector", "reason"})
+
+	// SelectorLastSync is when a selector's keys were last listed successfully, whether or not
+	// anything changed: the status is written only when something did, so this is where
+	// freshness shows.
+	SelectorLastSync = prometheus.NewGaugeVec(prometheus.GaugeOpts{
+		Name: "kms_key_sync_selector_last_sync_timestamp_seconds",
+		Help: "Unix time of the selector's last successful listing, changed or not.",
+	}, []string{"namespace", "selector"})
+
+	// SelectorRefreshInterval is a selector's spec.refreshInterval, for alerts on freshness.
+	SelectorRefreshInterval = prometheus.NewGaugeVec(prometheus.GaugeOpts{
+		Name: "kms_key_sync_selector_refresh_interval_seconds",
+		Help: "The selector's refresh interval.",
+	}, []string{"namespace", "selector"})
+
+	// StatusWrites counts writes of selectors' statuses.
+	StatusWrites = prometheus.NewCounter(prometheus.CounterOpts{
+		Name: "kms_key_sync_status_writes_total",
+		Help: "Writes of KmsKeySelector statuses (an unchanged refresh writes nothing).",
+	})
+
+	// ListingDuration observes how long a listing that called KMS took, all pages included.
+	ListingDuration = prometheus.NewHistogramVec(prometheus.HistogramOpts{
+		Name:    "kms_key_sync_listing_duration_seconds",
+		Help:    "Duration of listings that called KMS, all pages included, by outcome (success, failure).",
+		Buckets: prometheus.ExponentialBuckets(0.01, 2, 12),
+	}, []string{"outcome"})
+
 	CredentialRefreshes = prometheus.NewCounterVec(prometheus.CounterOpts{
 		Name: "kms_key_sync_credential_refreshes_total",
 		Help: "Refreshes of keyless credentials, by method (workload_identity, node_agency, pod_identity) and outcome (success, failure).",
@@ -62,16 +96,31 @@ var (
 
 func init() {
 	ctrlmetrics.Registry.MustRegister(KMSRequests, KMSRequestDuration, Syncs, Keys, SelectorReady,
-		ConfigMapWrites, CoalescedRequests, CredentialRefreshes)
+		ConfigMapWrites, CoalescedRequests, CredentialRefreshes, SelectorReason, SelectorLastSync,
+		SelectorRefreshInterval, StatusWrites, ListingDuration)
 }
 
 // ObserveCredentialRefresh records one refresh of keyless credentials.
 func ObserveCredentialRefresh(method string, err error) {
-	outcome := "success"
+	CredentialRefreshes.WithLabelValues(method, outcomeOf(err)).Inc()
+}
+
+// ObserveListing records one listing that called KMS.
+func ObserveListing(d time.Duration, err error) {
+	ListingDuration.WithLabelValues(outcomeOf(err)).Observe(d.Seconds())
+}
+
+// SetSelectorReason makes reason the one reason series of the selector.
+func SetSelectorReason(namespace, name, reason string) {
+	SelectorReason.DeletePartialMatch(prometheus.Labels{"namespace": namespace, "selector": name})
+	SelectorReason.WithLabelValues(namespace, name, reason).Set(1)
+}
+
+func outcomeOf(err error) string {
 	if err != nil {
-		outcome = "failure"
+		return "failure"
 	}
-	CredentialRefreshes.WithLabelValues(method, outcome).Inc()
+	return "success"
 }
 
 // KMSObserver records every KMS request in KMSRequests and KMSRequestDuration, then tells Next,
@@ -95,5 +144,8 @@ func (o KMSObserver) ObserveRequest(operation, outcome string, d time.Duration) 
 func ForgetSelector(namespace, name string) {
 	labels := prometheus.Labels{"namespace": namespace, "selector": name}
 	Keys.DeletePartialMatch(labels)
+	SelectorReason.DeletePartialMatch(labels)
 	SelectorReady.Delete(labels)
+	SelectorLastSync.Delete(labels)
+	SelectorRefreshInterval.Delete(labels)
 }

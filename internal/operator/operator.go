@@ -226,7 +226,7 @@ const metadataTimeout = 3 * time.Second
 
 // coalesced stands coalescing in front of direct, for the selectors' listings.
 func coalesced(o Options, direct *keysource.Direct) *keysource.Coalescing {
-	return &keysource.Coalescing{Next: direct, TTL: o.CoalesceWindow, OnCoalesced: metrics.CoalescedRequests.Inc, Now: o.Now}
+	return &keysource.Coalescing{Next: direct, TTL: o.CoalesceWindow, OnCoalesced: metrics.CoalescedRequests.Inc, OnListed: metrics.ObserveListing, Now: o.Now}
 }
 
 // cacheOptions limits the ConfigMap informer to the operator's own ConfigMaps, so memory does not
