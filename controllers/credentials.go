@@ -39,7 +39,7 @@ func credentialsOf(ctx context.Context, reader client.Reader, identities Identit
 		if ctx.Err() != nil {
 			return kms.Credentials{}, ctx.Err()
 		}
-		return kms.Credentials{}, failed(kmsv1alpha1.ReasonIdentityExchangeFailed, fmt.Errorf("%s: %w", p.authField, err))
+		return kms.Credentials{}, newFailure(kmsv1alpha1.ReasonIdentityExchangeFailed, fmt.Errorf("%s: %w", p.authPath, err))
 	}
 	return creds, nil
 }
@@ -54,17 +54,17 @@ func identitySource(p provider, allowInsecure bool) (identity.Source, error) {
 	if endpoint == "" {
 		var err error
 		if endpoint, err = identity.IAMEndpointForRegion(p.location.Region); err != nil {
-			return nil, failedf(kmsv1alpha1.ReasonInvalidSpec, "%s.iamEndpoint is not set and %s.region gives no IAM endpoint: %v", p.authField, p.fields, err)
+			return nil, newFailuref(kmsv1alpha1.ReasonInvalidSpec, "%s.iamEndpoint is not set and %s.region gives no IAM endpoint: %v", p.authPath, p.specPath, err)
 		}
 	}
-	endpoint, err := allowedEndpoint(endpoint, p.authField+".iamEndpoint", allowInsecure)
+	endpoint, err := allowedEndpoint(endpoint, p.authPath+".iamEndpoint", allowInsecure)
 	if err != nil {
 		return nil, err
 	}
 	if u, _ := url.Parse(endpoint); w.allowedHosts != nil && !identity.HostAllowed(w.allowedHosts, u) {
-		return nil, failedf(kmsv1alpha1.ReasonInvalidSpec,
+		return nil, newFailuref(kmsv1alpha1.ReasonInvalidSpec,
 			"%s.iamEndpoint %q is not an IAM host the operator sends service account tokens to (--allowed-iam-hosts: %s)",
-			p.authField, endpoint, strings.Join(w.allowedHosts, ","))
+			p.authPath, endpoint, strings.Join(w.allowedHosts, ","))
 	}
 	return identity.WorkloadIdentity{
 		Namespace:          w.serviceAccount.Namespace,
@@ -83,14 +83,14 @@ func readCredentials(ctx context.Context, reader client.Reader, p provider) (kms
 	quiet := logr.NewContext(ctx, logr.Discard())
 	if err := reader.Get(quiet, *p.secret, secret); err != nil {
 		if apierrors.IsNotFound(err) {
-			return kms.Credentials{}, failedf(kmsv1alpha1.ReasonCredentialsNotFound,
-				"secret %q named by %s does not exist in namespace %q", p.secret.Name, p.authField, p.secret.Namespace)
+			return kms.Credentials{}, newFailuref(kmsv1alpha1.ReasonCredentialsNotFound,
+				"secret %q named by %s does not exist in namespace %q", p.secret.Name, p.authPath, p.secret.Namespace)
 		}
 		return kms.Credentials{}, fmt.Errorf("getting secret %q: %w", p.secret.Name, err)
 	}
 	creds, err := credentialsFromSecret(secret)
 	if err != nil {
-		return kms.Credentials{}, failed(kmsv1alpha1.ReasonCredentialsInvalid, fmt.Errorf("secret %q: %w", p.secret.Name, err))
+		return kms.Credentials{}, newFailure(kmsv1alpha1.ReasonCredentialsInvalid, fmt.Errorf("secret %q: %w", p.secret.Name, err))
 	}
 	return creds, nil
 }

@@ -25,9 +25,9 @@ type failure struct {
 func (f *failure) Error() string { return f.err.Error() }
 func (f *failure) Unwrap() error { return f.err }
 
-func failed(reason string, err error) error { return &failure{reason: reason, err: err} }
+func newFailure(reason string, err error) error { return &failure{reason: reason, err: err} }
 
-func failedf(reason, format string, args ...any) error {
+func newFailuref(reason, format string, args ...any) error {
 	return &failure{reason: reason, err: fmt.Errorf(format, args...)}
 }
 
@@ -57,7 +57,7 @@ func kmsFailure(err error) error {
 	case errors.As(err, &invalid):
 		reason = kmsv1alpha1.ReasonInvalidSpec
 	}
-	return failed(reason, err)
+	return newFailure(reason, err)
 }
 
 // renderFailure classifies an error of rendering the content. An expression that fails on a
@@ -72,13 +72,13 @@ func renderFailure(err error, next time.Time) error {
 	)
 	switch {
 	case errors.As(err, &spec):
-		return failed(kmsv1alpha1.ReasonInvalidSpec, err)
+		return newFailure(kmsv1alpha1.ReasonInvalidSpec, err)
 	case errors.As(err, &expression):
 		return &failure{reason: kmsv1alpha1.ReasonExpressionFailed, err: err, retryAt: next}
 	case errors.As(err, &tooLarge):
-		return failed(kmsv1alpha1.ReasonTargetTooLarge, err)
+		return newFailure(kmsv1alpha1.ReasonTargetTooLarge, err)
 	case errors.As(err, &keyID):
-		return failed(kmsv1alpha1.ReasonKMSRequestFailed, err)
+		return newFailure(kmsv1alpha1.ReasonKMSRequestFailed, err)
 	}
 	return err
 }

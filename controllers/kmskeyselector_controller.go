@@ -129,11 +129,11 @@ func (r *KmsKeySelectorReconciler) reconcileNormal(ctx context.Context, sel *kms
 	// namespace may no longer use it.
 	p, err := r.resolveProvider(ctx, sel)
 	if err != nil {
-		return r.result(ctx, sel, now, "", err)
+		return r.recordOutcome(ctx, sel, now, "", err)
 	}
 	target, err := r.currentTarget(ctx, sel)
 	if err != nil {
-		return r.result(ctx, sel, now, p.digest(), err)
+		return r.recordOutcome(ctx, sel, now, p.digest(), err)
 	}
 	state, err := r.inspectTarget(ctx, sel, target)
 	if err != nil {
@@ -158,13 +158,14 @@ func (r *KmsKeySelectorReconciler) reconcileNormal(ctx context.Context, sel *kms
 			log.FromContext(ctx).V(1).Info("Cannot record that the request is being answered", "error", err.Error())
 		}
 	}
-	return r.result(ctx, sel, now, p.digest(), r.sync(ctx, sel, p, target, now))
+	return r.recordOutcome(ctx, sel, now, p.digest(), r.sync(ctx, sel, p, target, now))
 }
 
-// result turns the outcome of an attempt through the provider of providerDigest into the status
-// and the next reconcile: a success waits for the next refresh, a failure the status reports is
-// retried with backoff, and any other error goes back to the workqueue with the status unchanged.
-func (r *KmsKeySelectorReconciler) result(ctx context.Context, sel *kmsv1alpha1.KmsKeySelector, now time.Time, providerDigest string, err error) (ctrl.Result, error) {
+// recordOutcome turns the outcome of an attempt through the provider of providerDigest into the
+// status and the next reconcile: a success waits for the next refresh, a failure the status
+// reports is retried with backoff, and any other error goes back to the workqueue with the status
+// unchanged.
+func (r *KmsKeySelectorReconciler) recordOutcome(ctx context.Context, sel *kmsv1alpha1.KmsKeySelector, now time.Time, providerDigest string, err error) (ctrl.Result, error) {
 	switch {
 	case err == nil:
 		sel.Status.ProviderDigest = providerDigest

@@ -21,15 +21,15 @@ import (
 )
 
 // provider is what a selector lists with: a KMS location, and how to authenticate to it. Its
-// fields name, for messages, where each setting comes from.
+// paths name, for messages, where in which object each setting comes from.
 type provider struct {
 	location kmsv1alpha1.KMSLocation
-	// fields is the path of the settings: "spec.provider" for an inline provider, or
+	// specPath is the path of the settings: "spec.provider" for an inline provider, or
 	// `ClusterKmsProvider "shared" spec`.
-	fields string
-	// authField is the path of the authentication method in use, such as
+	specPath string
+	// authPath is the path of the authentication method in use, such as
 	// "spec.provider.credentialsSecretRef".
-	authField string
+	authPath string
 	// Exactly one method is set: a Secret, a workload identity, or the node's or the operator's
 	// own identity (keyless).
 	secret   *types.NamespacedName
@@ -51,7 +51,7 @@ func (p provider) digest() string {
 	if p.secret != nil {
 		secret = p.secret.String()
 	}
-	canonical, _ := json.Marshal([]any{p.location, p.authField, secret, workload, source})
+	canonical, _ := json.Marshal([]any{p.location, p.authPath, secret, workload, source})
 	sum := sha256.Sum256(canonical)
 	return hex.EncodeToString(sum[:8])
 }
@@ -71,23 +71,23 @@ type workloadIdentity struct {
 // namespace may use it.
 func (r *KmsKeySelectorReconciler) resolveProvider(ctx context.Context, sel *kmsv1alpha1.KmsKeySelector) (provider, error) {
 	if p := sel.Spec.Provider; p != nil {
-		out := provider{location: p.KMSLocation, fields: "spec.provider"}
+		out := provider{location: p.KMSLocation, specPath: "spec.provider"}
 		switch {
 		case p.WorkloadIdentity != nil:
-			out.authField = "spec.provider.workloadIdentity"
+			out.authPath = "spec.provider.workloadIdentity"
 			out.workload = workloadOf(*p.WorkloadIdentity, sel.Namespace)
 			out.workload.allowedHosts = r.Options.AllowedIAMHosts
 		case p.CredentialsSecretRef != nil:
-			out.authField = "spec.provider.credentialsSecretRef"
+			out.authPath = "spec.provider.credentialsSecretRef"
 			out.secret = &types.NamespacedName{Namespace: sel.Namespace, Name: p.CredentialsSecretRef.Name}
 		default:
-			return provider{}, failedf(kmsv1alpha1.ReasonInvalidSpec, "set one of spec.provider.workloadIdentity and spec.provider.credentialsSecretRef")
+			return provider{}, newFailuref(kmsv1alpha1.ReasonInvalidSpec, "set one of spec.provider.workloadIdentity and spec.provider.credentialsSecretRef")
 		}
 		return out, nil
 	}
 	ref := sel.Spec.ProviderRef
 	if ref == nil {
-		return provider{}, failedf(kmsv1alpha1.ReasonInvalidSpec, "set one of spec.provider and spec.providerRef")
+		return provider{}, newFailuref(kmsv1alpha1.ReasonInvalidSpec, "set one of spec.provider and spec.providerRef")
 	}
 	var p kmsv1alpha1.GenericProvider
 	key := types.NamespacedName{Name: ref.Name}
@@ -97,7 +97,7 @@ func (r *KmsKeySelectorReconciler) resolveProvider(ctx context.Context, sel *kms
 	case kmsv1alpha1.KindClusterKmsProvider:
 		p = &kmsv1alpha1.ClusterKmsProvider{}
 	default:
-		return provider{}, failedf(kmsv1alpha1.ReasonInvalidSpec, "spec.providerRef.kind %q is neither %s nor %s", ref.Kind, kmsv1alpha1.KindKmsProvider, kmsv1alpha1.KindClusterKmsProvider)
+		return provider{}, newFailuref(kmsv1alpha1.ReasonInvalidSpec, "spec.providerRef.kind %q is neither %s nor %s", ref.Kind, kmsv1alpha1.KindKmsProvider, kmsv1alpha1.KindClusterKmsProvider)
 	}
 	if err := r.Get(ctx, key, p); err != nil {
 		if apierrors.IsNotFound(err) {
@@ -105,7 +105,7 @@ func (r *KmsKeySelectorReconciler) resolveProvider(ctx context.Context, sel *kms
 			if key.Namespace != "" {
 				where = fmt.Sprintf(" in namespace %q", key.Namespace)
 			}
-			return provider{}, failedf(kmsv1alpha1.ReasonProviderNotFound, "%s %q named by spec.providerRef does not exist%s", ref.Kind, ref.Name, where)
+			return provider{}, newFailuref(kmsv1alpha1.ReasonProviderNotFound, "%s %q named by spec.providerRef does not exist%s", ref.Kind, ref.Name, where)
 		}
 		return provider{}, fmt.Errorf("getting provider: %w", err)
 	}
@@ -131,7 +131,7 @@ func workloadOf(w kmsv1alpha1.WorkloadIdentity, namespace string) *workloadIdent
 // user writes, sends service account tokens to the allowed IAM hosts only.
 func resolve(p kmsv1alpha1.GenericProvider, o Options) (provider, error) {
 	clusterResourceNamespace := o.ClusterResourceNamespace
-	out := provider{location: p.Location(), fields: fmt.Sprintf("%s %q spec", p.ProviderKind(), p.GetName())}
+	out := provider{location: p.Location(), specPath: fmt.Sprintf("%s %q spec", p.ProviderKind(), p.GetName())}
 	auth := p.Auth()
 	// namespace defaults the namespace set at field to the cluster resource namespace.
 	namespace := func(field, ns string) (string, error) {
@@ -141,14 +141,14 @@ func resolve(p kmsv1alpha1.GenericProvider, o Options) (provider, error) {
 		case clusterResourceNamespace != "":
 			return clusterResourceNamespace, nil
 		}
-		return "", failedf(kmsv1alpha1.ReasonInvalidSpec,
+		return "", newFailuref(kmsv1alpha1.ReasonInvalidSpec,
 			"%s.namespace is not set and the operator runs without --cluster-resource-namespace", field)
 	}
 	switch {
 	case auth.WorkloadIdentity != nil:
 		w := auth.WorkloadIdentity
-		out.authField = out.fields + ".auth.workloadIdentity"
-		ns, err := namespace(out.authField+".serviceAccountRef", w.ServiceAccountRef.Namespace)
+		out.authPath = out.specPath + ".auth.workloadIdentity"
+		ns, err := namespace(out.authPath+".serviceAccountRef", w.ServiceAccountRef.Namespace)
 		if err != nil {
 			return provider{}, err
 		}
@@ -159,20 +159,20 @@ func resolve(p kmsv1alpha1.GenericProvider, o Options) (provider, error) {
 			out.workload.allowedHosts = o.AllowedIAMHosts
 		}
 	case auth.NodeAgency != nil:
-		out.authField = out.fields + ".auth.nodeAgency"
+		out.authPath = out.specPath + ".auth.nodeAgency"
 		out.keyless = identity.NodeAgency{}
 	case auth.PodIdentity != nil:
-		out.authField = out.fields + ".auth.podIdentity"
+		out.authPath = out.specPath + ".auth.podIdentity"
 		out.keyless = identity.PodIdentity{}
 	case auth.SecretRef != nil:
-		out.authField = out.fields + ".auth.secretRef"
-		ns, err := namespace(out.authField, auth.SecretRef.Namespace)
+		out.authPath = out.specPath + ".auth.secretRef"
+		ns, err := namespace(out.authPath, auth.SecretRef.Namespace)
 		if err != nil {
 			return provider{}, err
 		}
 		out.secret = &types.NamespacedName{Namespace: ns, Name: auth.SecretRef.Name}
 	default:
-		return provider{}, failedf(kmsv1alpha1.ReasonInvalidSpec, "%s.auth sets no authentication method", out.fields)
+		return provider{}, newFailuref(kmsv1alpha1.ReasonInvalidSpec, "%s.auth sets no authentication method", out.specPath)
 	}
 	return out, nil
 }
@@ -185,12 +185,12 @@ func namespaceMayUse(ctx context.Context, c client.Reader, p kmsv1alpha1.Generic
 	ns.SetGroupVersionKind(corev1.SchemeGroupVersion.WithKind("Namespace"))
 	if err := c.Get(ctx, types.NamespacedName{Name: namespace}, ns); err != nil {
 		if apierrors.IsNotFound(err) {
-			return failedf(kmsv1alpha1.ReasonProviderNotAllowed, "namespace %q does not exist", namespace)
+			return newFailuref(kmsv1alpha1.ReasonProviderNotAllowed, "namespace %q does not exist", namespace)
 		}
 		return fmt.Errorf("getting namespace %q: %w", namespace, err)
 	}
 	if err := p.Allows(ns.Name, ns.Labels); err != nil {
-		return failed(kmsv1alpha1.ReasonProviderNotAllowed, err)
+		return newFailure(kmsv1alpha1.ReasonProviderNotAllowed, err)
 	}
 	return nil
 }

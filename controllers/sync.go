@@ -52,11 +52,11 @@ func (r *KmsKeySelectorReconciler) listRequest(ctx context.Context, sel *kmsv1al
 	filter := filterFromSpec(sel.Spec)
 	if len(filter.Tags) == 0 && len(filter.Matches) == 0 && !sel.Spec.AllKeys {
 		// The schema refuses this; a selector stored before it did must not list every key.
-		return keysource.Request{}, failedf(kmsv1alpha1.ReasonInvalidSpec,
+		return keysource.Request{}, newFailuref(kmsv1alpha1.ReasonInvalidSpec,
 			"spec sets no tags and no matches; choose keys with spec.tags or spec.matches, or set spec.allKeys: true to list every key of the project")
 	}
 	if err := filter.Validate(); err != nil {
-		return keysource.Request{}, failed(kmsv1alpha1.ReasonInvalidSpec, fmt.Errorf("spec: %w", err))
+		return keysource.Request{}, newFailure(kmsv1alpha1.ReasonInvalidSpec, fmt.Errorf("spec: %w", err))
 	}
 	endpoint, err := r.endpoint(p)
 	if err != nil {
@@ -92,10 +92,10 @@ func endpointOf(p provider, allowInsecure bool) (string, error) {
 	if raw == "" {
 		var err error
 		if raw, err = kms.EndpointForRegion(p.location.Region); err != nil {
-			return "", failedf(kmsv1alpha1.ReasonInvalidSpec, "%s.region: %v", p.fields, err)
+			return "", newFailuref(kmsv1alpha1.ReasonInvalidSpec, "%s.region: %v", p.specPath, err)
 		}
 	}
-	return allowedEndpoint(raw, p.fields+".endpoint", allowInsecure)
+	return allowedEndpoint(raw, p.specPath+".endpoint", allowInsecure)
 }
 
 // allowedEndpoint checks the URL, named by field, of a service the operator sends credentials
@@ -103,10 +103,10 @@ func endpointOf(p provider, allowInsecure bool) (string, error) {
 func allowedEndpoint(raw, field string, allowInsecure bool) (string, error) {
 	u, err := url.Parse(raw)
 	if err != nil || (u.Scheme != "https" && u.Scheme != "http") || u.Host == "" {
-		return "", failedf(kmsv1alpha1.ReasonInvalidSpec, "%s %q is not an absolute http or https URL", field, raw)
+		return "", newFailuref(kmsv1alpha1.ReasonInvalidSpec, "%s %q is not an absolute http or https URL", field, raw)
 	}
 	if u.Scheme == "http" && !allowInsecure {
-		return "", failedf(kmsv1alpha1.ReasonInsecureEndpoint,
+		return "", newFailuref(kmsv1alpha1.ReasonInsecureEndpoint,
 			"%s %q is plain http and would send credentials in clear text; use https, or run the operator with --allow-insecure-endpoints", field, u.String())
 	}
 	return u.String(), nil

@@ -40,7 +40,7 @@ func (r *KmsKeySelectorReconciler) currentTarget(ctx context.Context, sel *kmsv1
 	case err != nil:
 		return nil, fmt.Errorf("getting ConfigMap %q: %w", key.Name, err)
 	case cm.Labels[kmsv1alpha1.SelectorLabel] != sel.Name || cm.Labels[kmsv1alpha1.ManagedByLabel] != kmsv1alpha1.ManagedByValue:
-		return nil, failedf(kmsv1alpha1.ReasonTargetConflict,
+		return nil, newFailuref(kmsv1alpha1.ReasonTargetConflict,
 			"ConfigMap %q exists and is not managed by this selector; delete or rename it, or set spec.target.configMapName", key.Name)
 	}
 	return cm, nil
@@ -155,7 +155,7 @@ func (r *KmsKeySelectorReconciler) writeTarget(ctx context.Context, sel *kmsv1al
 	desired := desiredConfigMap(sel, c, digest)
 	if err := r.Apply(ctx, desired, client.FieldOwner(FieldOwner), client.ForceOwnership); err != nil {
 		if tooLarge(err) {
-			return nil, failedf(kmsv1alpha1.ReasonTargetTooLarge, "the API server refused ConfigMap %q as too large (%d bytes of data): %w; narrow spec.tags or spec.matches", *desired.Name, c.Size(), err)
+			return nil, newFailuref(kmsv1alpha1.ReasonTargetTooLarge, "the API server refused ConfigMap %q as too large (%d bytes of data): %w; narrow spec.tags or spec.matches", *desired.Name, c.Size(), err)
 		}
 		return nil, fmt.Errorf("applying ConfigMap %q: %w", *desired.Name, err)
 	}
