@@ -125,7 +125,7 @@ func TestWorkloadIdentityIAMEndpoint(t *testing.T) {
 	at := func(region, endpoint, iam string) provider {
 		return provider{
 			location: kmsv1alpha1.KMSLocation{Region: region, Endpoint: endpoint, ProjectID: "p1"},
-			specPath:   "spec.provider", authPath: "spec.provider.workloadIdentity",
+			specPath: "spec.provider", authPath: "spec.provider.workloadIdentity",
 			workload: &workloadIdentity{iamEndpoint: iam},
 		}
 	}
