@@ -103,7 +103,8 @@ var _ = Describe("Durable reconcile state", func() {
 		Eventually(f.Handled(sel)).Should(Succeed())
 		st := f.Get(sel)(Default).Status
 		Expect(f.ReadyReason(sel)(Default)).To(Equal(kmsv1alpha1.ReasonSynced))
-		Expect(st.NextSyncTime.Time).To(BeTemporally(">", time.Now().Add(20*time.Minute)), "the next refresh keeps the interval")
+		Expect(st.NextSyncTime).To(BeNil(), "a Synced selector follows its slot, with no retry scheduled")
+		Expect(st.ConsecutiveFailures).To(BeZero())
 	})
 
 	It("answers a force-sync whose write failed once, rather than dropping it", func() {

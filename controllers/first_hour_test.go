@@ -20,10 +20,12 @@ import (
 
 // What a new user sees of a selector: its columns, its events and its status message.
 var _ = Describe("What kubectl shows of a selector", func() {
-	It("shows NEXT SYNC as a time, not <invalid>", func() {
+	It("shows RETRY AT as a time, not <invalid>", func() {
 		f := newFixture(kmstest.WithKeys(keyA))
-		sel := f.Create(f.Selector("columns", testkit.WithRefreshInterval(time.Hour)))
-		Eventually(f.ReadyReason(sel)).Should(Equal(kmsv1alpha1.ReasonSynced))
+		// An expression that fails waits for the next refresh: the status holds its time.
+		sel := f.Create(f.Selector("columns", testkit.WithRefreshInterval(time.Hour), withData(kmsv1alpha1.MergePolicyReplace,
+			map[string]string{"DB_KEY_ID": `keys.byAlias("missing").id`})))
+		Eventually(f.ReadyReason(sel)).Should(Equal(kmsv1alpha1.ReasonExpressionFailed))
 		next := f.Get(sel)(Default).Status.NextSyncTime
 		Expect(next).NotTo(BeNil())
 
@@ -32,13 +34,13 @@ var _ = Describe("What kubectl shows of a selector", func() {
 		table := selectorTable(sel)
 		col := -1
 		for i, c := range table.ColumnDefinitions {
-			if c.Name == "Next Sync" {
+			if c.Name == "Retry At" {
 				col = i
 				Expect(c.Type).To(Equal("string"))
 				Expect(c.Priority).To(Equal(int32(1)), "a -o wide column")
 			}
 		}
-		Expect(col).NotTo(Equal(-1), "a Next Sync column")
+		Expect(col).NotTo(Equal(-1), "a Retry At column")
 		Expect(table.Rows).To(HaveLen(1))
 		cell, ok := table.Rows[0].Cells[col].(string)
 		Expect(ok).To(BeTrue(), "the cell %v is a string", table.Rows[0].Cells[col])

@@ -48,7 +48,9 @@ type KmsKeySelectorReconciler struct {
 	Keys      KeyLister
 	// Identities hands out the credentials of keyless providers.
 	Identities Identities
-	Options    Options
+	// Refreshes schedules the refreshes of synced selectors; nil means one without a checkpoint.
+	Refreshes *Refreshes
+	Options   Options
 
 	memory memory
 }
@@ -135,18 +137,22 @@ func (r *KmsKeySelectorReconciler) reconcileNormal(ctx context.Context, sel *kms
 	if err != nil {
 		return r.recordOutcome(ctx, sel, now, p.digest(), err)
 	}
-	state, err := r.inspectTarget(ctx, sel, target)
+	s, err := r.situation(ctx, sel, p, target, now)
 	if err != nil {
 		return ctrl.Result{}, err
 	}
-	d := decide(situation{sel: sel, providerDigest: p.digest(), target: state, now: now})
+	d := decide(s)
 	log.FromContext(ctx).V(1).Info("Decided", "action", d.action, "reason", d.reason)
+	if d.action != actionList && slotScheduled(sel) {
+		// Planned here too after a restart, so that the checkpoint can move past the selector.
+		r.Refreshes.Planned(sel, now.Add(d.wait))
+	}
 	switch d.action {
 	case actionWait:
 		return ctrl.Result{RequeueAfter: d.wait}, nil
 	case actionRepair:
 		log.FromContext(ctx).Info("Repairing the ConfigMap", "configMap", targetName(sel))
-		if _, err := r.writeTarget(ctx, sel, target, *state.repairFrom); err != nil {
+		if _, err := r.writeTarget(ctx, sel, target, *s.target.repairFrom); err != nil {
 			return ctrl.Result{}, err
 		}
 		return ctrl.Result{RequeueAfter: d.wait}, nil
@@ -158,7 +164,26 @@ func (r *KmsKeySelectorReconciler) reconcileNormal(ctx context.Context, sel *kms
 			log.FromContext(ctx).V(1).Info("Cannot record that the request is being answered", "error", err.Error())
 		}
 	}
-	return r.recordOutcome(ctx, sel, now, p.digest(), r.sync(ctx, sel, p, target, now))
+	return r.recordOutcome(ctx, sel, now, p.digest(), r.sync(ctx, s, p, target))
+}
+
+// situation gathers what decide needs: what the ConfigMap holds, the selector's slot, its
+// planned refresh and the checkpoint.
+func (r *KmsKeySelectorReconciler) situation(ctx context.Context, sel *kmsv1alpha1.KmsKeySelector, p provider, target *metav1.PartialObjectMetadata, now time.Time) (situation, error) {
+	state, err := r.inspectTarget(ctx, sel, target)
+	if err != nil {
+		return situation{}, err
+	}
+	through, err := r.Refreshes.ListedThrough(ctx)
+	if err != nil {
+		return situation{}, err
+	}
+	s := situation{sel: sel, providerDigest: p.digest(), target: state, due: r.Refreshes.Due(sel), listedThrough: through, now: now}
+	// A spec the listing refuses has no slot; the listing reports why.
+	if q, err := r.question(sel, p); err == nil {
+		s.phase = q.Phase()
+	}
+	return s, nil
 }
 
 // recordOutcome turns the outcome of an attempt through the provider of providerDigest into the
@@ -169,7 +194,7 @@ func (r *KmsKeySelectorReconciler) recordOutcome(ctx context.Context, sel *kmsv1
 	switch {
 	case err == nil:
 		sel.Status.ProviderDigest = providerDigest
-		return ctrl.Result{RequeueAfter: sel.Status.NextSyncTime.Sub(now)}, nil
+		return ctrl.Result{RequeueAfter: r.Refreshes.Due(sel).Sub(now)}, nil
 	case errors.Is(err, errSelectorGone), ctx.Err() != nil:
 		// Deleted meanwhile, or the operator is stopping: the next operator syncs again.
 		return ctrl.Result{}, nil
@@ -179,6 +204,8 @@ func (r *KmsKeySelectorReconciler) recordOutcome(ctx context.Context, sel *kmsv1
 		return ctrl.Result{}, err
 	}
 	log.FromContext(ctx).Info("Sync failed", "reason", f.reason, "error", err.Error())
+	// The status schedules what comes next.
+	r.Refreshes.Planned(sel, time.Time{})
 	sel.Status.ProviderDigest = providerDigest
 	setReady(sel, metav1.ConditionFalse, f.reason, err.Error())
 	sel.Status.LastHandledForceSync = sel.Annotations[kmsv1alpha1.ForceSyncAnnotation]
@@ -202,6 +229,7 @@ func (r *KmsKeySelectorReconciler) recordOutcome(ctx context.Context, sel *kmsv1
 
 func (r *KmsKeySelectorReconciler) forget(key types.NamespacedName) {
 	r.memory.forget(key)
+	r.Refreshes.Forget(key)
 	metrics.ForgetSelector(key.Namespace, key.Name)
 }
 
@@ -221,6 +249,9 @@ func (r *KmsKeySelectorReconciler) patchStatus(ctx context.Context, sel *kmsv1al
 func (r *KmsKeySelectorReconciler) SetupWithManager(mgr ctrl.Manager) error {
 	r.Options = r.Options.withDefaults()
 	r.Recorder = boundRecorder(r.Recorder)
+	if r.Refreshes == nil {
+		r.Refreshes = &Refreshes{}
+	}
 	return ctrl.NewControllerManagedBy(mgr).
 		For(&kmsv1alpha1.KmsKeySelector{}, builder.WithPredicates(predicate.Or(
 			predicate.GenerationChangedPredicate{},

@@ -45,7 +45,10 @@ type ProviderReconciler struct {
 	Keys      KeyCounter
 	// Identities hands out the credentials of keyless providers.
 	Identities Identities
-	Options    Options
+	// Refreshes tells which selectors listed recently, so that their success validates the
+	// provider; nil means none is known beyond the selectors' statuses.
+	Refreshes *Refreshes
+	Options   Options
 }
 
 // +kubebuilder:rbac:groups=kms.keysync.dev,resources=kmsproviders;clusterkmsproviders,verbs=get;list;watch
@@ -55,6 +58,9 @@ type ProviderReconciler struct {
 // watched, so that the count of selectors stays true. SetupIndexes must have run.
 func (r *ProviderReconciler) SetupWithManager(mgr ctrl.Manager) error {
 	r.Options = r.Options.withDefaults()
+	if r.Refreshes == nil {
+		r.Refreshes = &Refreshes{}
+	}
 	r.Recorder = boundRecorder(r.Recorder)
 	selectorChanged := builder.WithPredicates(predicate.GenerationChangedPredicate{})
 	err := ctrl.NewControllerManagedBy(mgr).
@@ -174,7 +180,7 @@ func (r *ProviderReconciler) reconcile(ctx context.Context, p kmsv1alpha1.Generi
 		if last := status.LastValidationTime; last != nil && now.Before(last.Add(interval)) {
 			return ctrl.Result{RequeueAfter: last.Add(interval).Sub(now)}, nil
 		}
-		if at, n := recentSuccesses(users, now.Add(-interval)); n > 0 {
+		if at, n := recentSuccesses(users, now.Add(-interval), r.Refreshes.LastListed); n > 0 {
 			// The selectors' own listings show that KMS accepts the credentials: no call.
 			r.validated(p, at, fmt.Sprintf("KMS accepted its credentials for %d selector(s) within %s", n, interval))
 			return ctrl.Result{RequeueAfter: interval}, nil
@@ -293,16 +299,25 @@ func validationInterval(users []kmsv1alpha1.KmsKeySelector) time.Duration {
 	return interval
 }
 
-// recentSuccesses counts the selectors that synced since, and gives the latest of their syncs.
-func recentSuccesses(users []kmsv1alpha1.KmsKeySelector, since time.Time) (latest time.Time, n int) {
-	for _, s := range users {
-		last := s.Status.LastSyncTime
-		if last == nil || last.Time.Before(since) || !meta.IsStatusConditionTrue(s.Status.Conditions, kmsv1alpha1.ConditionReady) {
+// recentSuccesses counts the selectors that synced since, and gives the latest of their syncs:
+// the later of the last change their status records and the last listing lastListed knows of,
+// as an unchanged listing is not written.
+func recentSuccesses(users []kmsv1alpha1.KmsKeySelector, since time.Time, lastListed func(*kmsv1alpha1.KmsKeySelector) time.Time) (latest time.Time, n int) {
+	for i := range users {
+		s := &users[i]
+		if s.Status.LastSyncTime == nil || !meta.IsStatusConditionTrue(s.Status.Conditions, kmsv1alpha1.ConditionReady) {
+			continue
+		}
+		last := s.Status.LastSyncTime.Time
+		if listed := lastListed(s); listed.After(last) {
+			last = listed
+		}
+		if last.Before(since) {
 			continue
 		}
 		n++
 		if last.After(latest) {
-			latest = last.Time
+			latest = last
 		}
 	}
 	return latest, n

@@ -64,22 +64,11 @@ var _ = Describe("Coalescing", func() {
 		for _, sel := range sels {
 			deleteSelectorAtCleanup(sel)
 		}
-		// sharedSlot asserts that the selectors' next refreshes share one slot, so one listing can
-		// serve them.
-		sharedSlot := func() {
-			GinkgoHelper()
-			var next []time.Time
-			for _, sel := range sels {
-				next = append(next, f.Get(sel)(Default).Status.NextSyncTime.Time)
-			}
-			Expect(next).To(HaveEach(BeTemporally("==", next[0])), "the selectors' refreshes are not in one slot")
-		}
 		for _, sel := range sels {
 			Eventually(f.ReadyReason(sel)).Should(Equal(kmsv1alpha1.ReasonSynced))
 			Expect(f.States(sel.Name)(Default)).To(Equal(testkit.StatesOf(keyA, keyB, keyC)))
 		}
 		Expect(f.FilterCalls()).To(Equal(int64(1)))
-		sharedSlot()
 
 		By("the next refresh")
 		refreshListing(f, sels...)
@@ -87,7 +76,6 @@ var _ = Describe("Coalescing", func() {
 			Expect(f.ReadyReason(sel)(Default)).To(Equal(kmsv1alpha1.ReasonSynced))
 		}
 		Expect(f.FilterCalls()).To(Equal(int64(2)))
-		sharedSlot()
 		// Other specs' selectors may be coalesced meanwhile too: this fixture's are at least two on
 		// the first sync and two on the refresh.
 		Expect(scrape(Default).Sum("kms_key_sync_coalesced_requests_total", nil) - coalescedBefore).To(BeNumerically(">=", 4))

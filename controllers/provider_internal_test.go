@@ -84,12 +84,18 @@ func TestProviderValidationFollowsItsSelectors(t *testing.T) {
 	if got := validationInterval(nil); got != DefaultRefreshInterval {
 		t.Errorf("validationInterval without selectors = %v, want the default", got)
 	}
-	at, n := recentSuccesses(users, now.Add(-10*time.Minute))
+	notListed := func(*kmsv1alpha1.KmsKeySelector) time.Time { return time.Time{} }
+	at, n := recentSuccesses(users, now.Add(-10*time.Minute), notListed)
 	if n != 1 || !at.Equal(now.Add(-time.Minute)) {
 		t.Errorf("recentSuccesses = %v, %d; want the one Ready selector", at, n)
 	}
-	if _, n := recentSuccesses(users, now.Add(-30*time.Second)); n != 0 {
+	if _, n := recentSuccesses(users, now.Add(-30*time.Second), notListed); n != 0 {
 		t.Errorf("a success older than the interval counted")
+	}
+	// An unchanged listing leaves the status as it was: the listing this process made counts.
+	listedJustNow := func(*kmsv1alpha1.KmsKeySelector) time.Time { return now.Add(-time.Second) }
+	if at, n := recentSuccesses(users, now.Add(-30*time.Second), listedJustNow); n != 1 || !at.Equal(now.Add(-time.Second)) {
+		t.Errorf("recentSuccesses with an unchanged listing a second ago = %v, %d; want it", at, n)
 	}
 }
 

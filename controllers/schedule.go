@@ -11,8 +11,9 @@ import (
 	"github.com/kms-key-sync/kms-key-sync/internal/render"
 )
 
-// The schedule is read from the selector alone, as the API server stores it, so that a restarted
-// operator or a new leader keeps every selector's schedule and lists nothing early.
+// The schedule is read from what the API server stores (the selector's status and the refresh
+// checkpoint, see refreshes.go), so that a restarted operator or a new leader keeps every
+// selector's schedule and lists nothing early.
 
 // Whether a reconcile calls KMS is decided here alone, by a chain of policies read in order: the
 // first that decides wins. Each decision carries its reason, which the reconciler logs at V(1).
@@ -39,12 +40,19 @@ type decision struct {
 }
 
 // situation is everything a decision is taken from: the selector as the API server stores it,
-// the digest of the provider it resolved to, what its ConfigMap holds, and the time.
+// the digest of the provider it resolved to, what its ConfigMap holds, its refreshes, and the
+// time.
 type situation struct {
 	sel            *kmsv1alpha1.KmsKeySelector
 	providerDigest string
 	target         targetState
-	now            time.Time
+	// phase places the selector's refreshes within the interval (see nextSlot).
+	phase uint64
+	// due is the next refresh this process planned, zero if it planned none.
+	due time.Time
+	// listedThrough is the checkpoint: every refresh due before it was made.
+	listedThrough time.Time
+	now           time.Time
 }
 
 // targetState is what the reconciler found of the ConfigMap.
@@ -77,7 +85,7 @@ func decide(s situation) decision {
 			return d
 		}
 	}
-	next, _ := nextListingTime(s.sel)
+	next, _ := nextListingTime(s)
 	return decision{action: actionWait, reason: "next listing at " + next.UTC().Format(time.RFC3339), wait: next.Sub(s.now)}
 }
 
@@ -131,7 +139,7 @@ func failedForGood(s situation) (decision, bool) {
 
 // listingDue lists when the next refresh, or the next retry after a failure, has come.
 func listingDue(s situation) (decision, bool) {
-	next, scheduled := nextListingTime(s.sel)
+	next, scheduled := nextListingTime(s)
 	switch {
 	case !scheduled:
 		return decision{action: actionList, reason: "no listing scheduled"}, true
@@ -152,22 +160,49 @@ func configMapDamaged(s situation) (decision, bool) {
 	case s.target.repairFrom == nil:
 		return decision{action: actionList, reason: "ConfigMap damaged, nothing to repair it from"}, true
 	}
-	next, _ := nextListingTime(s.sel)
+	next, _ := nextListingTime(s)
 	return decision{action: actionRepair, reason: "ConfigMap damaged", wait: next.Sub(s.now)}, true
 }
 
-// nextListingTime is when the status schedules the next listing, if it does.
-func nextListingTime(sel *kmsv1alpha1.KmsKeySelector) (time.Time, bool) {
-	st := sel.Status
-	ready := readyCondition(sel)
+// nextListingTime is when the next listing is due, if one is: the time the status holds (a
+// retry after a failure, or a refresh a test or an earlier version set); else, for a synced
+// selector, the refresh this process planned, or the one derived from its slot.
+func nextListingTime(s situation) (time.Time, bool) {
 	switch {
-	case st.NextSyncTime != nil:
-		return st.NextSyncTime.Time, true
-	case ready != nil && ready.Status == metav1.ConditionTrue && st.LastSyncTime != nil:
-		// Written before the status had nextSyncTime.
-		return st.LastSyncTime.Add(refreshInterval(sel)), true
+	case s.sel.Status.NextSyncTime != nil:
+		return s.sel.Status.NextSyncTime.Time, true
+	case !synced(s.sel):
+		return time.Time{}, false
+	case !s.due.IsZero():
+		return s.due, true
 	}
-	return time.Time{}, false
+	return derivedRefresh(s), true
+}
+
+// derivedRefresh is the refresh of a synced selector that this process has not planned, as after
+// a restart: the first slot the listing recorded in the status did not cover; when that slot has
+// passed, the latest slot that has passed, unless the checkpoint shows it listed, and then the
+// slot after it.
+func derivedRefresh(s situation) time.Time {
+	interval := refreshInterval(s.sel)
+	first := nextSlot(s.sel.Status.LastSyncTime.Add(interval/2), interval, s.phase)
+	if first.After(s.now) {
+		return first
+	}
+	latest := nextSlot(s.now, interval, s.phase)
+	if latest.After(s.now) {
+		latest = latest.Add(-interval)
+	}
+	if latest.Before(s.listedThrough) {
+		return nextSlot(latest.Add(time.Nanosecond), interval, s.phase)
+	}
+	return latest
+}
+
+// synced tells whether the last attempt succeeded.
+func synced(sel *kmsv1alpha1.KmsKeySelector) bool {
+	ready := readyCondition(sel)
+	return ready != nil && ready.Status == metav1.ConditionTrue && sel.Status.LastSyncTime != nil
 }
 
 // failedPermanently tells whether the last attempt failed in a way that only a spec change, a
@@ -209,19 +244,19 @@ func pendingRequest(sel *kmsv1alpha1.KmsKeySelector) (string, bool) {
 // and a retry after a failed write can reuse the listing. A retry after a failed listing must not
 // go back to a listing older than the failure. A new selector takes any recent listing, unless
 // it also asks for a force-sync, as one may whose first status is not written yet.
-func (r *KmsKeySelectorReconciler) listingSince(sel *kmsv1alpha1.KmsKeySelector, now time.Time) (notBefore time.Time, fresh bool) {
+func (r *KmsKeySelectorReconciler) listingSince(s situation) (notBefore time.Time, fresh bool) {
+	sel := s.sel
 	forced := sel.Annotations[kmsv1alpha1.ForceSyncAnnotation] != sel.Status.LastHandledForceSync
 	switch {
 	case sel.Status.ConsecutiveFailures > 0:
 		return time.Time{}, true
 	case forced || (requested(sel) && sel.Status.ObservedGeneration != 0):
-		return r.memory.requestSeen(sel, now), true
+		return r.memory.requestSeen(sel, s.now), true
 	case sel.Status.ObservedGeneration == 0:
 		return time.Time{}, false
-	case sel.Status.NextSyncTime != nil:
-		return sel.Status.NextSyncTime.Time, false
 	}
-	return time.Time{}, false
+	next, _ := nextListingTime(s)
+	return next, false
 }
 
 // nextRefresh is the time of the refresh after a success at now. A scheduled refresh moves on to

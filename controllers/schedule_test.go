@@ -84,51 +84,69 @@ func TestDecideTakesEachSituationToItsActionAndReason(t *testing.T) {
 	}
 	edited := targetState{repairFrom: &render.Content{Data: map[string]string{"k": "Enabled"}}}
 	const provider = "digest-1"
+	// now is 800 s into a 30-minute interval: with phase 0, the latest slot was at 22:00:00 and
+	// the next is at 22:30:00.
+	restarted := func(lastChange time.Duration, listedThrough time.Duration) func(*situation) {
+		return func(s *situation) {
+			s.due = time.Time{}
+			s.sel.Status.LastSyncTime = at(lastChange)
+			if listedThrough != 0 {
+				s.listedThrough = now.Add(listedThrough)
+			}
+		}
+	}
 	cases := []struct {
 		name   string
-		mutate func(*kmsv1alpha1.KmsKeySelector)
+		mutate func(*situation)
 		target targetState
 		want   decision
 	}{
-		{"synced, refresh ahead", nil, targetState{intact: true},
+		{"synced, refresh planned ahead", nil, targetState{intact: true},
 			decision{actionWait, "next listing at 2023-11-14T22:53:20Z", 40 * time.Minute}},
-		{"never synced", func(s *kmsv1alpha1.KmsKeySelector) { s.Status = kmsv1alpha1.KmsKeySelectorStatus{} }, targetState{intact: true},
-			decision{actionList, "first sync", 0}},
-		{"spec changed", func(s *kmsv1alpha1.KmsKeySelector) { s.Generation = 3 }, targetState{intact: true},
-			decision{actionList, "spec changed", 0}},
-		{"force-sync asked", func(s *kmsv1alpha1.KmsKeySelector) {
-			s.Annotations = map[string]string{kmsv1alpha1.ForceSyncAnnotation: "now"}
-		}, targetState{intact: true}, decision{actionList, "force-sync", 0}},
-		{"provider changed", func(s *kmsv1alpha1.KmsKeySelector) { s.Status.ProviderDigest = "digest-0" }, targetState{intact: true},
-			decision{actionList, "provider changed", 0}},
-		{"failed before any provider resolved, which does now", func(s *kmsv1alpha1.KmsKeySelector) {
-			failedWith(kmsv1alpha1.ReasonInvalidSpec)(s)
-			s.Status.ProviderDigest = ""
-		}, targetState{intact: true}, decision{actionList, "provider changed", 0}},
-		{"healthy, synced before the provider digest existed", func(s *kmsv1alpha1.KmsKeySelector) { s.Status.ProviderDigest = "" },
-			targetState{intact: true}, decision{actionWait, "next listing at 2023-11-14T22:53:20Z", 40 * time.Minute}},
-		{"provider found again", failedWith(kmsv1alpha1.ReasonProviderNotFound), targetState{intact: true},
-			decision{actionList, "provider usable again", 0}},
-		{"namespace allowed again", failedWith(kmsv1alpha1.ReasonProviderNotAllowed), targetState{intact: true},
-			decision{actionList, "provider usable again", 0}},
-		{"failed for good", func(s *kmsv1alpha1.KmsKeySelector) {
-			failedWith(kmsv1alpha1.ReasonInvalidSpec)(s)
-			s.Status.NextSyncTime = nil
-		}, edited, decision{actionWait, "failed with InvalidSpec: waiting for a change", 0}},
-		{"retry ahead", failedWith(kmsv1alpha1.ReasonKMSRequestFailed), targetState{intact: true},
-			decision{actionWait, "next listing at 2023-11-14T22:13:25Z", 5 * time.Second}},
-		{"retry come", func(s *kmsv1alpha1.KmsKeySelector) {
-			failedWith(kmsv1alpha1.ReasonKMSRequestFailed)(s)
-			s.Status.NextSyncTime = at(-time.Second)
-		}, targetState{intact: true}, decision{actionList, "retry 3 due", 0}},
-		{"refresh time come", func(s *kmsv1alpha1.KmsKeySelector) { s.Status.NextSyncTime = at(-time.Second) }, edited,
+		{"planned refresh come", func(s *situation) { s.due = now.Add(-time.Second) }, edited,
 			decision{actionList, "refresh due", 0}},
-		{"written before nextSyncTime existed", func(s *kmsv1alpha1.KmsKeySelector) {
-			s.Status.NextSyncTime, s.Status.LastSyncTime = nil, at(-20*time.Minute)
-		}, targetState{intact: true}, decision{actionWait, "next listing at 2023-11-14T22:23:20Z", 10 * time.Minute}},
-		{"no schedule at all", func(s *kmsv1alpha1.KmsKeySelector) {
-			s.Status.Conditions = ready(metav1.ConditionFalse, kmsv1alpha1.ReasonKMSRequestFailed)
-			s.Status.NextSyncTime = nil
+		{"restarted, the slot after the last change ahead", restarted(-time.Minute, 0), targetState{intact: true},
+			decision{actionWait, "next listing at 2023-11-14T22:30:00Z", 1000 * time.Second}},
+		{"restarted, a slot passed and no checkpoint covers it", restarted(-50*time.Minute, 0), targetState{intact: true},
+			decision{actionList, "refresh due", 0}},
+		{"restarted, a slot passed before the checkpoint", restarted(-50*time.Minute, -5*time.Second), targetState{intact: true},
+			decision{actionWait, "next listing at 2023-11-14T22:30:00Z", 1000 * time.Second}},
+		{"restarted, a slot passed after the checkpoint", restarted(-50*time.Minute, -900*time.Second), targetState{intact: true},
+			decision{actionList, "refresh due", 0}},
+		{"never synced", func(s *situation) { s.sel.Status = kmsv1alpha1.KmsKeySelectorStatus{} }, targetState{intact: true},
+			decision{actionList, "first sync", 0}},
+		{"spec changed", func(s *situation) { s.sel.Generation = 3 }, targetState{intact: true},
+			decision{actionList, "spec changed", 0}},
+		{"force-sync asked", func(s *situation) {
+			s.sel.Annotations = map[string]string{kmsv1alpha1.ForceSyncAnnotation: "now"}
+		}, targetState{intact: true}, decision{actionList, "force-sync", 0}},
+		{"provider changed", func(s *situation) { s.sel.Status.ProviderDigest = "digest-0" }, targetState{intact: true},
+			decision{actionList, "provider changed", 0}},
+		{"failed before any provider resolved, which does now", func(s *situation) {
+			failedWith(kmsv1alpha1.ReasonInvalidSpec)(s.sel)
+			s.sel.Status.ProviderDigest = ""
+		}, targetState{intact: true}, decision{actionList, "provider changed", 0}},
+		{"healthy, synced before the provider digest existed", func(s *situation) { s.sel.Status.ProviderDigest = "" },
+			targetState{intact: true}, decision{actionWait, "next listing at 2023-11-14T22:53:20Z", 40 * time.Minute}},
+		{"provider found again", func(s *situation) { failedWith(kmsv1alpha1.ReasonProviderNotFound)(s.sel) }, targetState{intact: true},
+			decision{actionList, "provider usable again", 0}},
+		{"namespace allowed again", func(s *situation) { failedWith(kmsv1alpha1.ReasonProviderNotAllowed)(s.sel) }, targetState{intact: true},
+			decision{actionList, "provider usable again", 0}},
+		{"failed for good", func(s *situation) {
+			failedWith(kmsv1alpha1.ReasonInvalidSpec)(s.sel)
+			s.sel.Status.NextSyncTime = nil
+		}, edited, decision{actionWait, "failed with InvalidSpec: waiting for a change", 0}},
+		{"retry ahead", func(s *situation) { failedWith(kmsv1alpha1.ReasonKMSRequestFailed)(s.sel) }, targetState{intact: true},
+			decision{actionWait, "next listing at 2023-11-14T22:13:25Z", 5 * time.Second}},
+		{"retry come", func(s *situation) {
+			failedWith(kmsv1alpha1.ReasonKMSRequestFailed)(s.sel)
+			s.sel.Status.NextSyncTime = at(-time.Second)
+		}, targetState{intact: true}, decision{actionList, "retry 3 due", 0}},
+		{"the status holds a refresh time that has come", func(s *situation) { s.sel.Status.NextSyncTime = at(-time.Second) }, edited,
+			decision{actionList, "refresh due", 0}},
+		{"no schedule at all", func(s *situation) {
+			s.sel.Status.Conditions = ready(metav1.ConditionFalse, kmsv1alpha1.ReasonKMSRequestFailed)
+			s.sel.Status.NextSyncTime = nil
 		}, targetState{intact: true}, decision{actionList, "no listing scheduled", 0}},
 		{"ConfigMap edited, content at hand", nil, edited, decision{actionRepair, "ConfigMap damaged", 40 * time.Minute}},
 		{"ConfigMap deleted, nothing to repair from", nil, targetState{},
@@ -140,13 +158,13 @@ func TestDecideTakesEachSituationToItsActionAndReason(t *testing.T) {
 		sel.Spec.RefreshInterval = &metav1.Duration{Duration: 30 * time.Minute}
 		sel.Status = kmsv1alpha1.KmsKeySelectorStatus{
 			ObservedGeneration: 2, Conditions: ready(metav1.ConditionTrue, kmsv1alpha1.ReasonSynced),
-			LastSyncTime: at(-time.Minute), NextSyncTime: at(40 * time.Minute), ProviderDigest: provider,
+			LastSyncTime: at(-time.Minute), ProviderDigest: provider,
 		}
+		s := situation{sel: sel, providerDigest: provider, target: tc.target, due: now.Add(40 * time.Minute), now: now}
 		if tc.mutate != nil {
-			tc.mutate(sel)
+			tc.mutate(&s)
 		}
-		got := decide(situation{sel: sel, providerDigest: provider, target: tc.target, now: now})
-		if got != tc.want {
+		if got := decide(s); got != tc.want {
 			t.Errorf("%s: decide = %+v; want %+v", tc.name, got, tc.want)
 		}
 	}
@@ -157,22 +175,23 @@ func TestListingSinceTakesOnlyNewListingsForAForceSync(t *testing.T) {
 	now := time.Unix(1_700_000_000, 0)
 	sel := &kmsv1alpha1.KmsKeySelector{}
 	sel.Generation = 1
-	if notBefore, fresh := r.listingSince(sel, now); fresh || !notBefore.IsZero() {
+	s := situation{sel: sel, now: now}
+	if notBefore, fresh := r.listingSince(s); fresh || !notBefore.IsZero() {
 		t.Errorf("a new selector: listingSince = %v, %v; want any recent listing", notBefore, fresh)
 	}
 	// Asked for a force-sync before its first status was written: a listing from before the
 	// request must not answer it.
 	sel.Annotations = map[string]string{kmsv1alpha1.ForceSyncAnnotation: "1"}
-	if notBefore, fresh := r.listingSince(sel, now); !fresh || !notBefore.Equal(now) {
+	if notBefore, fresh := r.listingSince(s); !fresh || !notBefore.Equal(now) {
 		t.Errorf("a new selector asking for a force-sync: listingSince = %v, %v; want only listings since %v", notBefore, fresh, now)
 	}
 	sel.Status.ObservedGeneration, sel.Status.LastHandledForceSync = 1, "1"
 	sel.Status.NextSyncTime = &metav1.Time{Time: now.Add(-time.Second)}
-	if notBefore, fresh := r.listingSince(sel, now); fresh || !notBefore.Equal(now.Add(-time.Second)) {
+	if notBefore, fresh := r.listingSince(s); fresh || !notBefore.Equal(now.Add(-time.Second)) {
 		t.Errorf("a scheduled refresh: listingSince = %v, %v; want listings since its slot", notBefore, fresh)
 	}
 	sel.Status.ConsecutiveFailures = 1
-	if notBefore, fresh := r.listingSince(sel, now); !fresh || !notBefore.IsZero() {
+	if notBefore, fresh := r.listingSince(s); !fresh || !notBefore.IsZero() {
 		t.Errorf("a retry: listingSince = %v, %v; want a new listing", notBefore, fresh)
 	}
 }

@@ -8,6 +8,7 @@ import (
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/api/equality"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/utils/ptr"
@@ -23,11 +24,19 @@ import (
 const maxStatusKeys = 100
 
 // setSynced records a successful sync of keys, sorted by id, listed at now, into a ConfigMap of
-// entries entries, and the time of the next refresh.
-func setSynced(sel *kmsv1alpha1.KmsKeySelector, keys []kms.Key, entries int, now, next time.Time) {
+// entries entries holding the content of digest. lastSyncTime moves only when the listing
+// changed something else in the status, so that an unchanged refresh writes nothing; the next
+// refresh is not written, as it follows from the selector's slot.
+func setSynced(sel *kmsv1alpha1.KmsKeySelector, keys []kms.Key, entries int, digest string, now time.Time) {
+	before := sel.Status.DeepCopy()
+	defer func() {
+		if before.LastSyncTime == nil || !equality.Semantic.DeepEqual(before, &sel.Status) {
+			sel.Status.LastSyncTime = &metav1.Time{Time: now.Truncate(time.Second)}
+		}
+	}()
 	st := &sel.Status
-	st.LastSyncTime = &metav1.Time{Time: now.Truncate(time.Second)}
-	st.NextSyncTime = &metav1.Time{Time: next}
+	st.NextSyncTime = nil
+	st.ContentDigest = digest
 	st.ConsecutiveFailures = 0
 	st.LastHandledForceSync = sel.Annotations[kmsv1alpha1.ForceSyncAnnotation]
 	st.ConfigMapName = targetName(sel)

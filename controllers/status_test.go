@@ -5,7 +5,9 @@ import (
 	"slices"
 	"strings"
 	"testing"
+	"time"
 
+	"k8s.io/apimachinery/pkg/api/equality"
 	"k8s.io/utils/ptr"
 
 	kmsv1alpha1 "github.com/kms-key-sync/kms-key-sync/api/v1alpha1"
@@ -53,7 +55,7 @@ func TestDiffKeysNamesOnlyWhatChanged(t *testing.T) {
 func TestPreviouslyListedFallsBackToTheStatus(t *testing.T) {
 	sel := &kmsv1alpha1.KmsKeySelector{}
 	keys := []kms.Key{key("a", kms.StateEnabled), key("b", kms.StateEnabled)}
-	setSynced(sel, keys, 1, sel.CreationTimestamp.Time, sel.CreationTimestamp.Time)
+	setSynced(sel, keys, 1, "digest", sel.CreationTimestamp.Time)
 	replaced := &render.Content{Data: map[string]string{"PAYMENTS_DB_KEY_ID": "a"}}
 
 	d := diffKeys(previouslyListed(sel, replaced), listedKeys([]kms.Key{key("a", kms.StateEnabled), key("b", kms.StateDisabled)}))
@@ -76,7 +78,7 @@ func TestPreviouslyListedFromAPartialStatus(t *testing.T) {
 		keys = append(keys, key(fmt.Sprintf("k%03d", i), kms.StateEnabled))
 	}
 	sel := &kmsv1alpha1.KmsKeySelector{}
-	setSynced(sel, keys, 1, sel.CreationTimestamp.Time, sel.CreationTimestamp.Time)
+	setSynced(sel, keys, 1, "digest", sel.CreationTimestamp.Time)
 	if len(sel.Status.Keys) != maxStatusKeys || ptr.Deref(sel.Status.KeyCount, 0) != 150 {
 		t.Fatalf("status lists %d of %d keys", len(sel.Status.Keys), ptr.Deref(sel.Status.KeyCount, 0))
 	}
@@ -92,6 +94,28 @@ func TestPreviouslyListedFromAPartialStatus(t *testing.T) {
 	d := diffKeys(prev, listedKeys(changed))
 	if d.added != 2 || d.removed != 1 || d.changed != 1 {
 		t.Errorf("diff = %+v, want 2 added, 1 removed, 1 changed", d)
+	}
+}
+
+// lastSyncTime moves with a listing that changed the status, and only then, so that an unchanged
+// refresh has nothing to write.
+func TestSetSyncedMovesLastSyncTimeOnlyWithAChange(t *testing.T) {
+	first := time.Unix(1_700_000_000, 0)
+	sel := &kmsv1alpha1.KmsKeySelector{}
+	sel.Generation = 1
+	keys := []kms.Key{key("a", kms.StateEnabled)}
+	setSynced(sel, keys, 1, "digest-1", first)
+	written := sel.Status.DeepCopy()
+	if !written.LastSyncTime.Time.Equal(first) || written.NextSyncTime != nil {
+		t.Fatalf("first sync: lastSyncTime %v, nextSyncTime %v; want %v and none", written.LastSyncTime, written.NextSyncTime, first)
+	}
+	setSynced(sel, keys, 1, "digest-1", first.Add(time.Hour))
+	if !equality.Semantic.DeepEqual(written, &sel.Status) {
+		t.Errorf("an unchanged listing changed the status from %+v to %+v", written, sel.Status)
+	}
+	setSynced(sel, []kms.Key{key("a", kms.StateDisabled)}, 1, "digest-2", first.Add(2*time.Hour))
+	if !sel.Status.LastSyncTime.Time.Equal(first.Add(2 * time.Hour)) {
+		t.Errorf("a listing that changed a key's state left lastSyncTime at %v", sel.Status.LastSyncTime)
 	}
 }
 
@@ -119,7 +143,7 @@ func TestSyncedMessage(t *testing.T) {
 // A selector stored before the schema required tags, matches or allKeys lists nothing.
 func TestListRequestRefusesASelectorThatChoosesNoKeys(t *testing.T) {
 	sel := &kmsv1alpha1.KmsKeySelector{}
-	_, err := (&KmsKeySelectorReconciler{}).listRequest(t.Context(), sel, provider{})
+	_, err := (&KmsKeySelectorReconciler{}).listRequest(t.Context(), situation{sel: sel}, provider{})
 	f := asFailure(err)
 	if f == nil || f.reason != kmsv1alpha1.ReasonInvalidSpec || !strings.Contains(err.Error(), "spec.allKeys: true") {
 		t.Fatalf("err = %v, want InvalidSpec naming spec.allKeys", err)

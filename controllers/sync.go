@@ -17,13 +17,14 @@ import (
 // sync lists the keys and, only once the listing is complete, writes the ConfigMap when its
 // content changed, then the success into the status. What the attempt handled (the generation,
 // the force-sync value) is recorded only with its outcome.
-func (r *KmsKeySelectorReconciler) sync(ctx context.Context, sel *kmsv1alpha1.KmsKeySelector, p provider, target *metav1.PartialObjectMetadata, now time.Time) error {
+func (r *KmsKeySelectorReconciler) sync(ctx context.Context, s situation, p provider, target *metav1.PartialObjectMetadata) error {
+	sel, now := s.sel, s.now
 	// Expressions are compiled before KMS is called, so that a broken one costs no call.
 	exprs, err := render.Compile(sel.Spec.Target)
 	if err != nil {
 		return renderFailure(err, time.Time{})
 	}
-	req, err := r.listRequest(ctx, sel, p)
+	req, err := r.listRequest(ctx, s, p)
 	if err != nil {
 		return err
 	}
@@ -41,14 +42,32 @@ func (r *KmsKeySelectorReconciler) sync(ctx context.Context, sel *kmsv1alpha1.Km
 		return err
 	}
 	r.recordChanges(sel, previouslyListed(sel, previous), listedKeys(keys))
-	setSynced(sel, keys, len(rendered.Data)+len(rendered.BinaryData), now, next)
-	sel.Status.ContentDigest = rendered.Digest()
+	setSynced(sel, keys, len(rendered.Data)+len(rendered.BinaryData), rendered.Digest(), now)
+	r.Refreshes.Listed(sel, now, next)
 	recordSynced(sel, now)
 	return nil
 }
 
-// listRequest builds the KMS request from the spec, the provider and its credentials Secret.
-func (r *KmsKeySelectorReconciler) listRequest(ctx context.Context, sel *kmsv1alpha1.KmsKeySelector, p provider) (keysource.Request, error) {
+// listRequest builds the KMS request from the spec, the provider and its credentials.
+func (r *KmsKeySelectorReconciler) listRequest(ctx context.Context, s situation, p provider) (keysource.Request, error) {
+	req, err := r.question(s.sel, p)
+	if err != nil {
+		return keysource.Request{}, err
+	}
+	if req.Credentials, err = r.credentials(ctx, p); err != nil {
+		return keysource.Request{}, err
+	}
+	req.NotBefore, req.Fresh = r.listingSince(s)
+	if s.sel.Status.ConsecutiveFailures > 0 {
+		// While failing, the selector's backoff is the retry policy: one call per attempt, so a
+		// persistent fault costs no more than one call per backoff step.
+		req.MaxAttempts = 1
+	}
+	return req, nil
+}
+
+// question is the request without credentials: where to list, and what.
+func (r *KmsKeySelectorReconciler) question(sel *kmsv1alpha1.KmsKeySelector, p provider) (keysource.Request, error) {
 	filter := filterFromSpec(sel.Spec)
 	if len(filter.Tags) == 0 && len(filter.Matches) == 0 && !sel.Spec.AllKeys {
 		// The schema refuses this; a selector stored before it did must not list every key.
@@ -62,24 +81,12 @@ func (r *KmsKeySelectorReconciler) listRequest(ctx context.Context, sel *kmsv1al
 	if err != nil {
 		return keysource.Request{}, err
 	}
-	creds, err := r.credentials(ctx, p)
-	if err != nil {
-		return keysource.Request{}, err
-	}
-	req := keysource.Request{
-		Endpoint:    endpoint,
-		ProjectID:   p.location.ProjectID,
-		Credentials: creds,
-		PageSize:    pageSize(sel.Spec),
-		Filter:      filter,
-	}
-	req.NotBefore, req.Fresh = r.listingSince(sel, r.Options.Now())
-	if sel.Status.ConsecutiveFailures > 0 {
-		// While failing, the selector's backoff is the retry policy: one call per attempt, so a
-		// persistent fault costs no more than one call per backoff step.
-		req.MaxAttempts = 1
-	}
-	return req, nil
+	return keysource.Request{
+		Endpoint:  endpoint,
+		ProjectID: p.location.ProjectID,
+		PageSize:  pageSize(sel.Spec),
+		Filter:    filter,
+	}, nil
 }
 
 // endpoint is the provider's KMS endpoint, if the operator may send credentials to it.

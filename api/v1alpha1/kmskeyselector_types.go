@@ -239,13 +239,17 @@ type KmsKeySelectorStatus struct {
 	// +optional
 	ObservedGeneration int64 `json:"observedGeneration,omitempty"`
 
-	// LastSyncTime is when the keys were last listed completely and successfully.
+	// LastSyncTime is when a complete and successful listing last changed this status: the keys,
+	// their states or counts, a condition, or a request answered. A refresh that changes nothing
+	// writes nothing, so the time of the last listing is the metric
+	// kms_key_sync_selector_last_sync_timestamp_seconds.
 	// +optional
 	LastSyncTime *metav1.Time `json:"lastSyncTime,omitempty"`
 
-	// NextSyncTime is when the keys are listed next: the next refresh, or the next retry after a
-	// failure. A spec change or a force-sync comes sooner. Unset while a failure waits for a
-	// spec change.
+	// NextSyncTime is when the keys are listed next after a failure: the next retry, or for an
+	// ExpressionFailed the next refresh. Unset while the selector is Synced, as its refreshes
+	// follow its slot in the interval, and while a failure waits for a spec change. A spec
+	// change or a force-sync comes sooner.
 	// +optional
 	NextSyncTime *metav1.Time `json:"nextSyncTime,omitempty"`
 
@@ -331,8 +335,8 @@ type KeyStatus struct {
 // +kubebuilder:printcolumn:name="Ready",type=string,JSONPath=`.status.conditions[?(@.type=="Ready")].status`
 // +kubebuilder:printcolumn:name="Reason",type=string,JSONPath=`.status.conditions[?(@.type=="Ready")].reason`
 // +kubebuilder:printcolumn:name="Keys",type=integer,JSONPath=`.status.keyCount`
-// +kubebuilder:printcolumn:name="Last Sync",type=date,JSONPath=`.status.lastSyncTime`
-// +kubebuilder:printcolumn:name="Next Sync",type=string,JSONPath=`.status.nextSyncTime`,priority=1
+// +kubebuilder:printcolumn:name="Last Change",type=date,JSONPath=`.status.lastSyncTime`
+// +kubebuilder:printcolumn:name="Retry At",type=string,JSONPath=`.status.nextSyncTime`,priority=1
 // +kubebuilder:printcolumn:name="Age",type=date,JSONPath=`.metadata.creationTimestamp`
 // +kubebuilder:validation:XValidation:rule="size(self.metadata.name) <= 63",message="metadata.name must be at most 63 characters: it is the value of the kms.keysync.dev/selector label on the ConfigMap"
 type KmsKeySelector struct {

@@ -6,6 +6,7 @@ import (
 
 	. "github.com/onsi/ginkgo/v2"
 	. "github.com/onsi/gomega"
+	"k8s.io/client-go/rest"
 
 	kmsv1alpha1 "github.com/kms-key-sync/kms-key-sync/api/v1alpha1"
 	"github.com/kms-key-sync/kms-key-sync/internal/operator"
@@ -37,9 +38,15 @@ func operatorOptions(metricsAddr string, namespaces ...string) (operator.Options
 // it is stopped.
 func runOperator(o operator.Options) *testkit.RunningManager {
 	GinkgoHelper()
+	return runOperatorWith(env.OperatorConfig, o)
+}
+
+// runOperatorWith is runOperator with the operator's client configuration cfg.
+func runOperatorWith(cfg *rest.Config, o operator.Options) *testkit.RunningManager {
+	GinkgoHelper()
 	// Every spec that runs an operator here registers the controller's name again.
 	o.SkipNameValidation = true
-	mgr, err := operator.New(env.OperatorConfig, o)
+	mgr, err := operator.New(cfg, o)
 	Expect(err).NotTo(HaveOccurred())
 	m := testkit.StartManager(mgr)
 	DeferCleanup(m.Stop)

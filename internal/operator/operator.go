@@ -69,8 +69,12 @@ type Options struct {
 	AllowedIAMHosts []string
 	SyncTimeout     time.Duration
 	Backoff         time.Duration
-	// ClusterResourceNamespace holds the Secrets of ClusterKmsProviders that name no namespace.
+	// ClusterResourceNamespace holds the Secrets of ClusterKmsProviders that name no namespace,
+	// and the refresh checkpoint; empty means no checkpoint.
 	ClusterResourceNamespace string
+	// CheckpointInterval is how often the leader writes the refresh checkpoint when it moved;
+	// zero means controllers.DefaultCheckpointInterval.
+	CheckpointInterval time.Duration
 	// WatchNamespaces restricts the operator to these namespaces; empty means all.
 	WatchNamespaces []string
 	// CoalesceWindow is how long a successful listing answers identical requests of other
@@ -138,12 +142,24 @@ func New(cfg *rest.Config, o Options) (ctrl.Manager, error) {
 	}
 	direct := newDirect(o)
 	identities := newBroker(o, mgr, mgr.GetLogger().WithName("identity"))
+	refreshes := &controllers.Refreshes{
+		Client:    mgr.GetClient(),
+		Reader:    mgr.GetAPIReader(),
+		Cache:     mgr.GetClient(),
+		Namespace: o.ClusterResourceNamespace,
+		Interval:  o.CheckpointInterval,
+		Now:       o.Now,
+	}
+	if err := mgr.Add(refreshes); err != nil {
+		return nil, fmt.Errorf("adding the refresh checkpoint: %w", err)
+	}
 	selectors := &controllers.KmsKeySelectorReconciler{
 		Client:     mgr.GetClient(),
 		APIReader:  mgr.GetAPIReader(),
 		Recorder:   mgr.GetEventRecorder("kms-key-sync"),
 		Keys:       coalesced(o, direct),
 		Identities: identities,
+		Refreshes:  refreshes,
 		Options:    options,
 	}
 	if err := selectors.SetupWithManager(mgr); err != nil {
@@ -155,6 +171,7 @@ func New(cfg *rest.Config, o Options) (ctrl.Manager, error) {
 		Recorder:   mgr.GetEventRecorder("kms-key-sync"),
 		Keys:       direct,
 		Identities: identities,
+		Refreshes:  refreshes,
 		Options:    options,
 	}
 	if err := providers.SetupWithManager(mgr); err != nil {
