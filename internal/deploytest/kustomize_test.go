@@ -26,6 +26,8 @@ var operatorMetrics = []string{
 	"kms_key_sync_syncs_total",
 	"kms_key_sync_configmap_writes_total",
 	"kms_key_sync_coalesced_requests_total",
+	"kms_key_sync_selector_last_sync_timestamp_seconds",
+	"kms_key_sync_selector_refresh_interval_seconds",
 }
 
 // makefileVar returns the default (`NAME ?= value`) of a Makefile variable.
@@ -188,7 +190,7 @@ var _ = Describe("The kustomize configuration", func() {
 		dryRunApply(ms)
 	})
 
-	It("alerts on a selector not Ready for 15 minutes and on a key pending deletion, using the operator's metrics", func() {
+	It("alerts on a selector not Ready for 15 minutes, on a key pending deletion and on a stale selector, using the operator's metrics", func() {
 		pr := kustomizeBuild("config/prometheus").get("PrometheusRule", "controller-manager-alerts")
 		type rule struct {
 			Alert string `json:"alert"`
@@ -210,6 +212,9 @@ var _ = Describe("The kustomize configuration", func() {
 				HaveField("Expr", ContainSubstring("kms_key_sync_selector_ready")), HaveField("Expr", HaveSuffix("== 0"))),
 			And(HaveField("Alert", "KmsKeyPendingDeletion"),
 				HaveField("Expr", ContainSubstring(`kms_key_sync_keys{state="PendingDeletion"}`)), HaveField("Expr", HaveSuffix("> 0"))),
+			And(HaveField("Alert", "KmsKeySelectorStale"),
+				HaveField("Expr", ContainSubstring("> 3 * max by (namespace, selector) (kms_key_sync_selector_refresh_interval_seconds)")),
+				HaveField("Expr", HaveSuffix("(kms_key_sync_selector_ready) == 0"))),
 		))
 		metric := regexp.MustCompile(`kms_key_sync_[a-z_]+`)
 		for _, r := range rules {
