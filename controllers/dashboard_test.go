@@ -249,7 +249,7 @@ var _ = Describe("The Grafana dashboard and the sample alerts", func() {
 		}
 	})
 
-	It("fail the check on a metric the operator does not expose or on invalid PromQL", func() {
+	It("are checked under the names PromQL selects, and refused when they are not PromQL", func() {
 		exposed := exposedNames([]*dto.MetricFamily{{
 			Name: new("kms_key_sync_listing_duration_seconds"), Type: dto.MetricType_HISTOGRAM.Enum(),
 		}})
