@@ -125,6 +125,7 @@ var _ = Describe("The Helm chart", func() {
 			ms.get("ClusterRole", "kms-key-sync-metrics-reader")
 			Expect(ms.ofKind("ServiceMonitor")).To(BeEmpty())
 			Expect(ms.ofKind("PrometheusRule")).To(BeEmpty())
+			Expect(ms.ofKind("ConfigMap")).To(BeEmpty())
 		})
 
 		It("grants the manager exactly the rules of the generated config/rbac/role.yaml", func() {
@@ -259,6 +260,13 @@ var _ = Describe("The Helm chart", func() {
 			pr := ms.get("PrometheusRule", fullname+"-controller-manager-alerts")
 			Expect(pr.GetLabels()).To(HaveKeyWithValue("release", "prometheus"))
 
+			dashboard := ms.get("ConfigMap", fullname+"-dashboard")
+			Expect(dashboard.GetNamespace()).To(Equal("monitoring"))
+			Expect(dashboard.GetLabels()).To(HaveKeyWithValue("dashboards.example.com/grafana", "platform"))
+			Expect(dashboard.GetLabels()).NotTo(HaveKey("grafana_dashboard"))
+			Expect(dashboard.GetAnnotations()).To(Equal(map[string]string{"grafana_folder": "Platform"}))
+			expectDashboard(dashboard)
+
 			// watchNamespaces: the manager's ClusterRole is bound in those namespaces only, and
 			// tokenreviews, which are cluster-scoped, cluster-wide.
 			clusterBindings := ms.ofKind("ClusterRoleBinding")
@@ -298,6 +306,19 @@ var _ = Describe("The Helm chart", func() {
 		dryRunApply(ms)
 	})
 
+	It("creates a ConfigMap with the Grafana dashboard, labelled for kube-prometheus-stack's sidecar, with grafanaDashboard.enabled=true", func() {
+		ms := helmTemplate("--set", "grafanaDashboard.enabled=true")
+		Expect(ms.ofKind("ConfigMap")).To(HaveLen(1))
+		dashboard := ms.get("ConfigMap", "kms-key-sync-dashboard")
+		Expect(dashboard.GetNamespace()).To(Equal(releaseNamespace))
+		Expect(dashboard.GetLabels()).To(HaveKeyWithValue("grafana_dashboard", "1"))
+		Expect(dashboard.GetAnnotations()).To(BeEmpty())
+		expectDashboard(dashboard)
+		// Nothing else changes.
+		Expect(without(ms, "ConfigMap").ids()).To(Equal(helmTemplate().ids()))
+		dryRunApply(ms)
+	})
+
 	DescribeTable("refuses values that values.schema.json rejects",
 		func(field string, args ...string) {
 			stdout, stderr, err := command(helmBin, append([]string{"template", releaseName, chartDir, "--namespace", releaseNamespace}, args...)...)
@@ -320,6 +341,9 @@ var _ = Describe("The Helm chart", func() {
 		Entry("an extra argument that is no flag", "extraArgs", "--set", "extraArgs={sync-timeout=5m}"),
 		Entry("a misspelt top-level value", "kmsQPS", "--set", "kmsQPS=5"),
 		Entry("a misspelt nested value", "enable", "--set", "leaderElection.enable=false"),
+		Entry("a number as dashboard label value", "labelValue", "--set", "grafanaDashboard.labelValue=1"),
+		Entry("a dashboard label key with a space", "label", "--set", "grafanaDashboard.label=grafana dashboard"),
+		Entry("a dashboard namespace that is no DNS label", "namespace", "--set", "grafanaDashboard.namespace=Monitoring"),
 	)
 
 	It("refuses a values file with several wrong values, naming each", func() {
@@ -341,7 +365,24 @@ var _ = Describe("The Helm chart", func() {
 		Expect(err).To(HaveOccurred())
 		Expect(stderr).To(ContainSubstring("serviceMonitor.enabled requires metrics.enabled"))
 	})
+
+	It("refuses a Grafana dashboard without metrics", func() {
+		_, stderr, err := command(helmBin, "template", releaseName, chartDir, "--set", "metrics.enabled=false,grafanaDashboard.enabled=true")
+		Expect(err).To(HaveOccurred())
+		Expect(stderr).To(ContainSubstring("grafanaDashboard.enabled requires metrics.enabled"))
+	})
 })
+
+// expectDashboard checks that a ConfigMap holds the chart's dashboard, unchanged, as JSON.
+func expectDashboard(cm *unstructured.Unstructured) {
+	GinkgoHelper()
+	want, err := os.ReadFile(filepath.Join(root, chartDir, "dashboards", "kms-key-sync.json"))
+	Expect(err).NotTo(HaveOccurred())
+	data, _, _ := unstructured.NestedStringMap(cm.Object, "data")
+	Expect(data).To(HaveLen(1))
+	Expect(data).To(HaveKey("kms-key-sync.json"))
+	Expect(data["kms-key-sync.json"]).To(MatchJSON(want))
+}
 
 // expectSelects checks that a selector is not empty and matches the labels.
 func expectSelects(selector, labels map[string]string) {

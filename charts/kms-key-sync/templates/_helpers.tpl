@@ -90,4 +90,7 @@ Fails the render on combinations of values that the schema cannot express.
 {{- if and .Values.prometheusRule.enabled (not .Values.metrics.enabled) }}
 {{- fail "prometheusRule.enabled requires metrics.enabled" }}
 {{- end }}
+{{- if and .Values.grafanaDashboard.enabled (not .Values.metrics.enabled) }}
+{{- fail "grafanaDashboard.enabled requires metrics.enabled" }}
+{{- end }}
 {{- end }}
