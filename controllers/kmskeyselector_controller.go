@@ -144,8 +144,7 @@ func (r *KmsKeySelectorReconciler) reconcileNormal(ctx context.Context, sel *kms
 	d := decide(s)
 	log.FromContext(ctx).V(1).Info("Decided", "action", d.action, "reason", d.reason)
 	if d.action != actionList && slotScheduled(sel) {
-		// Planned here too after a restart, so that the checkpoint can move past the selector.
-		r.Refreshes.Planned(sel, now.Add(d.wait))
+		r.planned(sel, now.Add(d.wait))
 	}
 	switch d.action {
 	case actionWait:
@@ -165,6 +164,21 @@ func (r *KmsKeySelectorReconciler) reconcileNormal(ctx context.Context, sel *kms
 		}
 	}
 	return r.recordOutcome(ctx, sel, now, p.digest(), r.sync(ctx, s, p, target))
+}
+
+// planned records the next refresh of a Synced selector that waits for it. After a restart this
+// lets the checkpoint move past the selector, and gives the freshness metric its first value: no
+// older than the slot before the next, which the last listing or the previous leader covered.
+func (r *KmsKeySelectorReconciler) planned(sel *kmsv1alpha1.KmsKeySelector, due time.Time) {
+	if r.Refreshes.LastListed(sel).IsZero() {
+		covered := due.Add(-refreshInterval(sel))
+		if last := sel.Status.LastSyncTime.Time; last.After(covered) {
+			covered = last
+		}
+		metrics.SelectorLastSync.WithLabelValues(sel.Namespace, sel.Name).Set(float64(covered.Unix()))
+		metrics.SelectorRefreshInterval.WithLabelValues(sel.Namespace, sel.Name).Set(refreshInterval(sel).Seconds())
+	}
+	r.Refreshes.Planned(sel, due)
 }
 
 // situation gathers what decide needs: what the ConfigMap holds, the selector's slot, its
