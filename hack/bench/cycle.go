@@ -15,7 +15,7 @@ type cycle struct {
 	operatorConfigMapWrites int
 }
 
-func cycleTimeout(o options) time.Duration { return 6*o.refresh + time.Minute }
+func cycleTimeout(sc scenario) time.Duration { return 6*sc.refresh + time.Minute }
 
 // measureCycle waits for two refreshes of every selector after its first sync, and measures the
 // second. The first is a warm-up: the first refresh after a first sync comes half an interval to
@@ -26,10 +26,10 @@ func cycleTimeout(o options) time.Duration { return 6*o.refresh + time.Minute }
 // phases. The API writes are the API server's counters between the moments the last selector
 // refreshed once and twice; a selector whose slot falls right at the edges may be counted twice
 // or not at all.
-func measureCycle(ctx context.Context, o options, cl *cluster, emu *emulator, tr *tracker, op *operatorProc) (cycle, error) {
+func measureCycle(ctx context.Context, sc scenario, cl *cluster, emu *emulator, tr *tracker, op *operatorProc) (cycle, error) {
 	var c cycle
 	progress("waiting for every selector to refresh once (warm-up cycle)")
-	warm, err := tr.waitFor(ctx, cycleTimeout(o), "refreshed once", nthRefresh(1))
+	warm, err := tr.waitFor(ctx, cycleTimeout(sc), "refreshed once", nthRefresh(1))
 	if err != nil {
 		return c, err
 	}
@@ -43,7 +43,7 @@ func measureCycle(ctx context.Context, o options, cl *cluster, emu *emulator, tr
 	}
 	emu.ResetStats()
 	progress("measuring the next refresh cycle")
-	end, err := tr.waitFor(ctx, cycleTimeout(o), "refreshed twice", nthRefresh(2))
+	end, err := tr.waitFor(ctx, cycleTimeout(sc), "refreshed twice", nthRefresh(2))
 	if err != nil {
 		return c, err
 	}

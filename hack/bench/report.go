@@ -39,12 +39,27 @@ func writeReport(w io.Writer, o options, machine string, results []*result) {
 		env = "; operator environment: " + strings.Join(o.operatorEnv, " ")
 	}
 	fmt.Fprintf(w, "Operator flags: --max-concurrent-reconciles=%d --kms-qps=%g --kms-burst=%d%s; selectors refresh every %s.\n\n",
-		o.concurrency, o.kmsQPS, o.kmsBurst, env, o.refresh)
+		o.concurrency, o.kmsQPS, o.kmsBurst, env, refreshIntervals(results))
 	writeResults(w, results)
 	writeSoaks(w, results)
 	writeBaseline(w, results)
 	writeTargets(w, results)
 	writeDetails(w, results)
+}
+
+// refreshIntervals says how often the scenarios' selectors refresh: "10s", or "10s; (e) 1m0s".
+func refreshIntervals(results []*result) string {
+	if len(results) == 0 {
+		return ""
+	}
+	common := results[0].scenario.refresh
+	var others []string
+	for _, r := range results {
+		if r.scenario.refresh != common {
+			others = append(others, fmt.Sprintf("(%s) %s", r.scenario.name, r.scenario.refresh))
+		}
+	}
+	return strings.Join(append([]string{common.String()}, others...), "; ")
 }
 
 func writeResults(w io.Writer, results []*result) {
