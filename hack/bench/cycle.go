@@ -21,6 +21,9 @@ func cycleTimeout(sc scenario) time.Duration { return 6*sc.refresh + time.Minute
 // second. The first is a warm-up: the first refresh after a first sync comes half an interval to
 // an interval and a half later, only then do refreshes follow their slots.
 //
+// A refresh is dated when the tracker's sample of the operator's last-sync gauge showed it, up
+// to a twentieth of the interval late, so the cycle's length is as exact as that.
+//
 // The KMS calls of the measured cycle are, for each filter, the calls made after every selector
 // asking for it had refreshed once and until every one had refreshed twice: exact whatever the
 // phases. The API writes are the API server's counters between the moments the last selector
