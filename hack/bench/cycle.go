@@ -10,7 +10,10 @@ type cycle struct {
 	duration time.Duration // from the end of the warm-up cycle to the end of the measured one
 	kmsCalls int           // KMS calls of the measured cycle, attributed by filter
 	kmsTotal int64         // every call the emulator counted in the window
-	writes   writeCounts   // API writes in the window, by resource
+	writes   writeCounts   // API writes in the window, by resource, as the API server counted them
+	// operatorWrites are the write requests the operator sent the API server in the window,
+	// whatever the resource: what the naive baseline's writes compare with.
+	operatorWrites int
 	// operatorConfigMapWrites is the operator's own kms_key_sync_configmap_writes_total delta.
 	operatorConfigMapWrites int
 }
@@ -40,6 +43,10 @@ func measureCycle(ctx context.Context, sc scenario, cl *cluster, emu *emulator, 
 	if err != nil {
 		return c, err
 	}
+	opBefore, err := op.apiWrites(ctx)
+	if err != nil {
+		return c, err
+	}
 	before, err := cl.apiWrites(ctx)
 	if err != nil {
 		return c, err
@@ -58,12 +65,17 @@ func measureCycle(ctx context.Context, sc scenario, cl *cluster, emu *emulator, 
 	if err != nil {
 		return c, err
 	}
+	opAfter, err := op.apiWrites(ctx)
+	if err != nil {
+		return c, err
+	}
 	c.duration = end.Sub(warm)
 	c.kmsTotal = emu.Stats().Total
 	c.kmsCalls = emu.callsBetween(tr.cutoffs(nthRefresh(1)), tr.cutoffs(nthRefresh(2)))
 	c.writes = after.sub(before)
 	c.operatorConfigMapWrites = int(cmAfter - cmBefore)
-	progress("cycle of %s: %d KMS calls (%d in the whole window), writes: %s",
-		c.duration.Round(100*time.Millisecond), c.kmsCalls, c.kmsTotal, c.writes)
+	c.operatorWrites = opAfter - opBefore
+	progress("cycle of %s: %d KMS calls (%d in the whole window), %d writes by the operator; the API server's: %s",
+		c.duration.Round(100*time.Millisecond), c.kmsCalls, c.kmsTotal, c.operatorWrites, c.writes)
 	return c, nil
 }
