@@ -14,6 +14,7 @@ type cycle struct {
 	// operatorWrites are the write requests the operator sent the API server in the window,
 	// whatever the resource: what the naive baseline's writes compare with.
 	operatorWrites int
+	cpu            cpuTimes // CPU time of each process in the window
 	// operatorConfigMapWrites is the operator's own kms_key_sync_configmap_writes_total delta.
 	operatorConfigMapWrites int
 }
@@ -32,7 +33,7 @@ func cycleTimeout(sc scenario) time.Duration { return 6*sc.refresh + time.Minute
 // phases. The API writes are the API server's counters between the moments the last selector
 // refreshed once and twice; a selector whose slot falls right at the edges may be counted twice
 // or not at all.
-func measureCycle(ctx context.Context, sc scenario, cl *cluster, emu *emulator, tr *tracker, op *operatorProc) (cycle, error) {
+func measureCycle(ctx context.Context, sc scenario, cl *cluster, emu *emulator, tr *tracker, op *operatorProc, cpu cpuMeter) (cycle, error) {
 	var c cycle
 	progress("waiting for every selector to refresh once (warm-up cycle)")
 	warm, err := tr.waitFor(ctx, cycleTimeout(sc), "refreshed once", nthRefresh(1))
@@ -51,12 +52,14 @@ func measureCycle(ctx context.Context, sc scenario, cl *cluster, emu *emulator, 
 	if err != nil {
 		return c, err
 	}
+	cpuBefore := cpu.read()
 	emu.ResetStats()
 	progress("measuring the next refresh cycle")
 	end, err := tr.waitFor(ctx, cycleTimeout(sc), "refreshed twice", nthRefresh(2))
 	if err != nil {
 		return c, err
 	}
+	c.cpu = cpu.read().sub(cpuBefore)
 	after, err := cl.apiWrites(ctx)
 	if err != nil {
 		return c, err

@@ -19,6 +19,8 @@ type result struct {
 	readyAfter      time.Duration // from the start of the apply until the last selector was Ready
 	firstSyncCalls  int
 	firstSyncWrites writeCounts
+	firstSyncCPU    cpuTimes // CPU time of each process from the apply until all were Ready
+	cpuMeter        cpuMeter
 	cycle           cycle
 	soak            *soakResult // keyless scenarios only
 	memory          memory
@@ -41,6 +43,7 @@ func writeReport(w io.Writer, o options, machine string, results []*result) {
 	fmt.Fprintf(w, "Operator flags: --max-concurrent-reconciles=%d --kms-qps=%g --kms-burst=%d%s; selectors refresh every %s.\n\n",
 		o.concurrency, o.kmsQPS, o.kmsBurst, env, refreshIntervals(results))
 	writeResults(w, results)
+	writeCPU(w, results)
 	writeSoaks(w, results)
 	writeBaseline(w, results)
 	writeTargets(w, results)
@@ -77,6 +80,49 @@ func writeResults(w io.Writer, results []*result) {
 				num(c.writes.get(resConfigMaps)), num(c.writes.get(resStatus)), num(c.operatorWrites), seconds(c.duration),
 				mebibytes(r.memory.peakRSS), mebibytes(r.memory.peakHeapInuse)}
 		})
+}
+
+// writeCPU prints the CPU time each process of a scenario used in the measured cycle and in the
+// first sync, so that the report tells which one would saturate the machine's cores first.
+func writeCPU(w io.Writer, results []*result) {
+	measured := func(r *result) bool { return !r.scenario.keyless && r.cpuMeter != nil }
+	i := slices.IndexFunc(results, measured)
+	if i < 0 {
+		return
+	}
+	fmt.Fprintln(w, "### CPU")
+	fmt.Fprintln(w)
+	fmt.Fprintf(w, "CPU time (user and system, from /proc) each process used in the measured cycle, then in the first sync (apply → all Ready); the share is of %d cores over that window. The bench serves the KMS emulator.\n\n", runtime.NumCPU())
+	var columns []string
+	for _, p := range results[i].cpuMeter {
+		columns = append(columns, p.name)
+	}
+	columns = append(columns, "All (share of the cores)", "Busiest")
+	writeScenarioTable(w, results, measured, columns, func(r *result) []string {
+		var cells []string
+		for j := range r.cpuMeter {
+			cells = append(cells, cpuSeconds(r.cycle.cpu[j])+" / "+cpuSeconds(r.firstSyncCPU[j]))
+		}
+		return append(cells,
+			fmt.Sprintf("%s (%s) / %s (%s)", cpuSeconds(r.cycle.cpu.total()), cpuShare(r.cycle.cpu, r.cycle.duration),
+				cpuSeconds(r.firstSyncCPU.total()), cpuShare(r.firstSyncCPU, r.readyAfter)),
+			r.cycle.cpu.busiest(r.cpuMeter)+" / "+r.firstSyncCPU.busiest(r.cpuMeter))
+	})
+}
+
+func cpuSeconds(d time.Duration) string {
+	if d < 0 {
+		return "n/a"
+	}
+	return fmt.Sprintf("%.1f s", d.Seconds())
+}
+
+// cpuShare is the processes' CPU time as a share of every core over the window.
+func cpuShare(c cpuTimes, window time.Duration) string {
+	if window <= 0 {
+		return "n/a"
+	}
+	return fmt.Sprintf("%.0f%%", 100*c.total().Seconds()/(window.Seconds()*float64(runtime.NumCPU())))
 }
 
 // writeScenarioTable prints a markdown table with a row for each result that keep selects: its

@@ -218,6 +218,7 @@ func measureOperator(ctx context.Context, o options, sc scenario, cl *cluster, e
 		case <-ctx.Done():
 		}
 	}()
+	res.cpuMeter = newCPUMeter(op)
 	sampler := op.sampleMemory(ctx, 2*time.Second)
 	defer sampler.stop()
 	prof := newProfiler(o, sc, cl, op)
@@ -232,7 +233,7 @@ func measureOperator(ctx context.Context, o options, sc scenario, cl *cluster, e
 	if sc.keyless {
 		res.soak, err = soak(ctx, o, emu, iam, tr)
 	} else {
-		res.cycle, err = measureCycle(ctx, sc, cl, emu, tr, op)
+		res.cycle, err = measureCycle(ctx, sc, cl, emu, tr, op, res.cpuMeter)
 	}
 	if err != nil {
 		return err
@@ -257,6 +258,7 @@ func measureFirstSync(ctx context.Context, o options, sc scenario, cl *cluster, 
 	if err != nil {
 		return err
 	}
+	cpuBefore := res.cpuMeter.read()
 	progress("applying %d selectors", sc.selectors)
 	applied := time.Now()
 	prof.firstSync(ctx)
@@ -273,6 +275,7 @@ func measureFirstSync(ctx context.Context, o options, sc scenario, cl *cluster, 
 		return err
 	}
 	res.readyAfter = ready.Sub(applied)
+	res.firstSyncCPU = res.cpuMeter.read().sub(cpuBefore)
 	res.firstSyncCalls = emu.callsBetween(nil, tr.cutoffs(firstReady))
 	after, err := cl.apiWrites(ctx)
 	if err != nil {
