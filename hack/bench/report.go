@@ -176,50 +176,6 @@ func writeBaseline(w io.Writer, results []*result) {
 	fmt.Fprintln(w)
 }
 
-// target is one of the performance targets listed in docs/benchmarks.md, and whether the run
-// met it.
-type target struct {
-	scenario, goal, measured string
-	met                      bool
-}
-
-func targets(results []*result) []target {
-	byName := map[string]*result{}
-	for _, r := range results {
-		if r.complete() {
-			byName[r.scenario.name] = r
-		}
-	}
-	var out []target
-	add := func(r *result, goal, measured string, met bool) {
-		out = append(out, target{r.scenario.name, goal, measured, met})
-	}
-	if r := byName["a"]; r != nil {
-		add(r, "first sync < 5 s", seconds(r.readyAfter), r.readyAfter < 5*time.Second)
-		add(r, "first sync with 10 KMS calls", num(r.firstSyncCalls), r.firstSyncCalls <= 10)
-	}
-	if r := byName["b"]; r != nil {
-		add(r, "all Ready < 60 s", seconds(r.readyAfter), r.readyAfter < time.Minute)
-		add(r, "steady state: 1,000 KMS calls per cycle", num(r.cycle.kmsCalls), r.cycle.kmsCalls <= r.scenario.selectors)
-		add(r, "steady state: 0 ConfigMap writes per cycle", num(r.cycle.writes.get(resConfigMaps)), r.cycle.writes.get(resConfigMaps) == 0)
-	}
-	if r := byName["c"]; r != nil {
-		add(r, "steady state: ≤ 10 KMS calls per cycle", num(r.cycle.kmsCalls), r.cycle.kmsCalls <= r.scenario.filters)
-	}
-	if r := byName["d"]; r != nil {
-		rss := r.memory.peakRSS
-		add(r, "peak RSS < 150 MiB", mebibytes(rss), rss < 150*mib)
-		if b := byName["b"]; b != nil {
-			ratio := float64(rss) / float64(b.memory.peakRSS)
-			add(r, "peak RSS within 10% of (b)'s", fmt.Sprintf("%s vs %s (%+.1f%%)", mebibytes(rss), mebibytes(b.memory.peakRSS), 100*(ratio-1)), ratio <= 1.10)
-		}
-	}
-	if r := byName["k"]; r != nil {
-		r.soak.targets(func(goal, measured string, met bool) { add(r, goal, measured, met) })
-	}
-	return out
-}
-
 func writeTargets(w io.Writer, results []*result) {
 	ts := targets(results)
 	if len(ts) == 0 {
