@@ -53,7 +53,7 @@ type options struct {
 	naiveWorkers int
 	profile      string        // the scenario to profile with pprof; "" for none
 	cpuProfile   time.Duration // length of the CPU profile, started when the selectors are applied
-	readyTimeout time.Duration
+	readyTimeout time.Duration // overrides every scenario's when not zero
 	soakDuration time.Duration // how long keyless scenarios are watched once every selector is Synced
 	operatorEnv  []string      // extra NAME=value environment of the operator, such as GOMEMLIMIT=120MiB
 	verbose      bool
@@ -78,7 +78,7 @@ func parseOptions(args []string, stderr io.Writer) (options, error) {
 	fs.IntVar(&o.naiveWorkers, "naive-workers", 8, "how many selectors the naive baseline syncs at the same time")
 	fs.StringVar(&o.profile, "profile", "b", "the scenario during which to take pprof CPU and heap profiles of the operator; empty for none")
 	fs.DurationVar(&o.cpuProfile, "cpu-profile", 30*time.Second, "length of the CPU profile, started when the selectors are applied")
-	fs.DurationVar(&o.readyTimeout, "ready-timeout", 3*time.Minute, "how long to wait for every selector to become Ready")
+	fs.DurationVar(&o.readyTimeout, "ready-timeout", 0, "how long to wait for every selector to become Ready; by default each scenario's own: 3m, and 10m for (e)")
 	fs.DurationVar(&o.soakDuration, "soak-duration", 6*time.Minute, "how long scenario k watches its selectors once all are Synced; its id-token exchange target scales with it")
 	fs.Func("operator-env", "an extra NAME=value environment variable of the operator, such as GOMEMLIMIT=120MiB; repeatable", func(v string) error {
 		if !strings.Contains(v, "=") {
@@ -97,6 +97,9 @@ func parseOptions(args []string, stderr io.Writer) (options, error) {
 	if o.refresh != 0 && o.refresh < 10*time.Second {
 		return o, fmt.Errorf("--refresh-interval must be at least 10s, got %s", o.refresh)
 	}
+	if o.readyTimeout < 0 {
+		return o, fmt.Errorf("--ready-timeout must not be negative, got %s", o.readyTimeout)
+	}
 	if o.scale <= 0 || o.scale > 1 {
 		return o, fmt.Errorf("--scale must be in (0, 1], got %g", o.scale)
 	}
@@ -109,7 +112,7 @@ func parseOptions(args []string, stderr io.Writer) (options, error) {
 		if !ok {
 			return o, fmt.Errorf("unknown scenario %q: want some of %s", s, scenarioNames())
 		}
-		o.scenarios = append(o.scenarios, sc.resolve(o.refresh, o.scale))
+		o.scenarios = append(o.scenarios, sc.resolve(o))
 	}
 	if len(o.scenarios) == 0 {
 		return o, errors.New("--scenarios names no scenario")

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -32,12 +33,18 @@ type scenario struct {
 	// refresh is the selectors' spec.refreshInterval; zero means defaultRefresh. A
 	// --refresh-interval on the command line overrides it.
 	refresh time.Duration
-	// scale is the factor --scale shrank the scenario by; 1 for the full size.
-	scale float64
+	// readyTimeout is how long the selectors may take to become Ready; zero means
+	// defaultReadyTimeout. A --ready-timeout on the command line overrides it.
+	readyTimeout time.Duration
 }
 
-// defaultRefresh is the refresh interval of a scenario that names none: the minimum.
-const defaultRefresh = 10 * time.Second
+const (
+	// defaultRefresh is the refresh interval of a scenario that names none: the minimum.
+	defaultRefresh = 10 * time.Second
+	// defaultReadyTimeout is how long a scenario's selectors may take to become Ready, unless it
+	// says otherwise.
+	defaultReadyTimeout = 3 * time.Minute
+)
 
 // defaultScenarios run when --scenarios is not given. (e) is left out: 10,000 creates and three
 // one-minute refresh cycles take well over 5 minutes on 2 cores.
@@ -48,7 +55,7 @@ var scenarios = []scenario{
 	{name: "b", title: "1,000 selectors × 100 keys, each its own filter, 10 namespaces", selectors: 1000, namespaces: 10, filters: 1000, keysPerFilter: 100, baseline: true},
 	{name: "c", title: "1,000 selectors sharing 10 filters (100 keys each), 10 namespaces", selectors: 1000, namespaces: 10, filters: 10, keysPerFilter: 100, baseline: true},
 	{name: "d", title: "scenario b with 5,000 unrelated ConfigMaps and 5,000 Secrets", selectors: 1000, namespaces: 10, filters: 1000, keysPerFilter: 100, clutter: 5000},
-	{name: "e", title: "10,000 selectors in 100 namespaces sharing 1,000 filters (10 keys each, so that KMS is not the bottleneck), refreshed every minute", selectors: 10000, namespaces: 100, filters: 1000, keysPerFilter: 10, refresh: time.Minute},
+	{name: "e", title: "10,000 selectors in 100 namespaces sharing 1,000 filters (10 keys each, so that KMS is not the bottleneck), refreshed every minute", selectors: 10000, namespaces: 100, filters: 1000, keysPerFilter: 10, refresh: time.Minute, readyTimeout: 10 * time.Minute},
 	{name: "k", title: "100 keyless selectors × 10 keys, each its own filter, one service account, 2-minute credentials", selectors: 100, namespaces: 1, filters: 100, keysPerFilter: 10, keyless: true},
 }
 
@@ -61,24 +68,20 @@ func scenarioByName(name string) (scenario, bool) {
 	return scenario{}, false
 }
 
-// resolve returns the scenario as it runs: with its refresh interval (refresh, when not zero,
-// overrides the scenario's) and shrunk by scale. Scaling multiplies the selectors, the filters
-// and the unrelated objects, rounding up; namespaces and keys per filter stay, so that a small run
-// keeps the scenario's shape. Its title says so.
-func (s scenario) resolve(refresh time.Duration, scale float64) scenario {
-	if refresh != 0 {
-		s.refresh = refresh
-	} else if s.refresh == 0 {
-		s.refresh = defaultRefresh
-	}
-	s.scale = scale
-	if scale == 1 {
+// resolve returns the scenario as it runs: with its refresh interval and ready timeout (the
+// command line's, when given, override the scenario's) and shrunk by o.scale. Scaling multiplies
+// the selectors, the filters and the unrelated objects, rounding up; namespaces and keys per
+// filter stay, so that a small run keeps the scenario's shape. Its title says so.
+func (s scenario) resolve(o options) scenario {
+	s.refresh = cmp.Or(o.refresh, s.refresh, defaultRefresh)
+	s.readyTimeout = cmp.Or(o.readyTimeout, s.readyTimeout, defaultReadyTimeout)
+	if o.scale == 1 {
 		return s
 	}
-	shrink := func(n int) int { return int(math.Ceil(float64(n) * scale)) }
+	shrink := func(n int) int { return int(math.Ceil(float64(n) * o.scale)) }
 	s.selectors, s.filters, s.clutter = shrink(s.selectors), shrink(s.filters), shrink(s.clutter)
 	s.namespaces = min(s.namespaces, s.selectors)
-	s.title += fmt.Sprintf(" — scaled ×%g: %s selectors, %s filters", scale, num(s.selectors), num(s.filters))
+	s.title += fmt.Sprintf(" — scaled ×%g: %s selectors, %s filters", o.scale, num(s.selectors), num(s.filters))
 	if s.clutter > 0 {
 		s.title += fmt.Sprintf(", %s unrelated objects of each kind", num(s.clutter))
 	}
@@ -270,7 +273,7 @@ func measureFirstSync(ctx context.Context, o options, sc scenario, cl *cluster, 
 		return err
 	}
 	res.applyDuration = time.Since(applied)
-	ready, err := tr.waitFor(ctx, o.readyTimeout, "Ready", firstReady)
+	ready, err := tr.waitFor(ctx, sc.readyTimeout, "Ready", firstReady)
 	if err != nil {
 		return err
 	}
