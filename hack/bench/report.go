@@ -266,6 +266,14 @@ func num(n int) string {
 	return b.String()
 }
 
+// count formats "1 filter", "2 filters".
+func count(n int, noun string) string {
+	if n == 1 {
+		return "1 " + noun
+	}
+	return num(n) + " " + noun + "s"
+}
+
 // versus formats "ours vs naive (ratio×)".
 func versus(ours, naive int) string {
 	if naive == 0 {

@@ -81,7 +81,7 @@ func (s scenario) resolve(o options) scenario {
 	shrink := func(n int) int { return int(math.Ceil(float64(n) * o.scale)) }
 	s.selectors, s.filters, s.clutter = shrink(s.selectors), shrink(s.filters), shrink(s.clutter)
 	s.namespaces = min(s.namespaces, s.selectors)
-	s.title += fmt.Sprintf(" — scaled ×%g: %s selectors, %s filters", o.scale, num(s.selectors), num(s.filters))
+	s.title += fmt.Sprintf(" — scaled ×%g: %s, %s", o.scale, count(s.selectors, "selector"), count(s.filters, "filter"))
 	if s.clutter > 0 {
 		s.title += fmt.Sprintf(", %s unrelated objects of each kind", num(s.clutter))
 	}

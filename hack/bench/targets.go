@@ -57,7 +57,10 @@ func (l limit) met(v float64) bool {
 
 func (l limit) String() string {
 	op := "<"
-	if l.inclusive {
+	switch {
+	case l.inclusive && l.max == 0:
+		op = "="
+	case l.inclusive:
 		op = "≤"
 	}
 	return op + " " + l.format(l.max)
