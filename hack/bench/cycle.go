@@ -8,9 +8,11 @@ import (
 // cycle is what one steady-state refresh cycle cost: every selector refreshed once.
 type cycle struct {
 	duration time.Duration // from the end of the warm-up cycle to the end of the measured one
-	kmsCalls int           // KMS calls of the measured cycle, attributed by filter
-	kmsTotal int64         // every call the emulator counted in the window
-	writes   writeCounts   // API writes in the window, by resource, as the API server counted them
+	// longestGap is the longest time one selector took from its first refresh to its second.
+	longestGap time.Duration
+	kmsCalls   int         // KMS calls of the measured cycle, attributed by filter
+	kmsTotal   int64       // every call the emulator counted in the window
+	writes     writeCounts // API writes in the window, by resource, as the API server counted them
 	// operatorWrites are the write requests the operator sent the API server in the window,
 	// whatever the resource: what the naive baseline's writes compare with.
 	operatorWrites int
@@ -73,6 +75,7 @@ func measureCycle(ctx context.Context, sc scenario, cl *cluster, emu *emulator, 
 		return c, err
 	}
 	c.duration = end.Sub(warm)
+	c.longestGap = tr.longestGap(1)
 	c.kmsTotal = emu.Stats().Total
 	c.kmsCalls = emu.callsBetween(tr.cutoffs(nthRefresh(1)), tr.cutoffs(nthRefresh(2)))
 	c.writes = after.sub(before)

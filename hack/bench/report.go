@@ -211,8 +211,8 @@ func writeDetails(w io.Writer, results []*result) {
 				num(s.samples), soakSampleInterval, num(s.worstSample), mebibytes(r.memory.peakRSS))
 			continue
 		}
-		fmt.Fprintf(w, "  Steady cycle: %s from the last selector's first refresh to its second (the interval is the cycle's ideal length); %s KMS calls in that window; API writes the API server counted: %s; write requests the operator sent: %s; the operator's own ConfigMap write counter: %s.\n",
-			seconds(c.duration), num(int(c.kmsTotal)), c.writes, num(c.operatorWrites), num(c.operatorConfigMapWrites))
+		fmt.Fprintf(w, "  Steady cycle: %s from the last selector's first refresh to its second (the interval is the cycle's ideal length), at most %s between one selector's two; %s KMS calls in that window; API writes the API server counted: %s; write requests the operator sent: %s; the operator's own ConfigMap write counter: %s.\n",
+			seconds(c.duration), seconds(c.longestGap), num(int(c.kmsTotal)), c.writes, num(c.operatorWrites), num(c.operatorConfigMapWrites))
 		m := r.memory
 		fmt.Fprintf(w, "  Listings answered by coalescing since start: %s. Heap: peak allocated %s, %s at the end (%d samples). RSS at the end: %s anonymous + %s file-backed (the binary).\n",
 			num(int(r.coalesced)), mebibytes(m.peakHeapAlloc), mebibytes(m.lastHeapAlloc), m.samples, mebibytes(m.rssAnon), mebibytes(m.rssFile))

@@ -211,6 +211,19 @@ func (t *tracker) cutoffs(of func(*selectorState) time.Time) map[string]time.Tim
 	return out
 }
 
+// longestGap returns the longest time between the n-th and the n+1-th refresh of one selector.
+func (t *tracker) longestGap(n int) time.Duration {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	var longest time.Duration
+	for _, s := range t.selectors {
+		if len(s.refreshes) > n {
+			longest = max(longest, s.refreshes[n].Sub(s.refreshes[n-1]))
+		}
+	}
+	return longest
+}
+
 // notSynced counts the selectors whose Ready condition is not Synced, the ones not seen yet
 // included.
 func (t *tracker) notSynced() int {
