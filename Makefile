@@ -53,9 +53,11 @@ test: manifests generate fmt vet envtest helm kustomize build ## Run all tests a
 
 # The bench is a documented command, not a test: it runs the real operator binary against a local
 # control plane and the KMS emulator at scale (a few minutes on 2 cores). Run one scenario with
-# BENCH_ARGS=--scenarios=b; see docs/benchmarks.md. Logs and pprof profiles go to bin/bench-out/.
+# BENCH_ARGS=--scenarios=b; scenario e (10,000 selectors) runs only when named; BENCH_ARGS=--scale=0.05
+# shrinks the scenarios to check the harness quickly. See docs/benchmarks.md. Logs and pprof
+# profiles go to bin/bench-out/.
 .PHONY: bench
-bench: ## Measure the operator at scale (1 to 1,000 selectors) against a naive baseline; prints a markdown table.
+bench: ## Measure the operator at scale (1 to 10,000 selectors) against a naive baseline; prints a markdown table.
 	go test ./internal/render/ -run '^$$' -bench '^BenchmarkRecipes10kKeys$$' -benchtime 20x
 	CGO_ENABLED=0 go build -trimpath -ldflags "$(LDFLAGS)" -o bin/manager .
 	go build -o bin/bench ./hack/bench

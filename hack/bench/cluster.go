@@ -114,21 +114,34 @@ func (w writeCounts) sub(before writeCounts) writeCounts {
 	return out
 }
 
-// Resources the bench attributes to the operator; other writes (the API server's own leases and
-// endpoint slices) are left out.
+// Resources the report names.
 const (
 	resConfigMaps = "configmaps"
 	resStatus     = "kmskeyselectors/status"
-	resEvents     = "events"
 )
 
+// controlPlaneResources are what the API server writes on its own (its identity lease, the
+// kubernetes service's endpoints), whoever else runs.
+var controlPlaneResources = map[string]bool{"leases": true, "endpointslices": true, "endpoints": true}
+
 func (w writeCounts) get(resource string) int { return int(w[resource]) }
+
+// total counts the writes, the API server's own bookkeeping left out.
+func (w writeCounts) total() int {
+	n := 0.0
+	for r, v := range w {
+		if !controlPlaneResources[r] {
+			n += v
+		}
+	}
+	return int(n)
+}
 
 // String lists the writes by resource, the API server's own bookkeeping left out.
 func (w writeCounts) String() string {
 	var parts []string
 	for r, n := range w {
-		if r == "leases" || r == "endpointslices" || r == "endpoints" {
+		if controlPlaneResources[r] {
 			continue
 		}
 		parts = append(parts, fmt.Sprintf("%s %d", r, int(n)))

@@ -58,9 +58,9 @@ func seed(ctx context.Context, cl *cluster, sc scenario) error {
 	return nil
 }
 
-// createSelectors applies the scenario's selectors, pointed at the emulator, each changed by
-// mutate.
-func createSelectors(ctx context.Context, cl *cluster, sc scenario, endpoint string, refresh time.Duration, mutate ...func(*kmsv1alpha1.KmsKeySelector)) error {
+// createSelectors applies the scenario's selectors, pointed at the emulator and refreshed every
+// sc.refresh, each changed by mutate.
+func createSelectors(ctx context.Context, cl *cluster, sc scenario, endpoint string, mutate ...func(*kmsv1alpha1.KmsKeySelector)) error {
 	refs := sc.selectorRefs()
 	return parallel(ctx, len(refs), func(ctx context.Context, i int) error {
 		ref := refs[i]
@@ -69,7 +69,7 @@ func createSelectors(ctx context.Context, cl *cluster, sc scenario, endpoint str
 			tags = append(tags, testkit.Tag(t.Key, t.Values...))
 		}
 		sel := testkit.Selector(ref.key.Namespace, ref.key.Name, endpoint,
-			append([]func(*kmsv1alpha1.KmsKeySelector){testkit.WithTags(tags...), testkit.WithRefreshInterval(refresh)}, mutate...)...)
+			append([]func(*kmsv1alpha1.KmsKeySelector){testkit.WithTags(tags...), testkit.WithRefreshInterval(sc.refresh)}, mutate...)...)
 		if err := cl.client.Create(ctx, sel); err != nil {
 			return fmt.Errorf("creating selector %s: %w", ref.key, err)
 		}

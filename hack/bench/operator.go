@@ -164,6 +164,25 @@ func (p *operatorProc) counter(ctx context.Context, name string) (float64, error
 	return m.Sum(name, nil), nil
 }
 
+// apiWrites returns how many write requests the operator has sent the API server, whatever the
+// resource or the answer, from client-go's request counter (the method is POST, PUT, PATCH or
+// DELETE). Unlike the API server's counters it leaves out every other client, the API server's
+// own bookkeeping included, and it counts any object the operator writes, of any kind.
+func (p *operatorProc) apiWrites(ctx context.Context) (int, error) {
+	const name = "rest_client_requests_total"
+	m, err := p.metrics(ctx, name)
+	if err != nil {
+		return 0, err
+	}
+	n := 0.0
+	for _, s := range m.Series(name, nil) {
+		if writeVerbs[s.Labels["method"]] {
+			n += s.Value
+		}
+	}
+	return int(n), nil
+}
+
 // cpuProfile takes a CPU profile of length d into path, in the background.
 func (p *operatorProc) cpuProfile(ctx context.Context, path string, d time.Duration) <-chan error {
 	done := make(chan error, 1)

@@ -28,7 +28,7 @@ func newProfiler(o options, sc scenario, cl *cluster, op *operatorProc) *profile
 		cl:      cl,
 		op:      op,
 		cpu:     o.cpuProfile,
-		steadyD: 2 * o.refresh,
+		steadyD: 2 * sc.refresh,
 	}
 }
 

@@ -18,16 +18,24 @@ import (
 	kmsv1alpha1 "github.com/kms-key-sync/kms-key-sync/api/v1alpha1"
 	"github.com/kms-key-sync/kms-key-sync/internal/kms"
 	"github.com/kms-key-sync/kms-key-sync/internal/operator"
+	"github.com/kms-key-sync/kms-key-sync/internal/testkit"
 )
 
 const pollInterval = 100 * time.Millisecond
 
-// tracker watches the selectors and notes, as the updates arrive, when each first became Ready
-// and when its status.lastSyncTime moved after that (each move is one refresh). Watching costs
-// the API server far less than listing a thousand selectors over and over.
+// lastSyncMetric is the operator's gauge of when each selector last listed its keys. The status
+// is not written when a refresh changed nothing, so this is where a refresh shows.
+const lastSyncMetric = "kms_key_sync_selector_last_sync_timestamp_seconds"
+
+// tracker notes when each selector first became Ready, from a watch (watching costs the API
+// server far less than listing thousands of selectors over and over), and when it refreshed,
+// from samples of the operator's lastSyncMetric: every change of a selector's value after its
+// first (the first sync) is one refresh, dated when the sample that showed it was taken.
 type tracker struct {
 	cancel context.CancelFunc
+	runCtx context.Context
 	done   chan error
+	polls  sync.WaitGroup
 
 	mu        sync.Mutex
 	selectors map[types.NamespacedName]*selectorState
@@ -37,10 +45,11 @@ type tracker struct {
 type selectorState struct {
 	filter     string
 	firstReady time.Time
-	lastSync   time.Time
+	// lastSync is the last value of lastSyncMetric sampled, zero before the first sync.
+	lastSync float64
 	// synced says whether the Ready condition's reason was Synced in the last update seen.
 	synced bool
-	// refreshes are the times lastSync was seen to move after the selector became Ready.
+	// refreshes are the times lastSync was seen to move after the first sync.
 	refreshes []time.Time
 }
 
@@ -72,17 +81,50 @@ func startTracker(ctx context.Context, cfg *rest.Config, sc scenario) (*tracker,
 	}); err != nil {
 		return nil, err
 	}
-	runCtx, cancel := context.WithCancel(context.Background())
-	t.cancel = cancel
-	go func() { t.done <- c.Start(runCtx) }()
+	t.runCtx, t.cancel = context.WithCancel(context.Background())
+	go func() { t.done <- c.Start(t.runCtx) }()
 	if !c.WaitForCacheSync(ctx) {
 		return nil, errors.Join(errors.New("the selector watch did not sync"), t.stop())
 	}
 	return t, nil
 }
 
+// followRefreshes samples the operator's lastSyncMetric every interval until the tracker stops.
+// A failed sample (the operator busy or stopped) is skipped; a refresh it hid shows in the next.
+func (t *tracker) followRefreshes(op *operatorProc, every time.Duration) {
+	t.polls.Add(1)
+	go func() {
+		defer t.polls.Done()
+		ticker := time.NewTicker(every)
+		defer ticker.Stop()
+		for {
+			if m, err := op.metrics(t.runCtx, lastSyncMetric); err == nil {
+				t.sampled(m.Series(lastSyncMetric, nil), time.Now())
+			}
+			select {
+			case <-t.runCtx.Done():
+				return
+			case <-ticker.C:
+			}
+		}
+	}()
+}
+
+func (t *tracker) sampled(series []testkit.Series, at time.Time) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	for _, s := range series {
+		st := t.state(types.NamespacedName{Namespace: s.Labels["namespace"], Name: s.Labels["selector"]})
+		if s.Value != st.lastSync && st.lastSync != 0 {
+			st.refreshes = append(st.refreshes, at)
+		}
+		st.lastSync = s.Value
+	}
+}
+
 func (t *tracker) stop() error {
 	t.cancel()
+	t.polls.Wait()
 	return <-t.done
 }
 
@@ -95,6 +137,16 @@ func slim(obj any) (any, error) {
 	return obj, nil
 }
 
+// state returns the state of the selector key, new if need be; t.mu is held.
+func (t *tracker) state(key types.NamespacedName) *selectorState {
+	s := t.selectors[key]
+	if s == nil {
+		s = &selectorState{}
+		t.selectors[key] = s
+	}
+	return s
+}
+
 func (t *tracker) observe(obj any) {
 	sel, ok := obj.(*kmsv1alpha1.KmsKeySelector)
 	if !ok {
@@ -103,28 +155,13 @@ func (t *tracker) observe(obj any) {
 	now := time.Now()
 	t.mu.Lock()
 	defer t.mu.Unlock()
-	key := client.ObjectKeyFromObject(sel)
-	s := t.selectors[key]
-	if s == nil {
-		s = &selectorState{filter: filterKey(tagsOf(sel))}
-		t.selectors[key] = s
-	}
-	var lastSync time.Time
-	if sel.Status.LastSyncTime != nil {
-		lastSync = sel.Status.LastSyncTime.Time
-	}
-	moved := !lastSync.Equal(s.lastSync)
-	s.lastSync = lastSync
+	s := t.state(client.ObjectKeyFromObject(sel))
+	s.filter = filterKey(tagsOf(sel))
 	ready := meta.FindStatusCondition(sel.Status.Conditions, kmsv1alpha1.ConditionReady)
 	s.synced = ready != nil && ready.Reason == kmsv1alpha1.ReasonSynced
-	switch {
-	case s.firstReady.IsZero():
-		if sel.Status.ObservedGeneration == sel.Generation &&
-			meta.IsStatusConditionTrue(sel.Status.Conditions, kmsv1alpha1.ConditionReady) {
-			s.firstReady = now
-		}
-	case moved:
-		s.refreshes = append(s.refreshes, now)
+	if s.firstReady.IsZero() && sel.Status.ObservedGeneration == sel.Generation &&
+		meta.IsStatusConditionTrue(sel.Status.Conditions, kmsv1alpha1.ConditionReady) {
+		s.firstReady = now
 	}
 }
 
@@ -172,6 +209,19 @@ func (t *tracker) cutoffs(of func(*selectorState) time.Time) map[string]time.Tim
 		delete(out, f)
 	}
 	return out
+}
+
+// longestGap returns the longest time between the n-th and the n+1-th refresh of one selector.
+func (t *tracker) longestGap(n int) time.Duration {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	var longest time.Duration
+	for _, s := range t.selectors {
+		if len(s.refreshes) > n {
+			longest = max(longest, s.refreshes[n].Sub(s.refreshes[n-1]))
+		}
+	}
+	return longest
 }
 
 // notSynced counts the selectors whose Ready condition is not Synced, the ones not seen yet
