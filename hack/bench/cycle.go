@@ -17,7 +17,9 @@ type cycle struct {
 	// whatever the resource: what the naive baseline's writes compare with.
 	operatorWrites int
 	cpu            cpuTimes // CPU time of each process in the window
-	// operatorConfigMapWrites is the operator's own kms_key_sync_configmap_writes_total delta.
+	// operatorConfigMapWrites is the operator's own kms_key_sync_configmap_writes_total delta:
+	// writes of selectors' ConfigMaps, without the refresh checkpoint, which the API server's
+	// count of ConfigMaps includes.
 	operatorConfigMapWrites int
 }
 

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	"net/http"
 	"os"
 	"os/exec"
@@ -35,10 +36,15 @@ type operatorProc struct {
 
 // startOperator runs the operator as its own user of the cluster, trusting the KMS emulator, with
 // its metrics and pprof on free local ports, its log in o.outDir, and the scenario's extraArgs.
+// Its own namespace, as in a cluster, holds the refresh checkpoint, whose writes count as its.
 func startOperator(o options, sc scenario, cl *cluster, extraArgs ...string) (*operatorProc, error) {
 	addrs, err := testkit.FreeLoopbackAddresses(2)
 	if err != nil {
 		return nil, err
+	}
+	ownNamespace := "bench-" + sc.name + "-system"
+	if err := cl.client.Create(context.Background(), testkit.Namespace(ownNamespace)); err != nil && !apierrors.IsAlreadyExists(err) {
+		return nil, fmt.Errorf("creating namespace %s: %w", ownNamespace, err)
 	}
 	metricsAddr, pprofAddr := addrs[0], addrs[1]
 	args := []string{
@@ -51,6 +57,7 @@ func startOperator(o options, sc scenario, cl *cluster, extraArgs ...string) (*o
 		"--kms-qps=" + strconv.FormatFloat(o.kmsQPS, 'f', -1, 64),
 		"--kms-burst=" + strconv.Itoa(o.kmsBurst),
 		"--max-concurrent-reconciles=" + strconv.Itoa(o.concurrency),
+		"--cluster-resource-namespace=" + ownNamespace,
 	}
 	args = append(args, extraArgs...)
 	logPath := filepath.Join(o.outDir, sc.name+"-operator.log")

@@ -114,7 +114,7 @@ func firstSyncCalls(r *result) float64  { return float64(r.firstSyncCalls) }
 func cycleLength(r *result) float64     { return r.cycle.duration.Seconds() }
 func cycleCalls(r *result) float64      { return float64(r.cycle.kmsCalls) }
 func statusWrites(r *result) float64    { return float64(r.cycle.writes.get(resStatus)) }
-func configMapWrites(r *result) float64 { return float64(r.cycle.writes.get(resConfigMaps)) }
+func configMapWrites(r *result) float64 { return float64(r.cycle.operatorConfigMapWrites) }
 func peakRSS(r *result) float64         { return float64(r.memory.peakRSS) / mib }
 
 func writesAgainstNaive(r *result, _ map[string]*result) (float64, bool) {
