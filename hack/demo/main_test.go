@@ -105,7 +105,7 @@ func TestDemo(t *testing.T) {
 		t.Errorf("apply to ConfigMap took %s", res.applyToConfigMap)
 	}
 	for _, want := range []string{"[9/9] Cleaning up", "IAM emulator stopped", "kubectl get kmsproviders,kks -n orders", "orders-kms", "operator stopped", "KMS emulator stopped", "control plane stopped",
-		"NAME", "READY", "REASON", "KEYS", "LAST SYNC", "AGE", "payments   True",
+		"NAME", "READY", "REASON", "KEYS", "LAST CHANGE", "AGE", "payments   True",
 		"kubectl get clusterkmsproviders,kks -A", "SELECTORS", "platform-kms", "PAYMENTS_DB_KEY_ID: ",
 		"kubectl get kms -A", "DEMO_ARGS=-v", "no garbage collector", "Metrics:      http://127.0.0.1:"} {
 		if !strings.Contains(out.String(), want) {

@@ -14,6 +14,7 @@ import (
 	"k8s.io/apimachinery/pkg/util/intstr"
 	"sigs.k8s.io/yaml"
 
+	"github.com/kms-key-sync/kms-key-sync/controllers"
 	"github.com/kms-key-sync/kms-key-sync/internal/testkit"
 )
 
@@ -233,8 +234,9 @@ var _ = Describe("The Helm chart", func() {
 			Expect(d.Spec.Template.Labels).To(HaveKeyWithValue("example.com/tier", "control"))
 			Expect(c.Ports).To(ContainElement(And(HaveField("Name", "http"), HaveField("ContainerPort", BeEquivalentTo(9443)))))
 
-			// Leader election is off: no Role for it. Metrics are plain HTTP: no auth roles.
-			Expect(ms.ofKind("Role")).To(BeEmpty())
+			// Leader election is off: no Role for it, only the refresh checkpoint's, as the
+			// operator watches some namespaces. Metrics are plain HTTP: no auth roles.
+			Expect(ms.ofKind("Role")).To(ConsistOf(HaveField("Object", HaveKeyWithValue("metadata", HaveKeyWithValue("name", fullname+"-checkpoint-role")))))
 			for _, r := range ms.ofKind("ClusterRole") {
 				Expect(r.GetName()).NotTo(Equal(fullname + "-metrics-auth-role"))
 			}
@@ -277,8 +279,19 @@ var _ = Describe("The Helm chart", func() {
 			Expect(testkit.Permissions(rulesOf(ms.get("ClusterRole", crb.RoleRef.Name)))).To(Equal([]string{
 				"group=authentication.k8s.io resource=tokenreviews name= verb=create",
 			}))
+			// The refresh checkpoint, in the release namespace, which is not watched, has its own
+			// Role: create, and get and patch of that one ConfigMap.
 			bindings := ms.ofKind("RoleBinding")
-			Expect(bindings).To(HaveLen(2))
+			Expect(bindings).To(HaveLen(3))
+			checkpoint := &rbacv1.RoleBinding{}
+			convert(bindings[2], checkpoint)
+			Expect(checkpoint.Namespace).To(Equal(releaseNamespace))
+			Expect(checkpoint.RoleRef).To(Equal(rbacv1.RoleRef{APIGroup: "rbac.authorization.k8s.io", Kind: "Role", Name: fullname + "-checkpoint-role"}))
+			Expect(testkit.Permissions(rulesOf(ms.get("Role", fullname+"-checkpoint-role")))).To(ConsistOf(
+				"group= resource=configmaps name= verb=create",
+				"group= resource=configmaps name="+controllers.CheckpointName+" verb=get",
+				"group= resource=configmaps name="+controllers.CheckpointName+" verb=patch",
+			))
 			for i, ns := range []string{"team-a", "team-b"} {
 				rb := &rbacv1.RoleBinding{}
 				convert(bindings[i], rb)
