@@ -243,9 +243,9 @@ func pendingRequest(sel *kmsv1alpha1.KmsKeySelector) (string, bool) {
 // made since this process first saw the request: the user wants what KMS says after the change,
 // and a retry after a failed write can reuse the listing. A retry after a failed listing must not
 // go back to a listing older than the failure. A new selector takes a listing of its question
-// made up to firstSyncReuse (or one interval, if shorter) before it was created, so that
-// selectors applied together share one listing however long the workers take to reach them,
-// unless it also asks for a force-sync, as one may whose first status is not written yet.
+// made up to firstSyncReuse before it was created, so that selectors applied together share one
+// listing however long the workers take to reach them, unless it also asks for a force-sync, as
+// one may whose first status is not written yet.
 func (r *KmsKeySelectorReconciler) listingSince(s situation) (notBefore time.Time, fresh bool) {
 	sel := s.sel
 	forced := sel.Annotations[kmsv1alpha1.ForceSyncAnnotation] != sel.Status.LastHandledForceSync
@@ -257,15 +257,15 @@ func (r *KmsKeySelectorReconciler) listingSince(s situation) (notBefore time.Tim
 	case sel.Status.ObservedGeneration == 0 && sel.CreationTimestamp.IsZero():
 		return time.Time{}, false
 	case sel.Status.ObservedGeneration == 0:
-		return sel.CreationTimestamp.Add(-min(refreshInterval(sel), firstSyncReuse)), false
+		return sel.CreationTimestamp.Add(-firstSyncReuse), false
 	}
 	next, _ := nextListingTime(s)
 	return next, false
 }
 
 // firstSyncReuse bounds how old a listing may be, when a selector is created, to answer its
-// first sync: no staler than what a Synced selector of the same question shows, and never more
-// than half a minute, so that a key tagged just before a new selector is soon in its ConfigMap.
+// first sync: long enough for a burst of selectors applied together, short enough that a key
+// tagged just before a new selector is soon in its ConfigMap.
 const firstSyncReuse = 30 * time.Second
 
 // nextRefresh is the time of the refresh after a success at now. A scheduled refresh moves on to

@@ -41,8 +41,14 @@ func (r *KmsKeySelectorReconciler) sync(ctx context.Context, s situation, p prov
 	if err != nil {
 		return err
 	}
-	r.recordChanges(sel, previouslyListed(sel, previous), listedKeys(keys))
-	setSynced(sel, keys, len(rendered.Data)+len(rendered.BinaryData), rendered.Digest(), now)
+	digest := rendered.Digest()
+	// The default entries hold every key's details: when they are kept and the content is what
+	// the last sync wrote, no key changed, and the diff, the refresh's largest cost, is skipped.
+	unchanged := digest == sel.Status.ContentDigest && sel.Spec.Target.MergePolicy != kmsv1alpha1.MergePolicyReplace
+	if !unchanged {
+		r.recordChanges(sel, previouslyListed(sel, previous), listedKeys(keys))
+	}
+	setSynced(sel, keys, len(rendered.Data)+len(rendered.BinaryData), digest, now)
 	r.Refreshes.Listed(sel, now, next)
 	recordSynced(sel, now)
 	return nil

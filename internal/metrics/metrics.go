@@ -3,6 +3,7 @@
 package metrics
 
 import (
+	"sync"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -110,9 +111,22 @@ func ObserveListing(d time.Duration, err error) {
 	ListingDuration.WithLabelValues(outcomeOf(err)).Observe(d.Seconds())
 }
 
+// selectorReasons is each selector's reason series, so that a change deletes the old one without
+// searching every series, which costs the whole vector at thousands of selectors.
+var selectorReasons = struct {
+	sync.Mutex
+	of map[[2]string]string
+}{of: map[[2]string]string{}}
+
 // SetSelectorReason makes reason the one reason series of the selector.
 func SetSelectorReason(namespace, name, reason string) {
-	SelectorReason.DeletePartialMatch(prometheus.Labels{"namespace": namespace, "selector": name})
+	selectorReasons.Lock()
+	defer selectorReasons.Unlock()
+	key := [2]string{namespace, name}
+	if old, ok := selectorReasons.of[key]; ok && old != reason {
+		SelectorReason.DeleteLabelValues(namespace, name, old)
+	}
+	selectorReasons.of[key] = reason
 	SelectorReason.WithLabelValues(namespace, name, reason).Set(1)
 }
 
@@ -144,7 +158,12 @@ func (o KMSObserver) ObserveRequest(operation, outcome string, d time.Duration) 
 func ForgetSelector(namespace, name string) {
 	labels := prometheus.Labels{"namespace": namespace, "selector": name}
 	Keys.DeletePartialMatch(labels)
-	SelectorReason.DeletePartialMatch(labels)
+	selectorReasons.Lock()
+	if reason, ok := selectorReasons.of[[2]string{namespace, name}]; ok {
+		SelectorReason.DeleteLabelValues(namespace, name, reason)
+		delete(selectorReasons.of, [2]string{namespace, name})
+	}
+	selectorReasons.Unlock()
 	SelectorReady.Delete(labels)
 	SelectorLastSync.Delete(labels)
 	SelectorRefreshInterval.Delete(labels)
