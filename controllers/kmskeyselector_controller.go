@@ -38,8 +38,8 @@ type KeyLister interface {
 var _ KeyLister = (*keysource.Coalescing)(nil)
 
 // KmsKeySelectorReconciler keeps each selector's ConfigMap in step with KMS. What it does next is
-// decided by what the API server stores (the selector's status and the ConfigMap's content
-// digest), so a restart or a new leader loses nothing and lists nothing early.
+// decided by what the API server stores (the selector's status, the ConfigMap's content digest
+// and the refresh checkpoint), so a restart or a new leader loses nothing and lists nothing early.
 type KmsKeySelectorReconciler struct {
 	client.Client
 	// APIReader reads what the cache does not hold: Secrets, and ConfigMaps' data.

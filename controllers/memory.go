@@ -18,8 +18,8 @@ import (
 // edited or deleted ConfigMap without calling KMS; the resourceVersion of the ConfigMap known to
 // hold it, to skip reading the ConfigMap; when a request was first seen, so that a retry can take
 // the listing made for it; and the status this process last wrote, until the cache shows it.
-// Whether to call KMS is decided by decide, from the status and the ConfigMap; memory only
-// spares finding out what they hold. Losing it, as a restart does, costs one GET of each
+// Whether to call KMS is decided by decide, from the status, the ConfigMap and the refresh
+// schedule (see Refreshes); memory only spares finding out what the first two hold. Losing it, as a restart does, costs one GET of each
 // ConfigMap, and at most one listing for a selector whose ConfigMap was damaged meanwhile and
 // holds nothing to repair it from.
 type memory struct {
