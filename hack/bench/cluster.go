@@ -114,7 +114,7 @@ func (w writeCounts) sub(before writeCounts) writeCounts {
 	return out
 }
 
-// Resources the report names.
+// API resources whose writes the bench output counts by name.
 const (
 	resConfigMaps = "configmaps"
 	resStatus     = "kmskeyselectors/status"

@@ -83,7 +83,7 @@ func writeResults(w io.Writer, results []*result) {
 }
 
 // writeCPU prints the CPU time each process of a scenario used in the measured cycle and in the
-// first sync, so that the report tells which one would saturate the machine's cores first.
+// first sync, so that the printed table shows which one would saturate the machine's cores first.
 func writeCPU(w io.Writer, results []*result) {
 	measured := func(r *result) bool { return !r.scenario.keyless && r.cpuMeter != nil }
 	i := slices.IndexFunc(results, measured)

@@ -134,8 +134,8 @@ func Compile(target kmsv1alpha1.TargetSpec) (*Expressions, error) {
 	return out, nil
 }
 
-// positioned turns the issues of a compilation into one line per error: "line L, column C:
-// message".
+// positioned turns the errors cel.Issues holds after a compilation into one line per error:
+// "line L, column C: message".
 func positioned(issues *cel.Issues) error {
 	var lines []string
 	for _, e := range issues.Errors() {
