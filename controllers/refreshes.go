@@ -197,7 +197,8 @@ func (r *Refreshes) write(ctx context.Context) error {
 // holds it at stored, which covers the refreshes an earlier leader made.
 func (r *Refreshes) listedThrough(ctx context.Context, stored time.Time) (time.Time, error) {
 	var sels kmsv1alpha1.KmsKeySelectorList
-	if err := r.Cache.List(ctx, &sels); err != nil {
+	// Read only: the cache's own objects, not a copy of every selector every few seconds.
+	if err := r.Cache.List(ctx, &sels, client.UnsafeDisableDeepCopy); err != nil {
 		return time.Time{}, fmt.Errorf("listing selectors: %w", err)
 	}
 	through := time.Now()
