@@ -64,7 +64,7 @@ func newFlagSet(f *flags) *flag.FlagSet {
 	fs.Float64Var(&f.KMSQPS, "kms-qps", 10, "The most KMS API calls per second, across all selectors; 0 means no limit.")
 	fs.IntVar(&f.KMSBurst, "kms-burst", 20, "The most KMS API calls in a burst above --kms-qps.")
 	fs.DurationVar(&f.CoalesceWindow, "coalesce-window", keysource.DefaultCoalesceWindow, "How long one listing answers identical requests of other selectors; keep it well under the smallest refresh interval (10s).")
-	fs.StringVar(&f.ClusterResourceNamespace, "cluster-resource-namespace", "", "The namespace of the Secrets of ClusterKmsProviders whose spec.auth.secretRef names none; empty means the namespace the operator runs in.")
+	fs.StringVar(&f.ClusterResourceNamespace, "cluster-resource-namespace", "", "The namespace of the Secrets of ClusterKmsProviders whose spec.auth.secretRef names none, and of the refresh checkpoint ConfigMap kms-key-sync-schedule; empty means the namespace the operator runs in (outside a cluster, none: no checkpoint).")
 	fs.Func("watch-namespaces", "Comma-separated namespaces to watch; empty watches all namespaces.", func(v string) error {
 		f.WatchNamespaces = splitList(v)
 		return nil
