@@ -193,7 +193,7 @@ func (r *Refreshes) write(ctx context.Context) error {
 }
 
 // listedThrough is the time before which every synced selector's scheduled refreshes were made:
-// the earliest refresh still due, or now. A synced selector this process has not planned yet
+// the earliest refresh still due, or just after now. A synced selector this process has not planned yet
 // holds it at stored, which covers the refreshes an earlier leader made.
 func (r *Refreshes) listedThrough(ctx context.Context, stored time.Time) (time.Time, error) {
 	var sels kmsv1alpha1.KmsKeySelectorList
@@ -201,10 +201,12 @@ func (r *Refreshes) listedThrough(ctx context.Context, stored time.Time) (time.T
 	if err := r.Cache.List(ctx, &sels, client.UnsafeDisableDeepCopy); err != nil {
 		return time.Time{}, fmt.Errorf("listing selectors: %w", err)
 	}
-	through := time.Now()
+	now := time.Now()
 	if r.Now != nil {
-		through = r.Now()
+		now = r.Now()
 	}
+	// With no refresh due, every slot up to now, now included, was listed.
+	through := now.Add(time.Nanosecond)
 	for i := range sels.Items {
 		sel := &sels.Items[i]
 		if !slotScheduled(sel) {

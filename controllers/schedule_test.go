@@ -113,6 +113,12 @@ func TestDecideTakesEachSituationToItsActionAndReason(t *testing.T) {
 			decision{actionWait, "next listing at 2023-11-14T22:30:00Z", 1000 * time.Second}},
 		{"restarted, a slot passed after the checkpoint", restarted(-50*time.Minute, -900*time.Second), targetState{intact: true},
 			decision{actionList, "refresh due", 0}},
+		// The checkpoint is the instant before which every refresh was made: one a nanosecond
+		// after the slot covers it, one at the slot does not.
+		{"restarted, the checkpoint just after the latest slot", restarted(-50*time.Minute, -800*time.Second+time.Nanosecond), targetState{intact: true},
+			decision{actionWait, "next listing at 2023-11-14T22:30:00Z", 1000 * time.Second}},
+		{"restarted, the checkpoint at the latest slot", restarted(-50*time.Minute, -800*time.Second), targetState{intact: true},
+			decision{actionList, "refresh due", 0}},
 		{"never synced", func(s *situation) { s.sel.Status = kmsv1alpha1.KmsKeySelectorStatus{} }, targetState{intact: true},
 			decision{actionList, "first sync", 0}},
 		{"spec changed", func(s *situation) { s.sel.Generation = 3 }, targetState{intact: true},
