@@ -193,8 +193,8 @@ func (r *Refreshes) write(ctx context.Context) error {
 }
 
 // listedThrough is the time before which every synced selector's scheduled refreshes were made:
-// the earliest refresh still due, or just after now. A synced selector this process has not planned yet
-// holds it at stored, which covers the refreshes an earlier leader made.
+// the earliest refresh still due, or just after now. A synced selector this process has not
+// planned yet holds it at stored, which covers the refreshes an earlier leader made.
 func (r *Refreshes) listedThrough(ctx context.Context, stored time.Time) (time.Time, error) {
 	var sels kmsv1alpha1.KmsKeySelectorList
 	// Read only: the cache's own objects, not a copy of every selector every few seconds.
