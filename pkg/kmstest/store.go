@@ -4,7 +4,8 @@ import (
 	"errors"
 	"fmt"
 	"maps"
-	"sort"
+	"slices"
+	"strings"
 	"sync"
 	"sync/atomic"
 )
@@ -35,33 +36,89 @@ func (r *record) encoded(s Shape) []byte {
 	return b
 }
 
-// store holds the keys: a map by id and a cached, sorted snapshot rebuilt after writes.
+// store holds the keys: a map by id and a cached view of them rebuilt after writes.
 type store struct {
-	mu     sync.RWMutex
-	byID   map[string]*record
-	sorted []*record // nil when stale; never modified in place
+	mu   sync.RWMutex
+	byID map[string]*record
+	view *view // nil when stale
+}
+
+// view is the store sorted by key id, with an index by tag. It is never modified once built,
+// so readers share it without locks.
+type view struct {
+	sorted []*record
+	byTag  map[string]map[string][]*record // tag key → tag value → records, in id order
 }
 
 func newStore() *store { return &store{byID: make(map[string]*record)} }
 
-// snapshot returns the records sorted by key id. The slice must not be modified.
-func (s *store) snapshot() []*record {
+// current returns the view of the store, building it if a write made it stale.
+func (s *store) current() *view {
 	s.mu.RLock()
-	snap := s.sorted
+	v := s.view
 	s.mu.RUnlock()
-	if snap != nil {
-		return snap
+	if v != nil {
+		return v
 	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if s.sorted == nil {
-		s.sorted = make([]*record, 0, len(s.byID))
-		for _, r := range s.byID {
-			s.sorted = append(s.sorted, r)
-		}
-		sort.Slice(s.sorted, func(i, j int) bool { return s.sorted[i].key.ID < s.sorted[j].key.ID })
+	if s.view == nil {
+		s.view = buildView(s.byID)
 	}
-	return s.sorted
+	return s.view
+}
+
+func buildView(byID map[string]*record) *view {
+	v := &view{sorted: make([]*record, 0, len(byID)), byTag: make(map[string]map[string][]*record)}
+	for _, r := range byID {
+		v.sorted = append(v.sorted, r)
+	}
+	slices.SortFunc(v.sorted, byKeyID)
+	for _, r := range v.sorted {
+		for k, val := range r.key.Tags {
+			values := v.byTag[k]
+			if values == nil {
+				values = make(map[string][]*record)
+				v.byTag[k] = values
+			}
+			values[val] = append(values[val], r)
+		}
+	}
+	return v
+}
+
+func byKeyID(a, b *record) int { return strings.Compare(a.key.ID, b.key.ID) }
+
+// snapshot returns the records sorted by key id. The slice must not be modified.
+func (s *store) snapshot() []*record { return s.current().sorted }
+
+// candidates returns, in id order, the records that may match q: those of its most selective
+// tag condition with values, or every record when it has none.
+func (v *view) candidates(q *query) []*record {
+	var best *tagCond
+	bestN := 0
+	for i, c := range q.tags {
+		n := 0
+		for _, val := range c.values {
+			n += len(v.byTag[c.key][val])
+		}
+		if len(c.values) > 0 && (best == nil || n < bestN) {
+			best, bestN = &q.tags[i], n
+		}
+	}
+	if best == nil {
+		return v.sorted
+	}
+	byValue := v.byTag[best.key]
+	if len(best.values) == 1 {
+		return byValue[best.values[0]]
+	}
+	union := make([]*record, 0, bestN)
+	for _, val := range best.values {
+		union = append(union, byValue[val]...)
+	}
+	slices.SortFunc(union, byKeyID)
+	return slices.Compact(union) // a value named twice would list its records twice
 }
 
 // page is the outcome of a query: the records of one page and the total number of matches.
@@ -73,7 +130,7 @@ type page struct {
 // list runs q against the store. count queries collect no records.
 func (s *store) list(q *query) page {
 	var p page
-	for _, r := range s.snapshot() {
+	for _, r := range s.current().candidates(q) {
 		if !q.matches(&r.key) {
 			continue
 		}
@@ -105,7 +162,7 @@ func (s *store) write(keys []Key, reset bool) error {
 	for _, k := range keys {
 		s.byID[k.ID] = newRecord(k)
 	}
-	s.sorted = nil
+	s.view = nil
 	return nil
 }
 
@@ -126,7 +183,7 @@ func (s *store) delete(id string) bool {
 		return false
 	}
 	delete(s.byID, id)
-	s.sorted = nil
+	s.view = nil
 	return true
 }
 
@@ -143,7 +200,7 @@ func (s *store) update(id string, fn func(*Key)) (Key, error) {
 		return Key{}, fmt.Errorf("update key %q: the id must not change", id)
 	}
 	s.byID[id] = newRecord(k)
-	s.sorted = nil
+	s.view = nil
 	return copyKey(k), nil
 }
 
