@@ -26,6 +26,13 @@ type Lister interface {
 // the key, so no request is ever answered with data listed under other credentials. Failures are
 // never cached.
 //
+// A listing is kept only while something may ask for it, since a thousand questions asked by one
+// selector each would otherwise hold every listing of the last TTL. When a question's last kept
+// listing expired without answering another request, the question is taken to be asked alone
+// and its next listings are handed to their callers and dropped, until one answers more than
+// one request: another request joins it in flight, or misses a dropped listing that would have
+// answered it. Listings begun for a Fresh request are always kept, for its retries.
+//
 // A shared listing belongs to no single caller: it runs until it ends or every caller waiting
 // for it has given up, each caller waits only as long as its own context allows, and it retries
 // as often as the most patient of its callers asks.
@@ -46,6 +53,9 @@ type Coalescing struct {
 	mu      sync.Mutex
 	flights map[string]*flight
 	cache   map[string]cached
+	// alone holds, for each question asked alone, when its last listing began: kept until it
+	// expired unshared, or dropped when done.
+	alone map[string]time.Time
 }
 
 // flight is one listing in progress and the callers waiting for it.
@@ -56,10 +66,15 @@ type flight struct {
 	keys    []kms.Key
 	err     error
 	cancel  context.CancelFunc
-	// waiters and attempts are guarded by Coalescing.mu. attempts is the most any waiter allows,
-	// 0 standing for the client's default, which no explicit override exceeds.
+	// waiters, attempts and shared are guarded by Coalescing.mu. attempts is the most any waiter
+	// allows, 0 standing for the client's default, which no explicit override exceeds.
 	waiters  int
 	attempts int
+	// shared is set when the listing answers more than one request of its slot: another request
+	// joined it, or its own request would have been answered by the question's dropped listing.
+	shared bool
+	// fresh is set when a Fresh request began the listing: its retry may come back for it.
+	fresh bool
 }
 
 type cached struct {
@@ -67,8 +82,9 @@ type cached struct {
 	// at is when the listing began, not when it ended: a key that changed while the listing ran
 	// may or may not be in it, so it answers only requests made before it began.
 	at time.Time
-	// shared is set once the listing answered another request: it serves a group of selectors
-	// on one slot, and is kept for the group's stragglers.
+	// shared is set once the listing answered another request, in flight or from here, or when
+	// it was begun for a request that the question's dropped listing would have answered: it
+	// serves a group of selectors on one slot, and is kept for the group's stragglers.
 	shared bool
 }
 
@@ -85,6 +101,7 @@ var _ Lister = (*Coalescing)(nil)
 func (c *Coalescing) ListKeys(ctx context.Context, req Request) ([]kms.Key, error) {
 	id := identity(req)
 	c.mu.Lock()
+	regrouped := false
 	if req.Fresh && req.NotBefore.IsZero() {
 		// Nothing listed so far answers it; only a listing that begins now may.
 		req.NotBefore = c.clock()
@@ -92,6 +109,11 @@ func (c *Coalescing) ListKeys(ctx context.Context, req Request) ([]kms.Key, erro
 		c.mu.Unlock()
 		c.coalesced()
 		return keys, nil
+	} else if at, ok := c.alone[id]; ok && c.answers(at, req.NotBefore, req.Fresh) {
+		// The question's dropped listing would have answered this request: it is no longer
+		// asked alone.
+		regrouped = true
+		delete(c.alone, id)
 	}
 	f, joined := c.flights[id]
 	if joined && req.Fresh && f.started.Before(req.NotBefore) {
@@ -101,8 +123,10 @@ func (c *Coalescing) ListKeys(ctx context.Context, req Request) ([]kms.Key, erro
 	if joined {
 		f.waiters++
 		f.attempts = morePatient(f.attempts, req.MaxAttempts)
+		f.shared = true
 	} else {
 		f = c.start(ctx, id, req)
+		f.shared = regrouped
 	}
 	c.mu.Unlock()
 	if joined {
@@ -128,7 +152,8 @@ func (c *Coalescing) ListKeys(ctx context.Context, req Request) ([]kms.Key, erro
 // start begins a listing for req that outlives the caller's context; c.mu is held.
 func (c *Coalescing) start(ctx context.Context, id string, req Request) *flight {
 	listCtx, cancel := context.WithCancel(context.WithoutCancel(ctx))
-	f := &flight{started: c.clock(), done: make(chan struct{}), cancel: cancel, waiters: 1, attempts: req.MaxAttempts}
+	f := &flight{started: c.clock(), done: make(chan struct{}), cancel: cancel, waiters: 1, attempts: req.MaxAttempts,
+		fresh: req.Fresh}
 	if c.flights == nil {
 		c.flights = map[string]*flight{}
 	}
@@ -147,8 +172,9 @@ func (c *Coalescing) start(ctx context.Context, id string, req Request) *flight 
 		}
 		c.mu.Lock()
 		c.forgetFlight(id, f)
+		c.prune()
 		if err == nil {
-			c.store(id, keys, f.started)
+			c.keep(id, keys, f)
 		}
 		f.keys, f.err = keys, err
 		c.mu.Unlock()
@@ -176,36 +202,72 @@ func morePatient(a, b int) int {
 // than TTL; c.mu is held.
 func (c *Coalescing) lookup(id string, notBefore time.Time, fresh bool) ([]kms.Key, bool) {
 	e, ok := c.cache[id]
-	if !ok {
-		return nil, false
-	}
-	age := c.clock().Sub(e.at)
-	since := !notBefore.IsZero() && !e.at.Before(notBefore) && age < groupWindow
-	if !since && (fresh || age >= c.ttl()) {
+	if !ok || !c.answers(e.at, notBefore, fresh) {
 		return nil, false
 	}
 	e.shared = true
 	c.cache[id] = e
+	delete(c.alone, id)
 	return e.keys, true
 }
 
-// store keeps a successful listing begun at started, unless a later one is kept; c.mu is held.
-func (c *Coalescing) store(id string, keys []kms.Key, started time.Time) {
-	now := c.clock()
+// answers reports whether a listing begun at at answers a request for a listing begun since
+// notBefore, or fresher than TTL unless fresh.
+func (c *Coalescing) answers(at, notBefore time.Time, fresh bool) bool {
+	age := c.clock().Sub(at)
+	since := !notBefore.IsZero() && !at.Before(notBefore) && age < groupWindow
+	return since || (!fresh && age < c.ttl())
+}
+
+// keep caches the successful listing of f unless a later one is kept, or its question is asked
+// alone and nothing but its own request asked for it; c.mu is held.
+func (c *Coalescing) keep(id string, keys []kms.Key, f *flight) {
+	if _, alone := c.alone[id]; alone && !f.shared && !f.fresh {
+		c.markAlone(id, f.started)
+		return
+	}
+	if f.shared {
+		delete(c.alone, id)
+	}
+	if e, ok := c.cache[id]; ok && e.at.After(f.started) {
+		return
+	}
 	if c.cache == nil {
 		c.cache = map[string]cached{}
 	}
-	// Expired entries are dropped here: a listing nobody shared lives for TTL, so the cache
-	// holds the unshared queries of one TTL at most.
-	for k, e := range c.cache {
-		if age := now.Sub(e.at); age >= groupWindow || (age >= c.ttl() && !e.shared) {
-			delete(c.cache, k)
+	c.cache[id] = cached{keys: keys, at: f.started, shared: f.shared}
+}
+
+// prune drops expired listings, marking those that answered no other request as asked alone,
+// and forgets marks too old to answer any request; c.mu is held. A listing nobody shared lives
+// for TTL, so the cache holds the unshared questions of one TTL at most.
+func (c *Coalescing) prune() {
+	now := c.clock()
+	for id, e := range c.cache {
+		if age := now.Sub(e.at); age < groupWindow && (age < c.ttl() || e.shared) {
+			continue
+		}
+		delete(c.cache, id)
+		if !e.shared {
+			c.markAlone(id, e.at)
 		}
 	}
-	if e, ok := c.cache[id]; ok && e.at.After(started) {
-		return
+	for id, at := range c.alone {
+		if now.Sub(at) >= groupWindow {
+			delete(c.alone, id)
+		}
 	}
-	c.cache[id] = cached{keys: keys, at: started}
+}
+
+// markAlone records that the question's listing begun at at answered no other request; c.mu is
+// held.
+func (c *Coalescing) markAlone(id string, at time.Time) {
+	if c.alone == nil {
+		c.alone = map[string]time.Time{}
+	}
+	if last, ok := c.alone[id]; !ok || at.After(last) {
+		c.alone[id] = at
+	}
 }
 
 func (c *Coalescing) ttl() time.Duration {

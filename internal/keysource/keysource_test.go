@@ -3,6 +3,7 @@ package keysource
 import (
 	"context"
 	"errors"
+	"fmt"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -448,5 +449,196 @@ func waitFor(t *testing.T, cond func() bool) {
 			t.Fatal("condition not met within 10s")
 		}
 		time.Sleep(time.Millisecond)
+	}
+}
+
+// countingLister answers at once and counts listings per credential token.
+type countingLister struct {
+	mu    sync.Mutex
+	calls map[string]int
+}
+
+func (l *countingLister) ListKeys(_ context.Context, req Request) ([]kms.Key, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.calls == nil {
+		l.calls = map[string]int{}
+	}
+	l.calls[req.Credentials.Token]++
+	return []kms.Key{{ID: "k1"}}, nil
+}
+
+func (l *countingLister) count(token string) int {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.calls[token]
+}
+
+func mustList(t *testing.T, c *Coalescing, req Request) {
+	t.Helper()
+	if _, err := c.ListKeys(context.Background(), req); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func cachedListings(c *Coalescing) int {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return len(c.cache)
+}
+
+func scheduled(token string, slot time.Time) Request {
+	req := request(token)
+	req.NotBefore = slot
+	return req
+}
+
+func TestCoalescingDropsTheListingsOfAQuestionAskedAlone(t *testing.T) {
+	next := &countingLister{}
+	now := time.Unix(1000, 0)
+	c := &Coalescing{Next: next, TTL: 5 * time.Second, Now: func() time.Time { return now }}
+	for i := range 4 {
+		mustList(t, c, scheduled("t", now))
+		switch kept := cachedListings(c); {
+		case i == 0 && kept != 1:
+			t.Fatalf("the first listing of a question was not kept")
+		case i > 0 && kept != 0:
+			t.Fatalf("refresh %d: a listing of a question asked alone was kept", i)
+		}
+		now = now.Add(10 * time.Second)
+	}
+	if got := next.count("t"); got != 4 {
+		t.Fatalf("listings = %d, want one per refresh (4)", got)
+	}
+
+	// A force-sync of that question is still kept, so that its retry reuses it.
+	seen := now
+	forced := request("t")
+	forced.NotBefore, forced.Fresh = seen, true
+	mustList(t, c, forced)
+	now = now.Add(30 * time.Second)
+	mustList(t, c, forced)
+	if got := next.count("t"); got != 5 {
+		t.Fatalf("listings = %d, want 5: the retry of a force-sync listed again", got)
+	}
+}
+
+func TestCoalescingKeepsListingsAgainOnceASecondSelectorAsks(t *testing.T) {
+	next := &countingLister{}
+	now := time.Unix(1000, 0)
+	c := &Coalescing{Next: next, TTL: 5 * time.Second, Now: func() time.Time { return now }}
+	slot := now
+	for range 2 { // one selector alone: its question is marked as asked alone
+		now = slot
+		mustList(t, c, scheduled("t", slot))
+		slot = slot.Add(10 * time.Second)
+	}
+	if cachedListings(c) != 0 {
+		t.Fatal("the question was not marked as asked alone")
+	}
+	// A second selector of the question refreshes on the same slot, a second after the first,
+	// never while the first one's listing is in flight.
+	for i := range 4 {
+		now = slot
+		mustList(t, c, scheduled("t", slot))
+		now = slot.Add(time.Second)
+		mustList(t, c, scheduled("t", slot))
+		// Two listings before, two on the first slot as the second selector misses the dropped
+		// listing, then one a slot for both.
+		want := 4 + i
+		if got := next.count("t"); got != want {
+			t.Fatalf("slot %d with two selectors: listings = %d, want %d", i, got, want)
+		}
+		slot = slot.Add(10 * time.Second)
+	}
+}
+
+func TestCoalescingKeepsTheFirstListingOfANewQuestion(t *testing.T) {
+	next := &countingLister{}
+	now := time.Unix(1000, 0)
+	c := &Coalescing{Next: next, TTL: 5 * time.Second, Now: func() time.Time { return now }}
+	// Another question asked alone, listed every two seconds meanwhile, keeps the cache pruned.
+	other := func() { mustList(t, c, request("other")) }
+	other()
+	now = now.Add(10 * time.Second)
+	other()
+
+	// 100 selectors of a new question, created together and reached one after another over 20s.
+	const selectors = 100
+	created := now
+	for i := range selectors {
+		now = created.Add(time.Duration(i) * 200 * time.Millisecond)
+		if i%10 == 0 {
+			other()
+		}
+		mustList(t, c, scheduled("shared", created.Add(-30*time.Second)))
+	}
+	if got := next.count("shared"); got != 1 {
+		t.Fatalf("first sync: listings = %d, want 1 for all %d selectors", got, selectors)
+	}
+	// Their refreshes, one after another within the TTL, cost one listing a slot.
+	slot := created.Add(30 * time.Second)
+	for i := range 3 {
+		for j := range selectors {
+			now = slot.Add(time.Duration(j) * 40 * time.Millisecond)
+			if j%10 == 0 {
+				other()
+			}
+			mustList(t, c, scheduled("shared", slot))
+		}
+		if got := next.count("shared"); got != 2+i {
+			t.Fatalf("refresh %d: listings = %d, want %d", i, got, 2+i)
+		}
+		slot = slot.Add(10 * time.Second)
+	}
+}
+
+func TestCoalescingHoldsNoListingOfQuestionsAskedAlone(t *testing.T) {
+	next := &countingLister{}
+	now := time.Unix(1000, 0)
+	c := &Coalescing{Next: next, TTL: 5 * time.Second, Now: func() time.Time { return now }}
+	const questions = 200
+	for range 2 {
+		for i := range questions {
+			mustList(t, c, request(fmt.Sprint("q", i)))
+		}
+		now = now.Add(10 * time.Second)
+	}
+	if got := cachedListings(c); got != 0 {
+		t.Fatalf("%d listings are held for %d questions asked alone, want 0", got, questions)
+	}
+	// Questions nobody asks any more are forgotten too.
+	now = now.Add(groupWindow)
+	mustList(t, c, request("new"))
+	c.mu.Lock()
+	marks := len(c.alone)
+	c.mu.Unlock()
+	if marks != 0 {
+		t.Fatalf("%d questions not asked for a minute are still remembered, want 0", marks)
+	}
+}
+
+func TestCoalescingKeepsAListingJoinedInFlight(t *testing.T) {
+	next := &gatedLister{release: make(chan struct{}), started: make(chan struct{})}
+	now := time.Unix(1000, 0)
+	c := &Coalescing{Next: next, TTL: 5 * time.Second, Now: func() time.Time { return now }}
+	c.mu.Lock()
+	c.markAlone(identity(request("t")), now.Add(-10*time.Second))
+	c.mu.Unlock()
+
+	done := make(chan error, 2)
+	go func() { _, err := c.ListKeys(context.Background(), request("t")); done <- err }()
+	<-next.started
+	go func() { _, err := c.ListKeys(context.Background(), request("t")); done <- err }()
+	waitForWaiters(t, c, request("t"), 2)
+	close(next.release)
+	for range 2 {
+		if err := <-done; err != nil {
+			t.Fatal(err)
+		}
+	}
+	mustList(t, c, request("t"))
+	if got := next.calls.Load(); got != 1 {
+		t.Fatalf("listings = %d, want 1: a listing two requests shared was not kept", got)
 	}
 }
