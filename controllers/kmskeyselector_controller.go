@@ -4,11 +4,13 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"sync"
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/api/equality"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	"k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/client-go/tools/events"
@@ -117,6 +119,70 @@ func (w *statusWriter) write(ctx context.Context, sel *kmsv1alpha1.KmsKeySelecto
 	return nil
 }
 
+// reconcilingHintDelay is how long a first sync, a spec change or a force-sync may take before
+// the status says it is being answered. Most are answered sooner, and then only their outcome is
+// written: one status write instead of two.
+const reconcilingHintDelay = time.Second
+
+// reconcilingHint writes the Reconciling condition of a pending request if its answer takes
+// longer than a delay, so that a GitOps tool sees a slow request is being answered.
+type reconcilingHint struct {
+	w       *statusWriter
+	timer   *time.Timer
+	written sync.WaitGroup
+	// hinted is the selector as the hint writes it; set to nil when the write failed.
+	hinted *kmsv1alpha1.KmsKeySelector
+}
+
+// reconcilingAfter starts the hint of sel's pending request, if it has one. It writes a copy,
+// so that the sync may change sel meanwhile.
+func (w *statusWriter) reconcilingAfter(ctx context.Context, sel *kmsv1alpha1.KmsKeySelector, delay time.Duration) *reconcilingHint {
+	message, ok := pendingRequest(sel)
+	hinted := sel.DeepCopy()
+	if !ok || !setReconciling(&hinted.Status.Conditions, sel.Generation, message) {
+		return nil
+	}
+	h := &reconcilingHint{w: w, hinted: hinted}
+	before := w.before.DeepCopy()
+	h.written.Add(1)
+	h.timer = time.AfterFunc(delay, func() {
+		defer h.written.Done()
+		// Only a hint: a refused write does not hold the sync up, and the outcome replaces it.
+		if err := w.r.patchStatus(ctx, h.hinted, before); err != nil {
+			log.FromContext(ctx).V(1).Info("Cannot record that the request is being answered", "error", err.Error())
+			h.hinted = nil
+		}
+	})
+	return h
+}
+
+// stop cancels the hint if it is not written yet, or else waits for it and makes it the status
+// that the outcome of sel is written over.
+func (h *reconcilingHint) stop(sel *kmsv1alpha1.KmsKeySelector) {
+	if h == nil {
+		return
+	}
+	if h.timer.Stop() {
+		return
+	}
+	h.written.Wait()
+	if h.hinted == nil {
+		return
+	}
+	w := h.w
+	w.over = append(w.over, sel.ResourceVersion)
+	sel.ResourceVersion = h.hinted.ResourceVersion
+	if _, pending := pendingRequest(sel); pending {
+		// Kept until an outcome replaces it, as when the attempt is retried.
+		if c := meta.FindStatusCondition(h.hinted.Status.Conditions, kmsv1alpha1.ConditionReconciling); c != nil {
+			meta.SetStatusCondition(&sel.Status.Conditions, *c)
+		}
+	}
+	metrics.StatusWrites.Inc()
+	w.r.memory.statusWritten(h.hinted, w.over)
+	w.before = h.hinted.Status.DeepCopy()
+}
+
 func (r *KmsKeySelectorReconciler) reconcileNormal(ctx context.Context, sel *kmsv1alpha1.KmsKeySelector, status *statusWriter) (ctrl.Result, error) {
 	if sel.Spec.Suspend {
 		setReady(sel, metav1.ConditionFalse, kmsv1alpha1.ReasonSuspended, "Syncing is suspended; the ConfigMap keeps its last content")
@@ -156,14 +222,10 @@ func (r *KmsKeySelectorReconciler) reconcileNormal(ctx context.Context, sel *kms
 		}
 		return ctrl.Result{RequeueAfter: d.wait}, nil
 	}
-	if message, ok := pendingRequest(sel); ok && setReconciling(&sel.Status.Conditions, sel.Generation, message) {
-		// Written before the listing, so that a GitOps tool sees the request is being answered.
-		// Only a hint: a refused write does not hold the sync up, and the outcome replaces it.
-		if err := status.write(ctx, sel); err != nil {
-			log.FromContext(ctx).V(1).Info("Cannot record that the request is being answered", "error", err.Error())
-		}
-	}
-	return r.recordOutcome(ctx, sel, now, p.digest(), r.sync(ctx, s, p, target))
+	hint := status.reconcilingAfter(ctx, sel, reconcilingHintDelay)
+	err = r.sync(ctx, s, p, target)
+	hint.stop(sel)
+	return r.recordOutcome(ctx, sel, now, p.digest(), err)
 }
 
 // planned records the next refresh of a Synced selector that waits for it. After a restart this
