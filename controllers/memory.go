@@ -17,7 +17,8 @@ import (
 // memory caches, per selector, what spares reads and calls: the last good content, to repair an
 // edited or deleted ConfigMap without calling KMS; the resourceVersion of the ConfigMap known to
 // hold it, to skip reading the ConfigMap; when a request was first seen, so that a retry can take
-// the listing made for it; and the status this process last wrote, until the cache shows it.
+// the listing made for it; and the status this process last wrote, until a reconcile finds the
+// cache showing it.
 // Whether to call KMS is decided by decide, from the status, the ConfigMap and the refresh
 // schedule (see Refreshes); memory only spares finding out what the first two hold. Losing it, as a restart does, costs one GET of each
 // ConfigMap, and at most one listing for a selector whose ConfigMap was damaged meanwhile and
@@ -127,13 +128,19 @@ func (m *memory) statusWritten(sel *kmsv1alpha1.KmsKeySelector, over []string) {
 
 // catchUp gives sel, read from the cache, the status this process last wrote when the cache
 // has not seen that write yet: the next reconcile often starts before the watch delivers it,
-// and would otherwise answer a request that was already answered.
+// and would otherwise answer a request that was already answered. Once the cache has seen it,
+// the written status is forgotten.
 func (m *memory) catchUp(sel *kmsv1alpha1.KmsKeySelector) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	w, ok := m.statuses[types.NamespacedName{Namespace: sel.Namespace, Name: sel.Name}]
-	if ok && w.uid == sel.UID && slices.Contains(w.over, sel.ResourceVersion) {
+	key := types.NamespacedName{Namespace: sel.Namespace, Name: sel.Name}
+	w, ok := m.statuses[key]
+	switch {
+	case !ok:
+	case w.uid == sel.UID && slices.Contains(w.over, sel.ResourceVersion):
 		sel.Status = *w.status.DeepCopy()
+	default:
+		delete(m.statuses, key)
 	}
 }
 
