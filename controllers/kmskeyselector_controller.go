@@ -223,7 +223,7 @@ func (r *KmsKeySelectorReconciler) reconcileNormal(ctx context.Context, sel *kms
 		return ctrl.Result{RequeueAfter: d.wait}, nil
 	}
 	hint := status.reconcilingAfter(ctx, sel, reconcilingHintDelay)
-	err = r.sync(ctx, s, p, target)
+	err = r.sync(ctx, s, d.trigger, p, target)
 	hint.stop(sel)
 	return r.recordOutcome(ctx, sel, now, p.digest(), err)
 }

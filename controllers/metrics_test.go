@@ -31,6 +31,7 @@ var _ = Describe("Metrics", func() {
 			g.Expect(grew("kms_key_sync_kms_request_duration_seconds", map[string]string{"operation": "filter"})).To(BeNumerically(">=", 1))
 			g.Expect(grew("kms_key_sync_syncs_total", map[string]string{"result": "Synced"})).To(BeNumerically(">=", 1))
 			g.Expect(grew("kms_key_sync_configmap_writes_total", nil)).To(BeNumerically(">=", 1))
+			g.Expect(grew("kms_key_sync_listings_total", map[string]string{"trigger": "first_sync"})).To(BeNumerically(">=", 1))
 			selector := map[string]string{"namespace": f.Namespace, "selector": "metered"}
 			g.Expect(after.Sum("kms_key_sync_selector_ready", selector)).To(Equal(1.0))
 			for state, n := range map[string]float64{"Enabled": 1, "Disabled": 1, "PendingDeletion": 1, "PendingImport": 0} {
@@ -47,6 +48,8 @@ var _ = Describe("Metrics", func() {
 		}).Should(Equal(0.0))
 		Expect(scrape(Default).Sum("kms_key_sync_syncs_total", map[string]string{"result": kmsv1alpha1.ReasonKMSRequestFailed})).
 			To(BeNumerically(">", before.Sum("kms_key_sync_syncs_total", map[string]string{"result": kmsv1alpha1.ReasonKMSRequestFailed})))
+		forced := map[string]string{"trigger": "force_sync"}
+		Expect(scrape(Default).Sum("kms_key_sync_listings_total", forced)).To(BeNumerically(">", before.Sum("kms_key_sync_listings_total", forced)))
 	})
 })
 

@@ -8,6 +8,7 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
 	kmsv1alpha1 "github.com/kms-key-sync/kms-key-sync/api/v1alpha1"
+	"github.com/kms-key-sync/kms-key-sync/internal/keysource"
 	"github.com/kms-key-sync/kms-key-sync/internal/render"
 )
 
@@ -36,7 +37,9 @@ const (
 type decision struct {
 	action action
 	reason string
-	wait   time.Duration
+	// trigger names, for a listing, what asked for it among a few values, for the metrics.
+	trigger keysource.Trigger
+	wait    time.Duration
 }
 
 // situation is everything a decision is taken from: the selector as the API server stores it,
@@ -95,14 +98,14 @@ func userRequest(s situation) (decision, bool) {
 	if _, ok := pendingRequest(s.sel); !ok {
 		return decision{}, false
 	}
-	reason := "force-sync"
+	d := decision{action: actionList, reason: "force-sync", trigger: keysource.TriggerForceSync}
 	switch st := s.sel.Status; {
 	case st.ObservedGeneration == 0:
-		reason = "first sync"
+		d.reason, d.trigger = "first sync", keysource.TriggerFirstSync
 	case st.ObservedGeneration != s.sel.Generation:
-		reason = "spec changed"
+		d.reason, d.trigger = "spec changed", keysource.TriggerSpecChange
 	}
-	return decision{action: actionList, reason: reason}, true
+	return d, true
 }
 
 // providerChanged lists when the provider's settings differ from those the last completed
@@ -117,7 +120,7 @@ func providerChanged(s situation) (decision, bool) {
 		ready := readyCondition(s.sel)
 		changed = ready != nil && ready.Status == metav1.ConditionFalse
 	}
-	return decision{action: actionList, reason: "provider changed"}, changed
+	return decision{action: actionList, reason: "provider changed", trigger: keysource.TriggerProviderChange}, changed
 }
 
 // providerUsableAgain lists at once, rather than at the end of the backoff, when the last attempt
@@ -126,7 +129,7 @@ func providerUsableAgain(s situation) (decision, bool) {
 	ready := readyCondition(s.sel)
 	usable := ready != nil && ready.Status == metav1.ConditionFalse &&
 		(ready.Reason == kmsv1alpha1.ReasonProviderNotFound || ready.Reason == kmsv1alpha1.ReasonProviderNotAllowed)
-	return decision{action: actionList, reason: "provider usable again"}, usable
+	return decision{action: actionList, reason: "provider usable again", trigger: keysource.TriggerProviderChange}, usable
 }
 
 // failedForGood waits for a change after a failure that retrying cannot mend.
@@ -142,13 +145,13 @@ func listingDue(s situation) (decision, bool) {
 	next, scheduled := nextListingTime(s)
 	switch {
 	case !scheduled:
-		return decision{action: actionList, reason: "no listing scheduled"}, true
+		return decision{action: actionList, reason: "no listing scheduled", trigger: keysource.TriggerUnscheduled}, true
 	case next.After(s.now):
 		return decision{}, false
 	case s.sel.Status.ConsecutiveFailures > 0:
-		return decision{action: actionList, reason: fmt.Sprintf("retry %d due", s.sel.Status.ConsecutiveFailures+1)}, true
+		return decision{action: actionList, reason: fmt.Sprintf("retry %d due", s.sel.Status.ConsecutiveFailures+1), trigger: keysource.TriggerRetry}, true
 	}
-	return decision{action: actionList, reason: "refresh due"}, true
+	return decision{action: actionList, reason: "refresh due", trigger: keysource.TriggerRefresh}, true
 }
 
 // configMapDamaged repairs a ConfigMap that was edited or deleted between listings, or lists
@@ -158,7 +161,7 @@ func configMapDamaged(s situation) (decision, bool) {
 	case s.target.intact:
 		return decision{}, false
 	case s.target.repairFrom == nil:
-		return decision{action: actionList, reason: "ConfigMap damaged, nothing to repair it from"}, true
+		return decision{action: actionList, reason: "ConfigMap damaged, nothing to repair it from", trigger: keysource.TriggerRepair}, true
 	}
 	next, _ := nextListingTime(s)
 	return decision{action: actionRepair, reason: "ConfigMap damaged", wait: next.Sub(s.now)}, true

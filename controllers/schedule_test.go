@@ -7,6 +7,7 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
 	kmsv1alpha1 "github.com/kms-key-sync/kms-key-sync/api/v1alpha1"
+	"github.com/kms-key-sync/kms-key-sync/internal/keysource"
 	"github.com/kms-key-sync/kms-key-sync/internal/render"
 )
 
@@ -39,7 +40,7 @@ func TestNextSlotAlignsIdenticalQuestionsAndSpreadsOthers(t *testing.T) {
 	}
 }
 
-func TestMemoryCatchesUpOnlyACacheThatHasNotSeenTheWrite(t *testing.T) {
+func TestMemoryCatchesUpOnlyACacheThatHasNotSeenTheWriteThenForgetsIt(t *testing.T) {
 	var m memory
 	sel := &kmsv1alpha1.KmsKeySelector{}
 	sel.Namespace, sel.Name, sel.UID, sel.ResourceVersion = "ns", "sel", "uid-1", "11"
@@ -60,12 +61,16 @@ func TestMemoryCatchesUpOnlyACacheThatHasNotSeenTheWrite(t *testing.T) {
 		"a recreated selector": func(s *kmsv1alpha1.KmsKeySelector) { s.ResourceVersion, s.UID = "10", "uid-2" },
 		"the version it wrote": func(s *kmsv1alpha1.KmsKeySelector) { s.ResourceVersion = "11" },
 	} {
+		m.statusWritten(sel, []string{"9", "10"})
 		cur := sel.DeepCopy()
 		cur.Status = kmsv1alpha1.KmsKeySelectorStatus{ObservedGeneration: 7}
 		other(cur)
 		m.catchUp(cur)
 		if cur.Status.ObservedGeneration != 7 {
 			t.Errorf("%s: the cached status was replaced", name)
+		}
+		if len(m.statuses) != 0 {
+			t.Errorf("%s: the written status is still kept once the cache has moved past it", name)
 		}
 	}
 }
@@ -102,61 +107,61 @@ func TestDecideTakesEachSituationToItsActionAndReason(t *testing.T) {
 		want   decision
 	}{
 		{"synced, refresh planned ahead", nil, targetState{intact: true},
-			decision{actionWait, "next listing at 2023-11-14T22:53:20Z", 40 * time.Minute}},
+			decision{actionWait, "next listing at 2023-11-14T22:53:20Z", "", 40 * time.Minute}},
 		{"planned refresh come", func(s *situation) { s.due = now.Add(-time.Second) }, edited,
-			decision{actionList, "refresh due", 0}},
+			decision{actionList, "refresh due", keysource.TriggerRefresh, 0}},
 		{"restarted, the slot after the last change ahead", restarted(-time.Minute, 0), targetState{intact: true},
-			decision{actionWait, "next listing at 2023-11-14T22:30:00Z", 1000 * time.Second}},
+			decision{actionWait, "next listing at 2023-11-14T22:30:00Z", "", 1000 * time.Second}},
 		{"restarted, a slot passed and no checkpoint covers it", restarted(-50*time.Minute, 0), targetState{intact: true},
-			decision{actionList, "refresh due", 0}},
+			decision{actionList, "refresh due", keysource.TriggerRefresh, 0}},
 		{"restarted, a slot passed before the checkpoint", restarted(-50*time.Minute, -5*time.Second), targetState{intact: true},
-			decision{actionWait, "next listing at 2023-11-14T22:30:00Z", 1000 * time.Second}},
+			decision{actionWait, "next listing at 2023-11-14T22:30:00Z", "", 1000 * time.Second}},
 		{"restarted, a slot passed after the checkpoint", restarted(-50*time.Minute, -900*time.Second), targetState{intact: true},
-			decision{actionList, "refresh due", 0}},
+			decision{actionList, "refresh due", keysource.TriggerRefresh, 0}},
 		// The checkpoint is the instant before which every refresh was made: one a nanosecond
 		// after the slot covers it, one at the slot does not.
 		{"restarted, the checkpoint just after the latest slot", restarted(-50*time.Minute, -800*time.Second+time.Nanosecond), targetState{intact: true},
-			decision{actionWait, "next listing at 2023-11-14T22:30:00Z", 1000 * time.Second}},
+			decision{actionWait, "next listing at 2023-11-14T22:30:00Z", "", 1000 * time.Second}},
 		{"restarted, the checkpoint at the latest slot", restarted(-50*time.Minute, -800*time.Second), targetState{intact: true},
-			decision{actionList, "refresh due", 0}},
+			decision{actionList, "refresh due", keysource.TriggerRefresh, 0}},
 		{"never synced", func(s *situation) { s.sel.Status = kmsv1alpha1.KmsKeySelectorStatus{} }, targetState{intact: true},
-			decision{actionList, "first sync", 0}},
+			decision{actionList, "first sync", keysource.TriggerFirstSync, 0}},
 		{"spec changed", func(s *situation) { s.sel.Generation = 3 }, targetState{intact: true},
-			decision{actionList, "spec changed", 0}},
+			decision{actionList, "spec changed", keysource.TriggerSpecChange, 0}},
 		{"force-sync asked", func(s *situation) {
 			s.sel.Annotations = map[string]string{kmsv1alpha1.ForceSyncAnnotation: "now"}
-		}, targetState{intact: true}, decision{actionList, "force-sync", 0}},
+		}, targetState{intact: true}, decision{actionList, "force-sync", keysource.TriggerForceSync, 0}},
 		{"provider changed", func(s *situation) { s.sel.Status.ProviderDigest = "digest-0" }, targetState{intact: true},
-			decision{actionList, "provider changed", 0}},
+			decision{actionList, "provider changed", keysource.TriggerProviderChange, 0}},
 		{"failed before any provider resolved, which does now", func(s *situation) {
 			failedWith(kmsv1alpha1.ReasonInvalidSpec)(s.sel)
 			s.sel.Status.ProviderDigest = ""
-		}, targetState{intact: true}, decision{actionList, "provider changed", 0}},
+		}, targetState{intact: true}, decision{actionList, "provider changed", keysource.TriggerProviderChange, 0}},
 		{"healthy, synced before the provider digest existed", func(s *situation) { s.sel.Status.ProviderDigest = "" },
-			targetState{intact: true}, decision{actionWait, "next listing at 2023-11-14T22:53:20Z", 40 * time.Minute}},
+			targetState{intact: true}, decision{actionWait, "next listing at 2023-11-14T22:53:20Z", "", 40 * time.Minute}},
 		{"provider found again", func(s *situation) { failedWith(kmsv1alpha1.ReasonProviderNotFound)(s.sel) }, targetState{intact: true},
-			decision{actionList, "provider usable again", 0}},
+			decision{actionList, "provider usable again", keysource.TriggerProviderChange, 0}},
 		{"namespace allowed again", func(s *situation) { failedWith(kmsv1alpha1.ReasonProviderNotAllowed)(s.sel) }, targetState{intact: true},
-			decision{actionList, "provider usable again", 0}},
+			decision{actionList, "provider usable again", keysource.TriggerProviderChange, 0}},
 		{"failed for good", func(s *situation) {
 			failedWith(kmsv1alpha1.ReasonInvalidSpec)(s.sel)
 			s.sel.Status.NextSyncTime = nil
-		}, edited, decision{actionWait, "failed with InvalidSpec: waiting for a change", 0}},
+		}, edited, decision{actionWait, "failed with InvalidSpec: waiting for a change", "", 0}},
 		{"retry ahead", func(s *situation) { failedWith(kmsv1alpha1.ReasonKMSRequestFailed)(s.sel) }, targetState{intact: true},
-			decision{actionWait, "next listing at 2023-11-14T22:13:25Z", 5 * time.Second}},
+			decision{actionWait, "next listing at 2023-11-14T22:13:25Z", "", 5 * time.Second}},
 		{"retry come", func(s *situation) {
 			failedWith(kmsv1alpha1.ReasonKMSRequestFailed)(s.sel)
 			s.sel.Status.NextSyncTime = at(-time.Second)
-		}, targetState{intact: true}, decision{actionList, "retry 3 due", 0}},
+		}, targetState{intact: true}, decision{actionList, "retry 3 due", keysource.TriggerRetry, 0}},
 		{"the status holds a refresh time that has come", func(s *situation) { s.sel.Status.NextSyncTime = at(-time.Second) }, edited,
-			decision{actionList, "refresh due", 0}},
+			decision{actionList, "refresh due", keysource.TriggerRefresh, 0}},
 		{"no schedule at all", func(s *situation) {
 			s.sel.Status.Conditions = ready(metav1.ConditionFalse, kmsv1alpha1.ReasonKMSRequestFailed)
 			s.sel.Status.NextSyncTime = nil
-		}, targetState{intact: true}, decision{actionList, "no listing scheduled", 0}},
-		{"ConfigMap edited, content at hand", nil, edited, decision{actionRepair, "ConfigMap damaged", 40 * time.Minute}},
+		}, targetState{intact: true}, decision{actionList, "no listing scheduled", keysource.TriggerUnscheduled, 0}},
+		{"ConfigMap edited, content at hand", nil, edited, decision{actionRepair, "ConfigMap damaged", "", 40 * time.Minute}},
 		{"ConfigMap deleted, nothing to repair from", nil, targetState{},
-			decision{actionList, "ConfigMap damaged, nothing to repair it from", 0}},
+			decision{actionList, "ConfigMap damaged, nothing to repair it from", keysource.TriggerRepair, 0}},
 	}
 	for _, tc := range cases {
 		sel := &kmsv1alpha1.KmsKeySelector{}

@@ -14,10 +14,10 @@ import (
 	"github.com/kms-key-sync/kms-key-sync/internal/render"
 )
 
-// sync lists the keys and, only once the listing is complete, writes the ConfigMap when its
-// content changed, then the success into the status. What the attempt handled (the generation,
-// the force-sync value) is recorded only with its outcome.
-func (r *KmsKeySelectorReconciler) sync(ctx context.Context, s situation, p provider, target *metav1.PartialObjectMetadata) error {
+// sync lists the keys for trigger and, only once the listing is complete, writes the ConfigMap
+// when its content changed, then the success into the status. What the attempt handled (the
+// generation, the force-sync value) is recorded only with its outcome.
+func (r *KmsKeySelectorReconciler) sync(ctx context.Context, s situation, trigger keysource.Trigger, p provider, target *metav1.PartialObjectMetadata) error {
 	sel, now := s.sel, s.now
 	// Expressions are compiled before KMS is called, so that a broken one costs no call.
 	exprs, err := render.Compile(sel.Spec.Target)
@@ -28,6 +28,7 @@ func (r *KmsKeySelectorReconciler) sync(ctx context.Context, s situation, p prov
 	if err != nil {
 		return err
 	}
+	req.Trigger = trigger
 	keys, err := r.list(ctx, req)
 	if err != nil {
 		return err

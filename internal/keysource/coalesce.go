@@ -44,9 +44,9 @@ type Coalescing struct {
 	TTL time.Duration
 	// OnCoalesced is called for every request answered without a listing of its own.
 	OnCoalesced func()
-	// OnListed is called after every listing that called the next source, with its wall-clock
-	// duration and its error.
-	OnListed func(time.Duration, error)
+	// OnListed is called after every listing that called the next source, with the trigger of
+	// the request that began it, its wall-clock duration and its error.
+	OnListed func(Trigger, time.Duration, error)
 	// Now is the clock listings are stamped with; nil means time.Now.
 	Now func() time.Time
 
@@ -168,7 +168,7 @@ func (c *Coalescing) start(ctx context.Context, id string, req Request) *flight 
 		began := time.Now()
 		keys, err := c.Next.ListKeys(listCtx, req)
 		if c.OnListed != nil {
-			c.OnListed(time.Since(began), err)
+			c.OnListed(req.Trigger, time.Since(began), err)
 		}
 		c.mu.Lock()
 		c.forgetFlight(id, f)

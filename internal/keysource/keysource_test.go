@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -640,5 +641,20 @@ func TestCoalescingKeepsAListingJoinedInFlight(t *testing.T) {
 	mustList(t, c, request("t"))
 	if got := next.calls.Load(); got != 1 {
 		t.Fatalf("listings = %d, want 1: a listing two requests shared was not kept", got)
+	}
+}
+
+func TestOnListedNamesTheTriggerOfTheRequestThatBeganTheListing(t *testing.T) {
+	var listed []Trigger
+	c := &Coalescing{Next: &countingLister{}, OnListed: func(tr Trigger, _ time.Duration, _ error) { listed = append(listed, tr) }}
+	refresh, first := request("t"), request("t")
+	refresh.Trigger, first.Trigger = TriggerRefresh, TriggerFirstSync
+	mustList(t, c, refresh)
+	mustList(t, c, first) // answered by the refresh's listing
+	forced := request("t")
+	forced.Trigger, forced.Fresh = TriggerForceSync, true
+	mustList(t, c, forced)
+	if want := []Trigger{TriggerRefresh, TriggerForceSync}; !slices.Equal(listed, want) {
+		t.Errorf("listings reported as %v, want %v", listed, want)
 	}
 }

@@ -36,12 +36,34 @@ type Request struct {
 	// attemptLimit, set by Coalescing, gives the MaxAttempts of a shared listing as it stands
 	// now, since a more patient caller may join it while it runs.
 	attemptLimit func() int
+	// Trigger is what asked for the listing. It is not part of the question: requests of any
+	// trigger share listings.
+	Trigger Trigger
 	// Fresh refuses a listing that is merely recent: only one begun since NotBefore answers it, or
 	// with NotBefore zero one begun since the request, done or still in flight. For spec changes and force-syncs, where the user expects what
 	// KMS says after the change, and for retries, which a listing older than the failure must not
 	// answer.
 	Fresh bool
 }
+
+// Trigger is what asks for a listing, as the metrics name it.
+type Trigger string
+
+// The triggers of a listing.
+const (
+	TriggerFirstSync      Trigger = "first_sync"
+	TriggerSpecChange     Trigger = "spec_change"
+	TriggerForceSync      Trigger = "force_sync"
+	TriggerProviderChange Trigger = "provider_change"
+	TriggerRefresh        Trigger = "refresh"
+	TriggerRetry          Trigger = "retry"
+	// TriggerRepair lists for a ConfigMap that was edited or deleted when nothing else can
+	// restore its content.
+	TriggerRepair Trigger = "repair"
+	// TriggerUnscheduled lists for a selector whose status schedules nothing, such as one whose
+	// status was cleared.
+	TriggerUnscheduled Trigger = "unscheduled"
+)
 
 // Phase is a stable number derived from the question alone, not the credentials: selectors
 // asking the same question get the same phase, so their refreshes can be scheduled together.

@@ -9,6 +9,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	ctrlmetrics "sigs.k8s.io/controller-runtime/pkg/metrics"
 
+	"github.com/kms-key-sync/kms-key-sync/internal/keysource"
 	"github.com/kms-key-sync/kms-key-sync/internal/kms"
 )
 
@@ -89,6 +90,12 @@ var (
 		Buckets: prometheus.ExponentialBuckets(0.01, 2, 12),
 	}, []string{"outcome"})
 
+	// Listings counts the listings that called KMS by what asked for the one that began it.
+	Listings = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "kms_key_sync_listings_total",
+		Help: "Listings that called KMS, by what asked for the request that began each (first_sync, spec_change, force_sync, provider_change, refresh, retry, repair, unscheduled); requests answered by coalescing are not counted.",
+	}, []string{"trigger"})
+
 	CredentialRefreshes = prometheus.NewCounterVec(prometheus.CounterOpts{
 		Name: "kms_key_sync_credential_refreshes_total",
 		Help: "Refreshes of keyless credentials, by method (workload_identity, node_agency, pod_identity) and outcome (success, failure).",
@@ -98,7 +105,7 @@ var (
 func init() {
 	ctrlmetrics.Registry.MustRegister(KMSRequests, KMSRequestDuration, Syncs, Keys, SelectorReady,
 		ConfigMapWrites, CoalescedRequests, CredentialRefreshes, SelectorReason, SelectorLastSync,
-		SelectorRefreshInterval, StatusWrites, ListingDuration)
+		SelectorRefreshInterval, StatusWrites, ListingDuration, Listings)
 }
 
 // ObserveCredentialRefresh records one refresh of keyless credentials.
@@ -106,8 +113,9 @@ func ObserveCredentialRefresh(method string, err error) {
 	CredentialRefreshes.WithLabelValues(method, outcomeOf(err)).Inc()
 }
 
-// ObserveListing records one listing that called KMS.
-func ObserveListing(d time.Duration, err error) {
+// ObserveListing records one listing that called KMS, begun for a request of trigger.
+func ObserveListing(trigger keysource.Trigger, d time.Duration, err error) {
+	Listings.WithLabelValues(string(trigger)).Inc()
 	ListingDuration.WithLabelValues(outcomeOf(err)).Observe(d.Seconds())
 }
 
