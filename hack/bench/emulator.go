@@ -79,6 +79,19 @@ func (e *emulator) logRequests(next http.Handler) http.Handler {
 	})
 }
 
+// callsUntil counts the logged calls of every filter made until end.
+func (e *emulator) callsUntil(end time.Time) int {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	n := 0
+	for _, c := range e.calls {
+		if !c.at.After(end) {
+			n++
+		}
+	}
+	return n
+}
+
 // callsBetween counts the logged calls of each filter made after from[filter] (the start of the
 // log when from has no entry) and until to[filter]. Filters missing from to count nothing.
 func (e *emulator) callsBetween(from, to map[string]time.Time) int {

@@ -171,6 +171,17 @@ func (p *operatorProc) counter(ctx context.Context, name string) (float64, error
 	return m.Sum(name, nil), nil
 }
 
+// refreshListings returns how many listings the operator began to refresh selectors already
+// synced, from its listing counter.
+func (p *operatorProc) refreshListings(ctx context.Context) (int, error) {
+	const name = "kms_key_sync_listings_total"
+	m, err := p.metrics(ctx, name)
+	if err != nil {
+		return 0, err
+	}
+	return int(m.Sum(name, map[string]string{"trigger": "refresh"})), nil
+}
+
 // apiWrites returns how many write requests the operator has sent the API server, whatever the
 // resource or the answer, from client-go's request counter (the method is POST, PUT, PATCH or
 // DELETE). Unlike the API server's counters it leaves out every other client, the API server's

@@ -13,10 +13,15 @@ import (
 
 // result is what one scenario measured.
 type result struct {
-	scenario        scenario
-	err             error
-	applyDuration   time.Duration // creating the selectors
-	readyAfter      time.Duration // from the start of the apply until the last selector was Ready
+	scenario      scenario
+	err           error
+	applyDuration time.Duration // creating the selectors
+	readyAfter    time.Duration // from the start of the apply until the last selector was Ready
+	// windowCalls are the KMS calls from the apply until every selector was Ready; of them,
+	// refreshListings listings refreshed selectors already synced, and firstSyncCalls are the
+	// rest.
+	windowCalls     int
+	refreshListings int
 	firstSyncCalls  int
 	firstSyncWrites writeCounts
 	firstSyncCPU    cpuTimes // CPU time of each process from the apply until all were Ready
@@ -204,8 +209,9 @@ func writeDetails(w io.Writer, results []*result) {
 			continue
 		}
 		c := r.cycle
-		fmt.Fprintf(w, "- (%s) creating the selectors took %s. First sync API writes: %s.\n",
-			r.scenario.name, seconds(r.applyDuration), r.firstSyncWrites)
+		fmt.Fprintf(w, "- (%s) creating the selectors took %s. First sync API writes: %s. KMS calls until all were Ready: %s, of which %s for first syncs and %s by %s listings that refreshed selectors already synced (at %s a listing).\n",
+			r.scenario.name, seconds(r.applyDuration), r.firstSyncWrites, num(r.windowCalls), num(r.firstSyncCalls),
+			num(r.refreshListings*pagesPerListing(r.scenario)), num(r.refreshListings), callsOf(pagesPerListing(r.scenario)))
 		if s := r.soak; s != nil {
 			fmt.Fprintf(w, "  Soak: %s samples, one every %s; at worst %s selectors not Synced in one sample. Peak RSS %s.\n",
 				num(s.samples), soakSampleInterval, num(s.worstSample), mebibytes(r.memory.peakRSS))
@@ -299,4 +305,11 @@ func mebibytes(b uint64) string { return fmt.Sprintf("%.0f MiB", float64(b)/mib)
 
 func oneLine(err error) string {
 	return strings.ReplaceAll(strings.ReplaceAll(err.Error(), "\n", "; "), "|", "/")
+}
+
+func callsOf(n int) string {
+	if n == 1 {
+		return "1 call"
+	}
+	return num(n) + " calls"
 }
