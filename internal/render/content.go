@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"maps"
 	"slices"
+	"sync"
 
 	kmsv1alpha1 "github.com/kms-key-sync/kms-key-sync/api/v1alpha1"
 )
@@ -84,13 +85,28 @@ func (c Content) Details() string {
 	return c.Data[kmsv1alpha1.KeysJSONKey]
 }
 
+// gzipWriters holds reusable writers by compression level, from gzip.HuffmanOnly (index 0) to
+// gzip.BestCompression: a new writer allocates its compressor's tables, more than the content
+// of a thousand keys, for every sync.
+var gzipWriters [gzip.BestCompression - gzip.HuffmanOnly + 1]sync.Pool
+
 // Gzip compresses b; with a zero header (no name, no time) the output depends on b alone.
 func Gzip(b []byte, level int) ([]byte, error) {
-	var buf bytes.Buffer
-	zw, err := gzip.NewWriterLevel(&buf, level)
-	if err != nil {
-		return nil, err
+	if level < gzip.HuffmanOnly || level > gzip.BestCompression {
+		return nil, fmt.Errorf("compressing: invalid level %d", level)
 	}
+	var buf bytes.Buffer
+	pool := &gzipWriters[level-gzip.HuffmanOnly]
+	zw, ok := pool.Get().(*gzip.Writer)
+	if ok {
+		zw.Reset(&buf)
+	} else {
+		var err error
+		if zw, err = gzip.NewWriterLevel(&buf, level); err != nil {
+			return nil, err
+		}
+	}
+	defer pool.Put(zw)
 	if _, err := zw.Write(b); err != nil {
 		return nil, fmt.Errorf("compressing: %w", err)
 	}
