@@ -124,15 +124,21 @@ type syncedKeys struct {
 	last  string
 }
 
-// listedKeys is what a sync of keys, sorted by id, listed.
-func listedKeys(keys []kms.Key) syncedKeys {
+// listedKeys is what a sync of keys, sorted by id, listed. defaults is their content rendered
+// without expressions, if the sync rendered it; else it is rendered here.
+func listedKeys(keys []kms.Key, defaults *render.Content) syncedKeys {
 	k := syncedKeys{states: make(map[string]string, len(keys)), total: len(keys)}
 	for _, key := range keys {
 		k.states[key.ID] = key.State.String()
 	}
 	// Rendered without expressions, as the details of the previous sync are read back.
-	if c, err := render.Render(context.Background(), render.Keys(keys), nil); err == nil {
-		k.details = c.Details()
+	if defaults == nil {
+		if c, err := render.Render(context.Background(), render.Keys(keys), nil); err == nil {
+			defaults = &c
+		}
+	}
+	if defaults != nil {
+		k.details = defaults.Details()
 	}
 	return k
 }

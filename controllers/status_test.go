@@ -2,6 +2,7 @@ package controllers
 
 import (
 	"fmt"
+	"reflect"
 	"slices"
 	"strings"
 	"testing"
@@ -20,8 +21,8 @@ func key(id string, state kms.State) kms.Key {
 }
 
 func TestDiffKeys(t *testing.T) {
-	prev := listedKeys([]kms.Key{key("a", kms.StateEnabled), key("b", kms.StateEnabled), key("c", kms.StateEnabled)})
-	cur := listedKeys([]kms.Key{key("a", kms.StateEnabled), key("b", kms.StateDisabled), key("d", kms.StatePendingDeletion)})
+	prev := listedKeys([]kms.Key{key("a", kms.StateEnabled), key("b", kms.StateEnabled), key("c", kms.StateEnabled)}, nil)
+	cur := listedKeys([]kms.Key{key("a", kms.StateEnabled), key("b", kms.StateDisabled), key("d", kms.StatePendingDeletion)}, nil)
 	d := diffKeys(prev, cur)
 	if d.added != 1 || d.removed != 1 || d.changed != 1 || !d.detailsChanged {
 		t.Fatalf("diff = %+v", d)
@@ -41,10 +42,10 @@ func TestDiffKeys(t *testing.T) {
 }
 
 func TestDiffKeysNamesOnlyWhatChanged(t *testing.T) {
-	before := listedKeys([]kms.Key{key("a", kms.StateEnabled)})
+	before := listedKeys([]kms.Key{key("a", kms.StateEnabled)}, nil)
 	renamed := key("a", kms.StateEnabled)
 	renamed.Alias = "renamed"
-	d := diffKeys(before, listedKeys([]kms.Key{renamed}))
+	d := diffKeys(before, listedKeys([]kms.Key{renamed}, nil))
 	if d.empty() || strings.Contains(d.String(), "0 ") {
 		t.Errorf("an alias change gave %+v, %q", d, d.String())
 	}
@@ -58,15 +59,15 @@ func TestPreviouslyListedFallsBackToTheStatus(t *testing.T) {
 	setSynced(sel, keys, 1, "digest", sel.CreationTimestamp.Time)
 	replaced := &render.Content{Data: map[string]string{"PAYMENTS_DB_KEY_ID": "a"}}
 
-	d := diffKeys(previouslyListed(sel, replaced), listedKeys([]kms.Key{key("a", kms.StateEnabled), key("b", kms.StateDisabled)}))
+	d := diffKeys(previouslyListed(sel, replaced), listedKeys([]kms.Key{key("a", kms.StateEnabled), key("b", kms.StateDisabled)}, nil))
 	if d.changed != 1 || d.added != 0 || d.removed != 0 || !slices.Equal(d.movedTo["Disabled"], []string{"b"}) {
 		t.Errorf("diff = %+v, want b moved to Disabled", d)
 	}
-	if !diffKeys(previouslyListed(sel, replaced), listedKeys(keys)).empty() {
+	if !diffKeys(previouslyListed(sel, replaced), listedKeys(keys, nil)).empty() {
 		t.Error("an unchanged listing gave a non-empty diff")
 	}
 	never := &kmsv1alpha1.KmsKeySelector{}
-	if d := diffKeys(previouslyListed(never, nil), listedKeys(keys)); d.added != 2 || d.String() != "Keys changed: 2 added" {
+	if d := diffKeys(previouslyListed(never, nil), listedKeys(keys, nil)); d.added != 2 || d.String() != "Keys changed: 2 added" {
 		t.Errorf("first sync: diff = %+v, %q", d, d.String())
 	}
 }
@@ -84,14 +85,14 @@ func TestPreviouslyListedFromAPartialStatus(t *testing.T) {
 	}
 	prev := previouslyListed(sel, nil)
 
-	if d := diffKeys(prev, listedKeys(keys)); !d.empty() {
+	if d := diffKeys(prev, listedKeys(keys, nil)); !d.empty() {
 		t.Errorf("an unchanged listing gave %+v", d)
 	}
 	changed := slices.Clone(keys)
 	changed[10].State = kms.StateDisabled
 	changed = append(changed[:5], changed[6:]...)                                           // one of the first 100 removed
 	changed = append(changed, key("k200", kms.StateEnabled), key("k201", kms.StateEnabled)) // two after them added
-	d := diffKeys(prev, listedKeys(changed))
+	d := diffKeys(prev, listedKeys(changed, nil))
 	if d.added != 2 || d.removed != 1 || d.changed != 1 {
 		t.Errorf("diff = %+v, want 2 added, 1 removed, 1 changed", d)
 	}
@@ -147,5 +148,17 @@ func TestListRequestRefusesASelectorThatChoosesNoKeys(t *testing.T) {
 	f := asFailure(err)
 	if f == nil || f.reason != kmsv1alpha1.ReasonInvalidSpec || !strings.Contains(err.Error(), "spec.allKeys: true") {
 		t.Fatalf("err = %v, want InvalidSpec naming spec.allKeys", err)
+	}
+}
+
+func TestListedKeysTakesTheDetailsTheSyncRendered(t *testing.T) {
+	keys := []kms.Key{key("a", kms.StateEnabled), {ID: "b", State: kms.StateDisabled, Tags: map[string]string{"env": "prod"}}}
+	rendered, err := render.Render(t.Context(), render.Keys(keys), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	reused, own := listedKeys(keys, &rendered), listedKeys(keys, nil)
+	if !reflect.DeepEqual(reused, own) || own.details == "" {
+		t.Errorf("the details of the rendered content differ from those rendered again:\n%+v\n%+v", reused, own)
 	}
 }

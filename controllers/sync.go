@@ -47,7 +47,11 @@ func (r *KmsKeySelectorReconciler) sync(ctx context.Context, s situation, trigge
 	// the last sync wrote, no key changed, and the diff, the refresh's largest cost, is skipped.
 	unchanged := digest == sel.Status.ContentDigest && sel.Spec.Target.MergePolicy != kmsv1alpha1.MergePolicyReplace
 	if !unchanged {
-		r.recordChanges(sel, previouslyListed(sel, previous), listedKeys(keys))
+		var defaults *render.Content
+		if exprs == nil {
+			defaults = &rendered
+		}
+		r.recordChanges(sel, previouslyListed(sel, previous), listedKeys(keys, defaults))
 	}
 	setSynced(sel, keys, len(rendered.Data)+len(rendered.BinaryData), digest, now)
 	r.Refreshes.Listed(sel, now, next)
