@@ -261,9 +261,17 @@ func (d *fieldDecoder) tags(raw json.RawMessage) map[string]string {
 		d.fail("tags", errors.New("expected an array of {key, value}"))
 		return out
 	}
+	out = make(map[string]string, len(list))
 	for i, t := range list {
-		field := fmt.Sprintf("tags[%d]", i)
-		out[d.str(field+".key", t.Key)] = d.str(field+".value", t.Value)
+		key, keyErr := scalar(t.Key)
+		value, valueErr := scalar(t.Value)
+		if keyErr != nil {
+			d.fail(fmt.Sprintf("tags[%d].key", i), keyErr)
+		}
+		if valueErr != nil {
+			d.fail(fmt.Sprintf("tags[%d].value", i), valueErr)
+		}
+		out[key] = value
 	}
 	return out
 }
