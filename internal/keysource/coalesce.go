@@ -11,8 +11,10 @@ import (
 	"github.com/kms-key-sync/kms-key-sync/internal/kms"
 )
 
-// DefaultCoalesceWindow is the default TTL of Coalescing.
-const DefaultCoalesceWindow = 5 * time.Second
+// DefaultCoalesceWindow is the default TTL of Coalescing: long enough for the selectors of one
+// question reconciled one after another, short enough that a thousand questions asked by one
+// selector each do not hold their listings long.
+const DefaultCoalesceWindow = 2 * time.Second
 
 // Lister is what Coalescing stands in front of.
 type Lister interface {
