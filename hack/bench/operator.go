@@ -171,15 +171,17 @@ func (p *operatorProc) counter(ctx context.Context, name string) (float64, error
 	return m.Sum(name, nil), nil
 }
 
-// refreshListings returns how many listings the operator began to refresh selectors already
-// synced, from its listing counter.
-func (p *operatorProc) refreshListings(ctx context.Context) (int, error) {
+// listingCounts are the operator's listings that called KMS: all of them, and those begun to
+// refresh selectors already synced.
+type listingCounts struct{ total, refreshes int }
+
+func (p *operatorProc) listings(ctx context.Context) (listingCounts, error) {
 	const name = "kms_key_sync_listings_total"
 	m, err := p.metrics(ctx, name)
 	if err != nil {
-		return 0, err
+		return listingCounts{}, err
 	}
-	return int(m.Sum(name, map[string]string{"trigger": "refresh"})), nil
+	return listingCounts{total: int(m.Sum(name, nil)), refreshes: int(m.Sum(name, map[string]string{"trigger": "refresh"}))}, nil
 }
 
 // apiWrites returns how many write requests the operator has sent the API server, whatever the

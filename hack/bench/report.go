@@ -18,10 +18,8 @@ type result struct {
 	applyDuration time.Duration // creating the selectors
 	readyAfter    time.Duration // from the start of the apply until the last selector was Ready
 	// windowCalls are the KMS calls from the apply until every selector was Ready; of them,
-	// refreshListings listings refreshed selectors already synced, and firstSyncCalls are the
-	// rest.
+	// firstSyncCalls were made for first syncs, the rest to refresh selectors already synced.
 	windowCalls     int
-	refreshListings int
 	firstSyncCalls  int
 	firstSyncWrites writeCounts
 	firstSyncCPU    cpuTimes // CPU time of each process from the apply until all were Ready
@@ -209,9 +207,9 @@ func writeDetails(w io.Writer, results []*result) {
 			continue
 		}
 		c := r.cycle
-		fmt.Fprintf(w, "- (%s) creating the selectors took %s. First sync API writes: %s. KMS calls until all were Ready: %s, of which %s for first syncs and %s by %s listings that refreshed selectors already synced (at %s a listing).\n",
+		fmt.Fprintf(w, "- (%s) creating the selectors took %s. First sync API writes: %s. KMS calls until all were Ready: %s; %s of them for first syncs (the operator's listings for anything but a refresh, at %s a listing), the others to refresh selectors already synced.\n",
 			r.scenario.name, seconds(r.applyDuration), r.firstSyncWrites, num(r.windowCalls), num(r.firstSyncCalls),
-			num(r.refreshListings*pagesPerListing(r.scenario)), num(r.refreshListings), callsOf(pagesPerListing(r.scenario)))
+			callsOf(pagesPerListing(r.scenario)))
 		if s := r.soak; s != nil {
 			fmt.Fprintf(w, "  Soak: %s samples, one every %s; at worst %s selectors not Synced in one sample. Peak RSS %s.\n",
 				num(s.samples), soakSampleInterval, num(s.worstSample), mebibytes(r.memory.peakRSS))

@@ -280,10 +280,12 @@ func measureFirstSync(ctx context.Context, o options, sc scenario, cl *cluster, 
 	res.readyAfter = ready.Sub(applied)
 	res.firstSyncCPU = res.cpuMeter.read().sub(cpuBefore)
 	res.windowCalls = emu.callsUntil(ready)
-	if res.refreshListings, err = op.refreshListings(ctx); err != nil {
+	listings, err := op.listings(ctx)
+	if err != nil {
 		return err
 	}
-	res.firstSyncCalls = res.windowCalls - res.refreshListings*pagesPerListing(sc)
+	// Read after the last was Ready: a refresh may have listed since, but no first sync.
+	res.firstSyncCalls = (listings.total - listings.refreshes) * pagesPerListing(sc)
 	after, err := cl.apiWrites(ctx)
 	if err != nil {
 		return err
