@@ -180,12 +180,25 @@ func tooLarge(err error) bool {
 	return apierrors.IsRequestEntityTooLargeError(err) || strings.Contains(err.Error(), "request is too large")
 }
 
-// deletedMeanwhile asks the API server whether the selector was deleted, or replaced, since this
-// reconcile read it from the cache.
+// deletedMeanwhile tells whether the selector was deleted, or replaced, since this reconcile read
+// it from the cache. For a ConfigMap the selector owns, the cache, which the watch keeps up to
+// date, answers: one written in the moment before the cache sees a deletion goes with its owner,
+// through the garbage collector. A Retain ConfigMap has no owner and would outlive the selector,
+// so for it the API server is asked.
 func (r *KmsKeySelectorReconciler) deletedMeanwhile(ctx context.Context, sel *kmsv1alpha1.KmsKeySelector) (bool, error) {
-	latest := &metav1.PartialObjectMetadata{}
-	latest.SetGroupVersionKind(kmsv1alpha1.GroupVersion.WithKind("KmsKeySelector"))
-	err := r.APIReader.Get(ctx, client.ObjectKeyFromObject(sel), latest)
+	key := client.ObjectKeyFromObject(sel)
+	var latest metav1.ObjectMeta
+	var err error
+	if deletionPolicy(sel.Spec) == kmsv1alpha1.DeletionPolicyRetain {
+		stored := &metav1.PartialObjectMetadata{}
+		stored.SetGroupVersionKind(kmsv1alpha1.GroupVersion.WithKind("KmsKeySelector"))
+		err = r.APIReader.Get(ctx, key, stored)
+		latest = stored.ObjectMeta
+	} else {
+		cached := &kmsv1alpha1.KmsKeySelector{}
+		err = r.Get(ctx, key, cached, client.UnsafeDisableDeepCopy)
+		latest = cached.ObjectMeta
+	}
 	switch {
 	case apierrors.IsNotFound(err):
 		return true, nil
