@@ -138,8 +138,11 @@ type reconcilingHint struct {
 // so that the sync may change sel meanwhile.
 func (w *statusWriter) reconcilingAfter(ctx context.Context, sel *kmsv1alpha1.KmsKeySelector, delay time.Duration) *reconcilingHint {
 	message, ok := pendingRequest(sel)
+	if !ok {
+		return nil
+	}
 	hinted := sel.DeepCopy()
-	if !ok || !setReconciling(&hinted.Status.Conditions, sel.Generation, message) {
+	if !setReconciling(&hinted.Status.Conditions, sel.Generation, message) {
 		return nil
 	}
 	h := &reconcilingHint{w: w, hinted: hinted}
