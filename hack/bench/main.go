@@ -77,7 +77,7 @@ func parseOptions(args []string, stderr io.Writer) (options, error) {
 	fs.IntVar(&o.kmsBurst, "kms-burst", 1000, "the operator's --kms-burst")
 	fs.BoolVar(&o.baseline, "baseline", true, "also run the naive CronJob-style baseline for scenarios a, b and c")
 	fs.IntVar(&o.naiveWorkers, "naive-workers", 8, "how many selectors the naive baseline syncs at the same time")
-	fs.StringVar(&o.profile, "profile", "b", "the scenario during which to take pprof CPU and heap profiles of the operator; empty for none")
+	fs.StringVar(&o.profile, "profile", "", "the scenario during which to take pprof CPU and heap profiles of the operator and the API server, such as b; none by default, as profiling slows the run it measures")
 	fs.DurationVar(&o.cpuProfile, "cpu-profile", 30*time.Second, "length of the CPU profile, started when the selectors are applied")
 	fs.DurationVar(&o.readyTimeout, "ready-timeout", 0, "how long to wait for every selector to become Ready; by default each scenario's own: 3m, and 10m for (e)")
 	fs.DurationVar(&o.soakDuration, "soak-duration", 6*time.Minute, "how long scenario k watches its selectors once all are Synced; its id-token exchange target scales with it")

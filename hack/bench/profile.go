@@ -7,10 +7,10 @@ import (
 	"time"
 )
 
-// profiler takes the pprof profiles of the scenario named by --profile: the operator's CPU from
-// the apply on (first sync), the operator's and the API server's CPU in the steady state, and the
-// operator's heap at the end. A nil profiler takes none. The API server, the busiest process of a
-// first sync, is not profiled then, so as not to slow the sync measured.
+// profiler takes the pprof profiles of the scenario named by --profile: the operator's and the
+// API server's CPU from the apply on (first sync) and in the steady state, and the operator's
+// heap at the end. A nil profiler takes none. Profiling slows the processes it samples, so the
+// figures of a profiled scenario are not comparable with the others.
 type profiler struct {
 	path    func(name string) string
 	cl      *cluster
@@ -35,7 +35,9 @@ func newProfiler(o options, sc scenario, cl *cluster, op *operatorProc) *profile
 
 func (p *profiler) firstSync(ctx context.Context) {
 	if p != nil {
-		p.pending = append(p.pending, p.op.cpuProfile(ctx, p.path("cpu-first-sync"), p.cpu))
+		p.pending = append(p.pending,
+			p.op.cpuProfile(ctx, p.path("cpu-first-sync"), p.cpu),
+			p.cl.cpuProfile(ctx, p.path("apiserver-cpu-first-sync"), p.cpu))
 	}
 }
 
