@@ -8,17 +8,14 @@ import (
 	"testing"
 )
 
-// scan is list without the tag index: every stored key is checked.
+// scan is what list answers, found without the tag index: every stored key is checked, and the
+// page is cut from all the matches.
 func scan(s *store, q *query) page {
-	var p page
-	for _, r := range s.snapshot() {
-		if !q.matches(&r.key) {
-			continue
-		}
-		if q.action == ActionFilter && p.total >= q.offset && len(p.records) < q.limit {
-			p.records = append(p.records, r)
-		}
-		p.total++
+	matches := slices.DeleteFunc(slices.Clone(s.snapshot()), func(r *record) bool { return !q.matches(&r.key) })
+	p := page{total: len(matches)}
+	if q.action == ActionFilter {
+		from := min(q.offset, len(matches))
+		p.records = matches[from:min(from+q.limit, len(matches))]
 	}
 	return p
 }
